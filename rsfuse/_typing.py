@@ -1,0 +1,26 @@
+"""Typed-tensor shorthands and the ``typecheck`` decorator.
+
+``typecheck`` wraps a function with ``jaxtyping.jaxtyped(typechecker=beartype)`` when the environment variable
+``RSFUSE_TYPECHECK`` is set to ``1`` (tests and CI set it), and is the identity otherwise, so run time pays nothing.
+The variable is read once, when this module is first imported.
+"""
+
+import os
+from typing import Callable, TypeVar
+
+from beartype import beartype
+from jaxtyping import Bool, Float, Int, Shaped, jaxtyped
+from torch import Tensor
+
+__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "TYPECHECK", "typecheck"]
+
+TYPECHECK: bool = os.environ.get("RSFUSE_TYPECHECK", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+F = TypeVar("F", bound=Callable)
+
+
+def typecheck(fn: F) -> F:
+    """Check jaxtyping shape annotations of ``fn`` at call time when ``RSFUSE_TYPECHECK=1``."""
+    if not TYPECHECK:
+        return fn
+    return jaxtyped(typechecker=beartype)(fn)
