@@ -3,6 +3,7 @@
 Nothing in this package imports a model class, so the composed model can call these readers without import cycles.
 """
 
+from rsfuse.checkpoints.clip import clip_vision_shapes, openai_to_hf_vision, read_clip_vision, save_clip_vision
 from rsfuse.checkpoints.io import (
     CheckpointError,
     find_weight_files,
@@ -11,12 +12,30 @@ from rsfuse.checkpoints.io import (
     read_json,
     save_sharded,
 )
+from rsfuse.checkpoints.llama import (
+    is_llama_key,
+    iter_llama_shards,
+    keep_llama_keys,
+    read_llama,
+    read_llama_config,
+    split_llama_state_dict,
+)
 
 __all__ = [
     "CheckpointError",
+    "clip_vision_shapes",
+    "openai_to_hf_vision",
+    "read_clip_vision",
+    "save_clip_vision",
     "find_weight_files",
     "iter_weight_shards",
     "load_weights_file",
     "read_json",
     "save_sharded",
+    "is_llama_key",
+    "iter_llama_shards",
+    "keep_llama_keys",
+    "read_llama",
+    "read_llama_config",
+    "split_llama_state_dict",
 ]

@@ -1,0 +1,59 @@
+"""Evaluation metrics and task readers (DESIGN section 5). Every result names the protocol that produced it.
+
+Metrics: ``caption_scores`` (``coco`` / ``compat``), ``contains_match`` / ``exact_match`` / ``classification_scores``,
+``vrsbench_vqa_score`` (``official`` with a pluggable judge / ``lenient``), ``rsvqa_lr_scores``, ``synthetic_scores``,
+``grounding_scores`` with ``parse_box`` and ``box_iou``; ``metrics_to_markdown`` renders any result.
+Readers (``rsfuse.eval.tasks``): ``vrsbench_vqa``, ``vrsbench_cap``, ``cls``, ``caption``, ``rsvqa_lr``,
+``grounding``, ``synthetic``; all are pure file -> records functions.
+"""
+
+from rsfuse.eval.captions import CAPTION_METRICS, caption_scores, java_available, wordnet_available
+from rsfuse.eval.grounding import box_iou, grounding_scores, parse_box, to_pixels
+from rsfuse.eval.matching import classification_scores, contains_match, exact_match, lenient_match
+from rsfuse.eval.report import metrics_to_markdown
+from rsfuse.eval.tasks import (
+    TASK_READERS,
+    caption,
+    cls,
+    grounding,
+    rsvqa_lr,
+    synthetic,
+    vrsbench_cap,
+    vrsbench_vqa,
+)
+from rsfuse.eval.vqa import (
+    VRSBENCH_REFERENCE_TYPE_ALIASES,
+    rsvqa_lr_scores,
+    synthetic_scores,
+    vrsbench_official_decision,
+    vrsbench_vqa_score,
+)
+
+__all__ = [
+    "CAPTION_METRICS",
+    "TASK_READERS",
+    "VRSBENCH_REFERENCE_TYPE_ALIASES",
+    "box_iou",
+    "caption",
+    "caption_scores",
+    "classification_scores",
+    "cls",
+    "contains_match",
+    "exact_match",
+    "grounding",
+    "grounding_scores",
+    "java_available",
+    "lenient_match",
+    "metrics_to_markdown",
+    "parse_box",
+    "rsvqa_lr",
+    "rsvqa_lr_scores",
+    "synthetic",
+    "synthetic_scores",
+    "to_pixels",
+    "vrsbench_cap",
+    "vrsbench_official_decision",
+    "vrsbench_vqa",
+    "vrsbench_vqa_score",
+    "wordnet_available",
+]

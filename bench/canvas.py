@@ -1,0 +1,222 @@
+"""Benchmark ``MultiScaleCanvas``: its overhead over the bare ViT passes, and its peak memory vs keeping every hidden state.
+
+Time ratio = median time of ``MultiScaleCanvas.forward`` / median time of the *bare ViT passes on the same windows*:
+for each scale, one ``forward_intermediates`` call on a ready-made batch of ``B·n²`` windows of ``base_window`` px
+(same number and size of windows, same kept layers, same chunking; no resizing, cutting, pooling or stitching).
+Goal: at most 1.10. Runs are interleaved (canvas, bare, canvas, ...) after warm-up.
+
+Memory ratio = peak tensor memory of the canvas forward / peak tensor memory of the same forward when the tower keeps
+every hidden state (a wrapper asks the tower for all ``depth + 1`` states with ``stop_early=False``, as the reference's
+``output_hidden_states=True`` does, and hands the canvas only the kept layers). Peaks are measured, not estimated:
+on CUDA with ``torch.cuda.max_memory_allocated`` (minus what was allocated before the call); on CPU with the PyTorch
+profiler's memory timeline (``profile_memory=True``, ``record_shapes=True``; ``export_memory_timeline``), i.e. the
+maximum over time of the bytes held by live tensors, allocator slack excluded. The bytes of the retained hidden states
+per image are also printed, computed from the shapes, and so is the peak of the bare ViT passes (the floor: at small
+widths the ViT's own activations dominate every peak, so the ratio approaches 1; at the paper's width the 25 retained
+states dominate the keep-all peak).
+
+    python bench/canvas.py                                    # CPU-sized: width 128, 6 blocks, 112 px, batch 2
+    python bench/canvas.py --device cuda --dtype bf16 --paper # ViT-L/14-336 with random weights, paper canvas
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from rsfuse.encoders import MultiScaleCanvas
+from rsfuse.encoders.clip import CLIPVisionTower
+from rsfuse.encoders.clip_config import CLIPVisionConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYER_FRACTIONS = (0.33, 0.66, 1.0)
+
+
+class KeepAllHiddenStates(nn.Module):
+    """Tower wrapper that computes and holds every hidden state (the reference's retention), returning the asked ones."""
+
+    def __init__(self, tower: CLIPVisionTower) -> None:
+        super().__init__()
+        self.tower = tower
+        self.config = tower.config
+        self.num_layers = tower.num_layers
+
+    def forward_intermediates(self, pixels, indices, stop_early=True):
+        every_state = self.tower.forward_intermediates(pixels, list(range(self.num_layers + 1)), stop_early=False)
+        return [every_state[index] for index in indices]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--paper", action="store_true", help="ViT-L/14-336 (random weights), canvas 672, layers 8/16/24")
+    parser.add_argument("--batch", type=int, default=None, help="images per batch (default 2, or 1 with --paper)")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--image", type=int, default=112, help="tower image size = base window; canvas = 2x")
+    parser.add_argument("--patch", type=int, default=14)
+    parser.add_argument("--scales", default="1.0,0.5")
+    parser.add_argument("--window-layout", choices=["spatial", "reference"], default="spatial")
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser.parse_args()
+
+
+def build_tower(args: argparse.Namespace) -> CLIPVisionTower:
+    if args.paper:
+        config = CLIPVisionConfig.vit_l14_336()
+    else:
+        config = CLIPVisionConfig(
+            image_size=args.image,
+            patch_size=args.patch,
+            hidden_size=args.width,
+            intermediate_size=4 * args.width,
+            num_hidden_layers=args.depth,
+            num_attention_heads=args.heads,
+        )
+    torch.manual_seed(0)
+    return CLIPVisionTower(config).eval()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_passes(tower: CLIPVisionTower, canvas: MultiScaleCanvas, windows: list[torch.Tensor]) -> None:
+    """The same window batches through the tower, same kept layers and chunking, nothing else."""
+    for batch in windows:
+        chunks = batch.split(canvas.chunk_size) if canvas.chunk_size is not None else (batch,)
+        for chunk in chunks:
+            tower.forward_intermediates(chunk, list(canvas.layers), stop_early=True)
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes of live tensors created while ``fn`` runs (see the module docstring for the method)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "timeline.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as handle:
+            _, sizes = json.load(handle)
+    return int(max(sum(row) for row in sizes))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    batch = args.batch or (1 if args.paper else 2)
+    tower = build_tower(args).to(device=device, dtype=dtype)
+    depth, image = tower.num_layers, tower.config.image_size
+    layers = tuple(min(max(round(f * depth), 1), depth) for f in LAYER_FRACTIONS)
+    settings = dict(
+        canvas_size=2 * image,
+        base_window=image,
+        window_scales=tuple(float(s) for s in args.scales.split(",")),
+        layers=layers,
+        window_layout=args.window_layout,
+        chunk_size=args.chunk_size,
+    )
+    canvas = MultiScaleCanvas(tower, **settings).eval()
+    keep_all = MultiScaleCanvas(KeepAllHiddenStates(tower), **settings).eval()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, image, image, generator=generator).to(device=device, dtype=dtype)
+    windows = [
+        torch.randn(batch * grid.num_windows, 3, image, image, generator=generator).to(device=device, dtype=dtype)
+        for grid in canvas.grids
+    ]
+
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            canvas(pixels)
+            bare_passes(tower, canvas, windows)
+        canvas_times, bare_times = [], []
+        for _ in range(args.repeats):
+            canvas_times.append(timed(lambda: canvas(pixels), device))
+            bare_times.append(timed(lambda: bare_passes(tower, canvas, windows), device))
+        canvas_time, bare_time = statistics.median(canvas_times), statistics.median(bare_times)
+        results = dict(
+            device=str(device),
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            threads=torch.get_num_threads(),
+            dtype=args.dtype,
+            batch=batch,
+            tower=dict(width=tower.config.hidden_size, depth=depth, image=image, patch=tower.config.patch_size),
+            canvas=dict(settings, windows_per_side=canvas.windows_per_side, token_sides=canvas.window_token_sides),
+            canvas_seconds=canvas_time,
+            bare_vit_seconds=bare_time,
+            time_ratio=canvas_time / bare_time,
+        )
+        element = torch.finfo(dtype).bits // 8
+        tokens = (image // tower.config.patch_size) ** 2
+        per_image_windows = canvas.windows_per_image
+        results["retained_hidden_bytes_per_image"] = dict(
+            kept_layers=per_image_windows * len(layers) * tokens * tower.config.hidden_size * element,
+            every_layer=per_image_windows * (depth + 1) * (tokens + 1) * tower.config.hidden_size * element,
+        )
+        if not args.skip_memory:
+            canvas_peak = peak_bytes(lambda: canvas(pixels), device)
+            keep_all_peak = peak_bytes(lambda: keep_all(pixels), device)
+            bare_peak = peak_bytes(lambda: bare_passes(tower, canvas, windows), device)
+            results.update(
+                canvas_peak_bytes=canvas_peak,
+                keep_all_peak_bytes=keep_all_peak,
+                bare_vit_peak_bytes=bare_peak,
+                memory_ratio=canvas_peak / keep_all_peak,
+                memory_ratio_vs_bare_vit=canvas_peak / bare_peak,
+            )
+
+    print(f"device {results['device_name']} ({device}, {results['threads']} threads), {args.dtype}, batch {batch}")
+    print(f"tower width {tower.config.hidden_size}, {depth} blocks, {image} px; canvas {settings['canvas_size']}, "
+          f"scales {settings['window_scales']}, layers {layers}, windows/side {canvas.windows_per_side}")
+    print(f"canvas forward   {canvas_time * 1e3:9.2f} ms (median of {args.repeats})")
+    print(f"bare ViT passes  {bare_time * 1e3:9.2f} ms")
+    print(f"time ratio       {results['time_ratio']:9.3f}   (goal <= 1.10)")
+    retained = results["retained_hidden_bytes_per_image"]
+    print(f"retained hidden states per image: kept layers {retained['kept_layers'] / 2**20:.1f} MiB, "
+          f"every layer {retained['every_layer'] / 2**20:.1f} MiB")
+    if "memory_ratio" in results:
+        print(f"peak memory      canvas {results['canvas_peak_bytes'] / 2**20:.1f} MiB, keep-all "
+              f"{results['keep_all_peak_bytes'] / 2**20:.1f} MiB, bare ViT passes {results['bare_vit_peak_bytes'] / 2**20:.1f} MiB")
+        print(f"memory ratio     {results['memory_ratio']:9.3f}   (canvas / keep every hidden state)")
+        print(f"                 {results['memory_ratio_vs_bare_vit']:9.3f}   (canvas / bare ViT passes)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

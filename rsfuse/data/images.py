@@ -1,0 +1,274 @@
+"""Image loading for remote-sensing data (every PIL mode converted or refused explicitly) and CLIP preprocessing.
+
+``load_image`` returns an 8-bit RGB ``PIL.Image``:
+
+======================  ==========================================================================================
+mode / file             conversion
+======================  ==========================================================================================
+RGB                     as is
+RGBX, L, 1, CMYK,       PIL's conversion to RGB (grey is replicated; RGBX drops its padding byte)
+YCbCr, P                (a palette with a transparent entry is treated like RGBA)
+RGBA, LA, PA, RGBa, La  alpha-composited on the CLIP mean colour (0.48145466, 0.4578275, 0.40821073) * 255
+I;16, I;16L, I;16B,     stretched to 8 bits between the image's 2nd and 98th percentiles (NaN/inf -> 0),
+I;16N, I, F             then replicated to grey RGB
+TIFF with > 3 bands     refused unless ``bands=(r, g, b)`` names the bands to show (read with ``tifffile``,
+(alpha excepted)        an optional dependency: ``pip install rsfuse[tiff]``); uint8 bands are used as is,
+                        others stretched jointly by the 2-98 % percentiles of the three chosen bands
+anything else           refused, naming the mode
+======================  ==========================================================================================
+
+Missing, truncated or corrupt files and images over ``max_pixels`` (decompression bombs; PIL's own
+``DecompressionBombWarning`` is turned into an error as well) raise :class:`ImageLoadError` naming the file.
+"""
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from rsfuse._typing import Float, Tensor, typecheck
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_MAX_PIXELS",
+    "ImageLoadError",
+    "ImageProcessor",
+    "load_image",
+    "stretch_to_uint8",
+]
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_MAX_PIXELS = 89_478_485
+"""PIL's own warning threshold (about 9459 x 9459); pass a larger ``max_pixels`` for big scenes deliberately."""
+
+CLIP_MEAN_RGB: tuple[int, int, int] = tuple(int(channel * 255) for channel in CLIP_MEAN)  # LLaVA's expand2square colour
+
+PIL_TO_RGB_MODES = frozenset({"RGBX", "L", "1", "CMYK", "YCbCr"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+ALPHA_EXTRA_SAMPLES = frozenset({1, 2})  # TIFF ExtraSamples: associated / unassociated alpha
+TIFF_SAMPLES_PER_PIXEL = 277
+TIFF_EXTRA_SAMPLES = 338
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class ImageLoadError(ValueError):
+    """An image file cannot be loaded as RGB; the message names the file and the reason."""
+
+    def __init__(self, path: "str | Path", reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Linearly map ``array`` to uint8 between its 2nd and 98th percentiles (over finite values; NaN/inf -> 0).
+
+    If those percentiles coincide the min/max are used; a constant image becomes 0.
+    """
+    values = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = np.percentile(values[finite], [2.0, 98.0])
+    if high <= low:
+        low, high = values[finite].min(), values[finite].max()
+    scale = 255.0 / (high - low) if high > low else 0.0
+    stretched = np.clip((values - low) * scale, 0.0, 255.0)
+    return np.where(finite, np.rint(stretched), 0.0).astype(np.uint8)
+
+
+def _is_tiff(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) in TIFF_MAGIC
+
+
+def _is_multiband_tiff(image: Image.Image) -> bool:
+    """More than 3 samples per pixel, other than RGB/grey + alpha and CMYK."""
+    tags = getattr(image, "tag_v2", {})
+    samples = int(tags.get(TIFF_SAMPLES_PER_PIXEL, len(image.getbands())))
+    if samples <= 3 or image.mode == "CMYK" and samples == 4:
+        return False
+    extra = tags.get(TIFF_EXTRA_SAMPLES, ())
+    extra = (extra,) if isinstance(extra, int) else tuple(extra)
+    color_samples = samples - sum(1 for kind in extra if kind in ALPHA_EXTRA_SAMPLES)
+    return color_samples > 3
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+        )
+
+
+def _select_bands(path: Path, array: np.ndarray, bands: Sequence[int]) -> Image.Image:
+    """``array`` is ``[H, W, C]``; pick ``bands`` as R, G, B and bring them to 8 bits."""
+    if len(bands) != 3 or not all(isinstance(band, (int, np.integer)) for band in bands):
+        raise ImageLoadError(path, f"bands must be three band indices (r, g, b), got {bands!r}")
+    count = array.shape[-1]
+    if not all(0 <= band < count for band in bands):
+        raise ImageLoadError(path, f"bands {tuple(bands)} out of range for an image with {count} bands")
+    chosen = array[..., list(bands)]
+    rgb = chosen if chosen.dtype == np.uint8 else stretch_to_uint8(chosen)
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+
+
+def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -> Image.Image:
+    """Multi-band TIFF through ``tifffile``: refuse without ``bands``, else pick them."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageLoadError(
+            path, "a TIFF PIL cannot read as RGB (multi-band?) needs tifffile: pip install tifffile (rsfuse[tiff])"
+        ) from None
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            axes, shape = series.axes, series.shape
+            if "Y" not in axes or "X" not in axes:
+                raise ImageLoadError(path, f"TIFF series with axes {axes!r} has no Y/X plane")
+            _check_pixels(path, shape[axes.index("X")], shape[axes.index("Y")], max_pixels)
+            array = series.asarray()
+    except ImageLoadError:
+        raise
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+        raise ImageLoadError(path, f"unreadable TIFF ({type(error).__name__}: {error})") from None
+    other_axes = [index for index, axis in enumerate(axes) if axis not in "YX" and shape[index] > 1]
+    if len(other_axes) > 1:
+        raise ImageLoadError(path, f"TIFF with axes {axes!r} and shape {shape}: expected one band axis")
+    band_axis = other_axes[0] if other_axes else None
+    keep = [axes.index("Y"), axes.index("X")] + ([band_axis] if band_axis is not None else [])
+    order = keep + [index for index in range(len(shape)) if index not in keep]  # the rest have size 1
+    array = np.transpose(np.reshape(array, shape), order)
+    array = np.reshape(array, array.shape[: len(keep)])
+    count = array.shape[2] if array.ndim == 3 else 1
+    if bands is None:
+        raise ImageLoadError(
+            path, f"{count}-band TIFF ({array.dtype}); pass bands=(r, g, b) to choose which bands are red, green, blue"
+        )
+    if array.ndim == 2:
+        raise ImageLoadError(path, f"bands={tuple(bands)} given for a single-band TIFF")
+    return _select_bands(path, array, bands)
+
+
+def _to_rgb(path: Path, image: Image.Image) -> Image.Image:
+    """Convert a loaded PIL image of any supported mode to RGB (see the module table)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode == "P":
+        return _composite(image.convert("RGBA")) if "transparency" in image.info else image.convert("RGB")
+    if mode in PIL_TO_RGB_MODES:
+        return image.convert("RGB")
+    if mode in ALPHA_MODES:
+        return _composite(image.convert("RGBA"))
+    if mode in HIGH_DEPTH_MODES:
+        grey = stretch_to_uint8(np.asarray(image))
+        return Image.fromarray(np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1)), mode="RGB")
+    raise ImageLoadError(path, f"unsupported image mode {mode!r} (bands {image.getbands()})")
+
+
+def _composite(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, CLIP_MEAN_RGB + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def load_image(
+    path: "str | Path", *, bands: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load ``path`` as an 8-bit RGB image; see the module docstring for every mode. ``bands=(r, g, b)`` picks
+    bands of a multi-band file (required for TIFFs with more than 3 colour bands)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "file not found")
+    tiff = _is_tiff(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
+    except UnidentifiedImageError:
+        if tiff:
+            return _read_tiff_bands(path, bands, max_pixels)
+        raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
+    except OSError as error:
+        raise ImageLoadError(path, f"cannot open ({error})") from None
+    with image:
+        _check_pixels(path, image.width, image.height, max_pixels)
+        if tiff and _is_multiband_tiff(image):
+            return _read_tiff_bands(path, bands, max_pixels)
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's truncated/corrupt-data errors
+            raise ImageLoadError(path, f"truncated or corrupt image data ({error})") from None
+        if bands is not None:
+            array = np.asarray(image)
+            if array.ndim != 3:
+                raise ImageLoadError(path, f"bands={tuple(bands)} given for a single-band {image.mode!r} image")
+            return _select_bands(path, array, bands)
+        return _to_rgb(path, image)
+
+
+class ImageProcessor:
+    """CLIP preprocessing as LLaVA does it: pad to a square with the mean colour (image centred), bicubic
+    antialiased resize to ``image_size``, scale to [0, 1], normalise with ``mean``/``std``.
+
+    ``processor(image)`` takes a PIL image (any mode ``load_image`` accepts is converted first) or a path and returns
+    ``[3, image_size, image_size]`` float32.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values, std positive; got mean={mean}, std={std}")
+        self.image_size = image_size
+        self.mean = tuple(float(value) for value in mean)
+        self.std = tuple(float(value) for value in std)
+        self.max_pixels = max_pixels
+        self.background = tuple(int(value * 255) for value in self.mean)
+        self.transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(self.mean), std=list(self.std)),
+            ]
+        )
+
+    def pad_to_square(self, image: Image.Image) -> Image.Image:
+        """LLaVA's ``expand2square``: the image centred on a square of the mean colour."""
+        width, height = image.size
+        if width == height:
+            return image
+        side = max(width, height)
+        canvas = Image.new("RGB", (side, side), self.background)
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        return canvas
+
+    @typecheck
+    def __call__(self, image: Image.Image | str | Path) -> Float[Tensor, "3 size size"]:
+        if isinstance(image, (str, Path)):
+            image = load_image(image, max_pixels=self.max_pixels)
+        elif image.mode != "RGB":
+            image = _to_rgb(Path(getattr(image, "filename", "") or "<in-memory image>"), image)
+        return self.transform(self.pad_to_square(image)).contiguous()
+
+    def __repr__(self) -> str:
+        return f"ImageProcessor(image_size={self.image_size}, mean={self.mean}, std={self.std})"

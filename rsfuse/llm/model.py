@@ -1,0 +1,303 @@
+"""``LlamaForCausalLM``: the Llama / Vicuna decoder with HF-compatible state-dict keys.
+
+Keys: ``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj``, ``model.layers.{i}.mlp.{gate,up,down}_proj``,
+``model.layers.{i}.{input,post_attention}_layernorm``, ``model.norm``, ``lm_head`` (tied to the embeddings when
+``tie_word_embeddings``). Masks follow HF: ``attention_mask`` is ``[B, past + new]`` with 1 for real tokens.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from rsfuse._typing import Float, Int, Shaped, Tensor, typecheck
+from rsfuse.llm.cache import DynamicKVCache, KVCache
+from rsfuse.llm.config import LlamaConfig
+from rsfuse.llm.layers import AttentionMask, LlamaDecoderLayer, RMSNorm
+from rsfuse.llm.rope import RotaryEmbedding
+
+__all__ = ["LlamaOutput", "LlamaModel", "LlamaForCausalLM", "IGNORE_INDEX", "build_attention_mask", "default_position_ids"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LlamaOutput:
+    """``loss`` (mean over labels != -100, None without labels), ``logits [B, M, vocab]``, the cache (or None)."""
+
+    loss: Tensor | None
+    logits: Tensor
+    past_key_values: KVCache | None = None
+
+
+def build_attention_mask(
+    attention_mask: Tensor | None, *, new_tokens: int, past_tokens: int, device: torch.device
+) -> AttentionMask:
+    """The one mask all layers share.
+
+    No padding mask and no cache: SDPA's built-in causal path (no mask tensor). One new token and no padding: no
+    mask at all. Otherwise a boolean ``[B, 1, new, past + new]`` = padding & bottom-right causal triangle.
+    """
+    total = past_tokens + new_tokens
+    if attention_mask is None:
+        if past_tokens == 0:
+            return AttentionMask(mask=None, causal=new_tokens > 1)
+        if new_tokens == 1:
+            return AttentionMask(mask=None, causal=False)
+    elif attention_mask.shape[-1] != total:
+        raise ValueError(
+            f"attention_mask has {attention_mask.shape[-1]} columns; expected past + new = {past_tokens} + "
+            f"{new_tokens} = {total} (HF convention: the mask covers cached and new positions)"
+        )
+    rows = torch.arange(new_tokens, device=device)[:, None] + past_tokens
+    cols = torch.arange(total, device=device)[None, :]
+    mask = rearrange(cols <= rows, "m n -> 1 1 m n")
+    if attention_mask is not None:
+        mask = mask & rearrange(attention_mask.to(device=device, dtype=torch.bool), "b n -> b 1 1 n")
+    return AttentionMask(mask=mask, causal=False)
+
+
+def default_position_ids(
+    attention_mask: Tensor | None, *, batch: int, new_tokens: int, past_tokens: int, device: torch.device
+) -> Int[Tensor, "#batch new"]:
+    """``cumsum(mask) - 1`` clamped at 0 over the new columns (left padding works); ``past + arange`` without a mask."""
+    if attention_mask is None:
+        return rearrange(torch.arange(past_tokens, past_tokens + new_tokens, device=device), "m -> 1 m")
+    positions = (attention_mask.to(device=device).long().cumsum(dim=-1) - 1).clamp_min(0)
+    return positions[:, -new_tokens:]
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers and final norm; ``forward`` returns the normed hidden states."""
+
+    def __init__(self, config: LlamaConfig, *, attention_backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, layer_index=index, attention_backend=attention_backend)
+            for index in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    @typecheck
+    def forward(
+        self,
+        inputs_embeds: Float[Tensor, "batch new dim"],
+        *,
+        attention_mask: Shaped[Tensor, "batch total"] | None = None,
+        position_ids: Int[Tensor, "#batch new"] | None = None,
+        cache: KVCache | None = None,
+    ) -> Float[Tensor, "batch new dim"]:
+        batch, new_tokens, _ = inputs_embeds.shape
+        past_tokens = cache.seq_length if cache is not None else 0
+        device = inputs_embeds.device
+        if position_ids is None:
+            position_ids = default_position_ids(
+                attention_mask, batch=batch, new_tokens=new_tokens, past_tokens=past_tokens, device=device
+            )
+        mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device)
+        position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=mask,
+                position_ids=position_ids,
+                cache=cache,
+            )
+        return self.norm(hidden_states)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama decoder with a language-model head. ``attention_backend`` is passed to ``rsfuse.ops.attention``."""
+
+    def __init__(self, config: LlamaConfig, *, attention_backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, attention_backend=attention_backend)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+        self.tie_weights()
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def reset_parameters(self) -> None:
+        """HF's initialisation: normal(0, initializer_range) for linear and embedding weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None and module.weight.device.type != "meta":
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def tie_weights(self) -> None:
+        """Share ``lm_head.weight`` with the input embeddings when ``config.tie_word_embeddings``."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Recompute each decoder layer in backward (``torch.utils.checkpoint``, ``use_reentrant=False``)."""
+        return all(layer.gradient_checkpointing for layer in self.model.layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        for layer in self.model.layers:
+            layer.gradient_checkpointing = bool(enabled)
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------------------------------------- forward
+    @typecheck
+    def forward(
+        self,
+        input_ids: Int[Tensor, "batch new"] | None = None,
+        *,
+        inputs_embeds: Float[Tensor, "batch new dim"] | None = None,
+        attention_mask: Shaped[Tensor, "batch total"] | None = None,
+        position_ids: Int[Tensor, "#batch new"] | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        labels: Int[Tensor, "batch new"] | None = None,
+        logits_to_keep: int = 0,
+    ) -> LlamaOutput:
+        """Logits for the new positions (``logits_to_keep > 0``: only the last that many); loss when ``labels`` given.
+
+        Labels are HF-style: aligned with the inputs and shifted inside; -100 is ignored; the loss is the mean over
+        the remaining targets (0 when there are none).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LlamaForCausalLM.forward: pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_tokens(input_ids)
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = DynamicKVCache()
+        hidden_states = self.model(
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache
+        )
+        if logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return LlamaOutput(loss=loss, logits=logits, past_key_values=cache if (use_cache or past_key_values is not None) else None)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        rename: Callable[[str], str | None] | None = None,
+        attention_backend: str = "auto",
+    ) -> "LlamaForCausalLM":
+        """Load an HF Llama/Vicuna folder shard by shard into a model built on the meta device (peak memory ≈ one
+        copy of the weights plus one shard). ``dtype`` None keeps the stored dtype. ``rename`` maps or drops
+        (returns None) checkpoint keys, e.g. ``rsfuse.checkpoints.llama.keep_llama_keys`` for LLaVA folders.
+        Returns the model in eval mode."""
+        # Imported here: rsfuse.checkpoints sits above rsfuse.llm in the layering and imports its config.
+        from rsfuse.checkpoints.llama import iter_llama_shards, read_llama_config  # noqa: PLC0415
+
+        config = read_llama_config(folder)
+        with torch.device("meta"):
+            model = cls(config, attention_backend=attention_backend)
+        load_shards_assign(model, iter_llama_shards(folder, rename=rename), dtype=dtype, device=device, folder=folder)
+        model.model.rotary_emb.reset_parameters(device)
+        return model.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike, *, max_shard_bytes: int = 2 * 1024**3) -> None:
+        """Write ``config.json`` and sharded safetensors with ``model.safetensors.index.json`` (HF-readable)."""
+        from rsfuse.checkpoints.io import save_sharded  # noqa: PLC0415  (see from_pretrained)
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict()
+        if self.config.tie_word_embeddings:
+            state_dict.pop("lm_head.weight", None)
+        save_sharded(state_dict, folder, max_shard_bytes=max_shard_bytes)
+        config = self.config.to_dict()
+        config["torch_dtype"] = config["dtype"] = str(self.model.embed_tokens.weight.dtype).removeprefix("torch.")
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def causal_lm_loss(logits: Float[Tensor, "batch tokens vocab"], labels: Int[Tensor, "batch tokens"]) -> Tensor:
+    """Next-token cross-entropy in float32: position t predicts ``labels[t + 1]``; -100 ignored; mean over targets."""
+    targets = labels[:, 1:]
+    token_losses = F.cross_entropy(
+        rearrange(logits[:, :-1].float(), "b m v -> (b m) v"),
+        rearrange(targets, "b m -> (b m)"),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return token_losses / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def load_shards_assign(
+    model: nn.Module,
+    shards,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    folder: str | os.PathLike,
+) -> None:
+    """Assign ``(path, state dict)`` shards into ``model`` (built on meta); checks shapes, missing and unexpected keys."""
+    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415  (see LlamaForCausalLM.from_pretrained)
+
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if tied:
+        expected.pop("lm_head.weight")
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for path, shard in shards:
+        accepted = {}
+        for key, tensor in shard.items():
+            if key == "lm_head.weight" and tied:
+                continue
+            if key not in expected:
+                unexpected.append(f"{key} ({Path(path).name})")
+                continue
+            if tuple(tensor.shape) != expected[key]:
+                raise CheckpointError(
+                    f"{path}: key {key!r} has shape {tuple(tensor.shape)} but the model expects {expected[key]}"
+                )
+            target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
+            accepted[key] = tensor.to(device=device, dtype=target_dtype)
+        model.load_state_dict(accepted, strict=False, assign=True)
+        loaded.update(accepted)
+        del shard, accepted
+    missing = sorted(set(expected) - loaded)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: checkpoint does not match {type(model).__name__}: missing keys {missing}; unexpected keys "
+            f"{unexpected} (pass rename= to map or drop keys, e.g. rsfuse.checkpoints.llama.keep_llama_keys)"
+        )
+    if tied:
+        model.tie_weights()

@@ -1,0 +1,206 @@
+"""Building an ``MFRSVLM`` from checkpoints and writing it back (DESIGN §3).
+
+* ``load_pretrained``: the layout is chosen from ``config.json``'s ``model_type`` — "rsfuse_mfrsvlm" (rsfuse folder)
+  or "mfrsvlm" / "vhm" (released MF-RSVLM) — never from the folder name.
+* ``load_from_parts``: HF CLIP folder + HF Llama folder and/or LLaVA-1.5 folder; new modules are initialised.
+* ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model).
+
+Loading builds the model on the meta device and assigns the checkpoint tensors (no random initialisation, one copy
+of the weights in memory); every key is checked first: missing and unexpected keys are listed, a wrong shape names
+the key and both shapes.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsfuse.checkpoints.clip import read_clip_vision
+from rsfuse.checkpoints.io import CheckpointError
+from rsfuse.checkpoints.llama import read_llama
+from rsfuse.checkpoints.llava import read_llava
+from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, read_released_mfrsvlm
+from rsfuse.checkpoints.rsfuse_folder import (
+    RSFUSE_MODEL_TYPE,
+    TOKENIZER_FILE,
+    checkpoint_model_type,
+    read_rsfuse_folder,
+    write_rsfuse_folder,
+)
+from rsfuse.model.config import MFRSVLMConfig
+
+__all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "check_state_dict", "READABLE_MODEL_TYPES"]
+
+READABLE_MODEL_TYPES = (RSFUSE_MODEL_TYPE, *RELEASED_MODEL_TYPES)
+_LIST_LIMIT = 40
+
+
+def _listing(keys: list[str]) -> str:
+    shown = keys[:_LIST_LIMIT]
+    more = f" ... and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else ""
+    return f"{shown}{more}"
+
+
+def check_state_dict(
+    expected: dict[str, tuple[int, ...]], state_dict: dict[str, torch.Tensor], *, source: str, allow_missing: bool = False
+) -> None:
+    """Raise ``CheckpointError``: missing / unexpected keys listed, or the first wrong shape with key and both shapes."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if (missing and not allow_missing) or unexpected:
+        parts = []
+        if missing and not allow_missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        raise CheckpointError(f"{source}: checkpoint does not match MFRSVLM: " + "; ".join(parts))
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != expected[key]:
+            raise CheckpointError(
+                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in the checkpoint but the model expects "
+                f"{expected[key]}"
+            )
+
+
+def _expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _materialise(model, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype | None, device, source: str):
+    """Assign ``state_dict`` into ``model`` (built on meta), rebuild non-persistent buffers, retie, check for meta."""
+    converted = {
+        key: tensor.to(device=device, dtype=dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype)
+        for key, tensor in state_dict.items()
+    }
+    model.load_state_dict(converted, strict=True, assign=True)
+    model.llm.model.rotary_emb.reset_parameters(device)
+    model.llm.tie_weights()
+    left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left_on_meta:
+        raise CheckpointError(f"{source}: these tensors were not loaded: {_listing(left_on_meta)}")
+    return model
+
+
+def _build(cls, config: MFRSVLMConfig, state_dict: dict[str, torch.Tensor], *, dtype, device, source: str):
+    with torch.device("meta"):
+        model = cls(config)
+    expected = _expected_shapes(model)
+    if config.llm.tie_word_embeddings:
+        state_dict.setdefault("llm.lm_head.weight", state_dict.get("llm.model.embed_tokens.weight"))
+    check_state_dict(expected, state_dict, source=source)
+    return _materialise(model, state_dict, dtype=dtype, device=device, source=source).eval()
+
+
+def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: str) -> MFRSVLMConfig:
+    try:
+        return MFRSVLMConfig.from_dict({**data, **overrides})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: {error}") from None
+
+
+def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", **overrides: Any):
+    """``MFRSVLM`` from an rsfuse folder or a released MF-RSVLM folder, picked by ``config.json``'s ``model_type``."""
+    folder = Path(path)
+    model_type = checkpoint_model_type(folder)
+    if model_type == RSFUSE_MODEL_TYPE:
+        config_data, state_dict = read_rsfuse_folder(folder)
+    elif model_type in RELEASED_MODEL_TYPES:
+        config_data, state_dict = read_released_mfrsvlm(folder)
+    else:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type {model_type!r} is not an MF-RSVLM checkpoint (readable: "
+            f"{READABLE_MODEL_TYPES}); build from an HF CLIP + Llama/LLaVA folder with MFRSVLM.from_parts"
+        )
+    config = _config_from_dict(config_data, overrides, str(folder))
+    model = _build(cls, config, state_dict, dtype=dtype, device=device, source=str(folder))
+    tokenizer = folder / TOKENIZER_FILE
+    model.tokenizer_path = tokenizer if tokenizer.is_file() else None
+    return model
+
+
+def load_from_parts(
+    cls,
+    *,
+    vision: str | os.PathLike,
+    llm: str | os.PathLike | None = None,
+    llava: str | os.PathLike | None = None,
+    dtype=None,
+    device="cpu",
+    **overrides: Any,
+):
+    """``MFRSVLM`` from an HF CLIP folder + an HF Llama folder and/or a LLaVA-1.5 folder.
+
+    With ``llava`` the decoder and projector come from it (and ``global_layer`` defaults to its
+    ``mm_vision_select_layer``); without it the projector is newly initialised. Injectors are always new.
+    The tokenizer is taken from the LLaVA folder, else the Llama folder.
+    """
+    if llm is None and llava is None:
+        raise ValueError("MFRSVLM.from_parts: give an llm folder (HF Llama/Vicuna) or a llava folder (LLaVA-1.5)")
+    vision_config, tower_state = read_clip_vision(vision)
+    projector_state: dict[str, torch.Tensor] | None = None
+    settings: dict[str, Any] = {}
+    if llava is not None:
+        parts = read_llava(llava)
+        llm_config, llm_state = parts.llm_config, parts.llm_state_dict
+        projector_state = parts.projector_state_dict
+        settings["global_layer"] = parts.vision_select_layer
+    else:
+        llm_config, llm_state = read_llama(llm)
+    settings.update(overrides)
+    try:
+        config = MFRSVLMConfig(vision=vision_config, llm=llm_config, **settings)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"MFRSVLM.from_parts: {error}") from None
+    model = cls(config)
+    expected = _expected_shapes(model)
+    loaded = {"vision_tower." + key: value for key, value in tower_state.items()}
+    loaded.update({"llm." + key: value for key, value in llm_state.items()})
+    if config.llm.tie_word_embeddings:
+        loaded.pop("llm.lm_head.weight", None)
+        expected.pop("llm.lm_head.weight", None)
+    if projector_state is not None:
+        loaded.update({"projector." + key: value for key, value in projector_state.items()})
+    required = {key: shape for key, shape in expected.items() if key.startswith(("vision_tower.", "llm."))}
+    if projector_state is not None:
+        required.update({key: shape for key, shape in expected.items() if key.startswith("projector.")})
+    check_state_dict(required, loaded, source=f"from_parts(vision={vision}, llm={llm}, llava={llava})")
+    model.load_state_dict(loaded, strict=False)
+    model.llm.tie_weights()
+    for candidate in (llava, llm):
+        if candidate is not None and (Path(candidate) / TOKENIZER_FILE).is_file():
+            model.tokenizer_path = Path(candidate) / TOKENIZER_FILE
+            break
+    model = model.to(device=device)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model
+
+
+def _tokenizer_file(model, tokenizer: Any, folder: Path) -> Path | None:
+    """The ``tokenizer.model`` to copy: from a path, a folder, an object with ``save_pretrained``, or the model's own."""
+    if tokenizer is None:
+        return model.tokenizer_path
+    if isinstance(tokenizer, (str, os.PathLike)):
+        candidate = Path(tokenizer)
+        return candidate / TOKENIZER_FILE if candidate.is_dir() else candidate
+    if callable(getattr(tokenizer, "save_pretrained", None)):
+        written = tokenizer.save_pretrained(folder)
+        return Path(written) if written is not None else folder / TOKENIZER_FILE
+    raise TypeError(f"save_pretrained: tokenizer must be a path or have save_pretrained(), got {type(tokenizer).__name__}")
+
+
+def save_pretrained(model, path: str | os.PathLike, *, tokenizer: Any = None, max_shard_bytes: int = 2 * 1024**3) -> Path:
+    """Write ``model`` as an rsfuse folder; returns the folder."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_dict = model.state_dict()
+    if model.config.llm.tie_word_embeddings:
+        state_dict.pop("llm.lm_head.weight", None)
+    tokenizer_file = _tokenizer_file(model, tokenizer, folder)
+    write_rsfuse_folder(
+        folder, model.config.to_dict(), state_dict, tokenizer_file=tokenizer_file, max_shard_bytes=max_shard_bytes
+    )
+    if tokenizer_file is not None:
+        model.tokenizer_path = folder / TOKENIZER_FILE
+    return folder

@@ -1,0 +1,363 @@
+"""``MFRSVLM``: the composed model (DESIGN §1): CLIP tower, multi-scale canvas, detail stacks, one shared projector,
+Llama decoder with gated injectors grafted before the configured layers.
+
+Module tree and state-dict keys (the rsfuse folder format):
+
+* ``vision_tower.*``  — ``CLIPVisionTower`` (HF keys without ``vision_model.``). The canvas uses the same tower
+  object but is *not* registered as a submodule, so the tower's weights appear once in ``state_dict``;
+* ``projector.{0,2}.*`` — the ``mlp2x_gelu`` projector shared by the global tokens and every detail stack;
+* ``llm.*`` — ``LlamaForCausalLM`` with HF keys (``llm.model.layers.3.self_attn.q_proj.weight``, ``llm.lm_head.weight``);
+* ``injectors.{i}.*`` — one ``GatedInjector`` with a ``Router`` per injection layer, ``i`` the 0-based decoder index.
+
+Logits cover the whole assembled sequence, visual positions included (``[B, N + L, V]`` in prefix mode); the
+output also carries the assembled ``attention_mask``, ``position_ids`` and ``labels`` (−100 at visual, padding and
+unlabelled positions), so every logit row can be aligned with its target. The loss ignores visual positions.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
+from rsfuse.encoders.canvas import MultiScaleCanvas
+from rsfuse.encoders.clip import CLIPVisionTower
+from rsfuse.fusion.projector import MLPProjector
+from rsfuse.fusion.sampler import DetailStackSampler
+from rsfuse.injection.gated import GatedInjector
+from rsfuse.injection.graft import GraftHandle, graft
+from rsfuse.injection.router import Router
+from rsfuse.llm.cache import KVCache
+from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
+from rsfuse.model.config import MFRSVLMConfig
+from rsfuse.model.sequence import AssembledSequence, assemble_sequence, compact_text
+
+__all__ = ["MFRSVLM", "MFRSVLMOutput"]
+
+
+@dataclass
+class MFRSVLMOutput:
+    """``logits [B, T, V]`` over the assembled sequence (visual positions included), ``loss`` (None without labels)."""
+
+    loss: Tensor | None
+    logits: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    labels: Tensor | None
+    past_key_values: KVCache | None = None
+    visual_positions: Tensor | None = None
+    """``[B, N]`` sequence indices of the visual tokens (None for a text-only batch)."""
+
+
+class MFRSVLM(nn.Module):
+    """MF-RSVLM. ``forward(pixel_values, input_ids, attention_mask=None, labels=None, *, image_mask=None)``.
+
+    ``pixel_values``: ``[B, 3, S, S]`` normalised pixels with ``S = config.input_size`` (the global view, or the canvas
+    when ``canvas_source="image"``), or None for an all-text batch. ``image_mask [B]`` marks samples that carry an
+    image (rows of ``pixel_values`` for the others are ignored and not encoded).
+    """
+
+    def __init__(self, config: MFRSVLMConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MFRSVLMConfig):
+            raise TypeError(f"MFRSVLM expects an MFRSVLMConfig, got {type(config).__name__}")
+        self.config = config
+        backend = config.attention_backend
+        self.vision_tower = CLIPVisionTower(config.vision, attention_backend=backend)
+        self.projector = MLPProjector(config.vision.hidden_size, config.llm.hidden_size)
+        self.llm = LlamaForCausalLM(config.llm, attention_backend=backend)
+        self.sampler = DetailStackSampler(config.stack_factor)
+        dim = config.llm.hidden_size
+        self.injectors = nn.ModuleDict(
+            {
+                str(index): GatedInjector(
+                    dim,
+                    router=Router(dim, mode=config.router_mode, attention_backend=backend),
+                    residual_scale_init=config.residual_scale_init,
+                )
+                for index in config.injection_layer_indices
+            }
+        )
+        canvas = None
+        if config.detail:
+            # The canvas owns no tensors; building it on the CPU keeps meta-device construction (checkpoint loading) working.
+            with torch.device("cpu"):
+                canvas = self._build_canvas(config)
+        # Not registered: the canvas's only weights are the tower's, already registered as ``vision_tower``.
+        object.__setattr__(self, "canvas", canvas)
+        handle = graft(self.llm, self.injectors, visual_slice=slice(0, config.num_visual_tokens)) if config.detail else None
+        object.__setattr__(self, "graft_handle", handle)
+        self.tokenizer_path: Path | None = None
+
+    def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
+        return MultiScaleCanvas(
+            self.vision_tower,
+            canvas_size=config.canvas_size,
+            base_window=config.base_window,
+            window_scales=config.window_scales,
+            layers=config.detail_layers,
+            blend=config.blend,
+            window_layout=config.window_layout,
+        )
+
+    # ----- properties ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.projector[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector[0].weight.dtype
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.config.num_visual_tokens
+
+    # ----- vision --------------------------------------------------------------------------------------------------
+    def _check_pixels(self, pixel_values: Tensor) -> None:
+        size = self.config.input_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (self.config.vision.num_channels, size, size):
+            where = "the canvas size (canvas_source='image')" if self.config.canvas_source == "image" else "the global view"
+            raise ValueError(
+                f"MFRSVLM: pixel_values must be [B, {self.config.vision.num_channels}, {size}, {size}] ({where}), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+
+    @typecheck
+    def encode_images(
+        self, pixel_values: Float[Tensor, "batch channels height width"]
+    ) -> tuple[Float[Tensor, "batch tokens dim"], Float[Tensor, "batch stacks tokens dim"] | None]:
+        """Projected global tokens ``[B, N, D]`` and projected detail stacks ``[B, K, N, D]`` (None without detail).
+
+        The stacks are computed once per image (1 + Σ windows tower passes) and shared by every injection layer.
+        """
+        self._check_pixels(pixel_values)
+        pixels = pixel_values.to(self.dtype)
+        global_view = pixels
+        if self.config.canvas_source == "image":
+            size = self.config.global_size
+            global_view = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        features = self.vision_tower.forward_intermediates(global_view, [self.config.global_hidden_index])[0]
+        global_tokens = self.projector(features)
+        if self.canvas is None:
+            return global_tokens, None
+        stacks = self.projector(self.sampler(self.canvas(pixels)))
+        return global_tokens, stacks
+
+    def _encode_selected(
+        self, pixel_values: Tensor | None, image_mask: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Encode only the samples with an image; rows of text-only samples are zeros (and masked later)."""
+        if pixel_values is None:
+            if image_mask is not None and bool(image_mask.any()):
+                raise ValueError("MFRSVLM: image_mask marks samples with an image but pixel_values is None")
+            return None, None, None
+        if image_mask is None:
+            global_tokens, stacks = self.encode_images(pixel_values)
+            return global_tokens, stacks, None
+        image_mask = image_mask.to(device=pixel_values.device, dtype=torch.bool)
+        if image_mask.shape != (pixel_values.shape[0],):
+            raise ValueError(
+                f"MFRSVLM: image_mask must be [B] = [{pixel_values.shape[0]}], got {tuple(image_mask.shape)}"
+            )
+        # One host sync per batch to skip the 59 tower passes of every text-only sample.
+        selected = image_mask.nonzero().flatten()
+        if selected.numel() == 0:
+            return None, None, None
+        if selected.numel() == pixel_values.shape[0]:
+            global_tokens, stacks = self.encode_images(pixel_values)
+            return global_tokens, stacks, image_mask
+        global_selected, stacks_selected = self.encode_images(pixel_values.index_select(0, selected))
+        batch = pixel_values.shape[0]
+        global_tokens = global_selected.new_zeros((batch, *global_selected.shape[1:])).index_copy(0, selected, global_selected)
+        stacks = None
+        if stacks_selected is not None:
+            stacks = stacks_selected.new_zeros((batch, *stacks_selected.shape[1:])).index_copy(0, selected, stacks_selected)
+        return global_tokens, stacks, image_mask
+
+    # ----- sequence ------------------------------------------------------------------------------------------------
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.config.llm.pad_token_id
+        if pad is None:
+            eos = self.config.llm.eos_token_id
+            pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+        return int(pad)
+
+    def prepare_inputs(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        image_mask: Tensor | None = None,
+        pad_left: bool = False,
+    ) -> tuple[AssembledSequence, Tensor | None, Tensor | None]:
+        """Encode the images and assemble the decoder input: ``(sequence, stacks or None, image mask or None)``."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"MFRSVLM: pixel_values has {pixel_values.shape[0]} samples but input_ids has {input_ids.shape[0]}"
+            )
+        global_tokens, stacks, image_mask = self._encode_selected(pixel_values, image_mask)
+        text = compact_text(
+            input_ids,
+            attention_mask,
+            labels,
+            image_token_index=self.config.image_token_index,
+            pad_token_id=self.pad_token_id,
+            pad_left=pad_left,
+        )
+        text_embeds = self.llm.get_input_embeddings()(text.input_ids)
+        sequence = assemble_sequence(
+            text, text_embeds, global_tokens, image_mask, placement=self.config.image_placement
+        )
+        return sequence, stacks, image_mask
+
+    def run_decoder(
+        self,
+        sequence: AssembledSequence,
+        stacks: Tensor | None,
+        image_mask: Tensor | None,
+        *,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ):
+        """Run the decoder over an assembled sequence, injecting ``stacks`` at the visual positions (prefill)."""
+        kwargs: dict[str, Any] = {
+            "inputs_embeds": sequence.inputs_embeds,
+            "attention_mask": sequence.attention_mask,
+            "position_ids": sequence.position_ids,
+            "use_cache": use_cache,
+            "logits_to_keep": logits_to_keep,
+        }
+        if stacks is None or self.graft_handle is None:
+            return self.llm(**kwargs)
+        with self.graft_handle.use(stacks, visual_positions=sequence.visual_positions, sample_mask=image_mask):
+            return self.llm(**kwargs)
+
+    # ----- forward -------------------------------------------------------------------------------------------------
+    @typecheck
+    def forward(
+        self,
+        pixel_values: Float[Tensor, "batch channels height width"] | None,
+        input_ids: Int[Tensor, "batch text"],
+        attention_mask: Int[Tensor, "batch text"] | Bool[Tensor, "batch text"] | None = None,
+        labels: Int[Tensor, "batch text"] | None = None,
+        *,
+        image_mask: Bool[Tensor, " batch"] | None = None,
+    ) -> MFRSVLMOutput:
+        """Training / scoring forward (right padding). ``labels`` align with ``input_ids`` (HF style, −100 ignored)."""
+        sequence, stacks, image_mask = self.prepare_inputs(
+            pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, pad_left=False
+        )
+        output = self.run_decoder(sequence, stacks, image_mask)
+        loss = None if sequence.labels is None else causal_lm_loss(output.logits, sequence.labels)
+        return MFRSVLMOutput(
+            loss=loss,
+            logits=output.logits,
+            attention_mask=sequence.attention_mask,
+            position_ids=sequence.position_ids,
+            labels=sequence.labels,
+            visual_positions=_visual_positions(sequence),
+        )
+
+    # ----- generation ----------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        image_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """New token ids ``[B, T]`` (``T <= max_new_tokens``), pad after each sample's EOS; see ``rsfuse.model.generation``."""
+        from rsfuse.model.generation import generate  # noqa: PLC0415  (generation builds on this class's methods)
+
+        return generate(
+            self,
+            pixel_values,
+            input_ids,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            image_mask=image_mask,
+            generator=generator,
+            use_cache=use_cache,
+        )
+
+    # ----- checkpoints ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        **config_overrides: Any,
+    ) -> "MFRSVLM":
+        """Load an rsfuse folder or a released MF-RSVLM folder (layout chosen from ``config.json``'s ``model_type``).
+
+        ``config_overrides`` change non-shape settings (e.g. ``attention_backend``, ``window_layout``).
+        """
+        from rsfuse.model.loading import load_pretrained  # noqa: PLC0415
+
+        return load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        vision: str | os.PathLike,
+        llm: str | os.PathLike | None = None,
+        llava: str | os.PathLike | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        **config_overrides: Any,
+    ) -> "MFRSVLM":
+        """Assemble from an HF CLIP folder + an HF Llama/Vicuna folder and/or a LLaVA-1.5 folder (projector and
+        decoder); the injectors (and the projector without LLaVA) are newly initialised."""
+        from rsfuse.model.loading import load_from_parts  # noqa: PLC0415
+
+        return load_from_parts(cls, vision=vision, llm=llm, llava=llava, dtype=dtype, device=device, **config_overrides)
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        *,
+        tokenizer: Any = None,
+        max_shard_bytes: int = 2 * 1024**3,
+    ) -> Path:
+        """Write an rsfuse folder: ``config.json`` (``model_type: "rsfuse_mfrsvlm"``), sharded safetensors + index,
+        and ``tokenizer.model`` (from ``tokenizer``, a path or an object with ``save_pretrained``, else the one this
+        model was loaded with)."""
+        from rsfuse.model.loading import save_pretrained  # noqa: PLC0415
+
+        return save_pretrained(self, path, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
+
+
+def _visual_positions(sequence: AssembledSequence) -> Tensor | None:
+    if sequence.visual_positions is not None:
+        return sequence.visual_positions
+    if sequence.visual_slice is None:
+        return None
+    batch = sequence.inputs_embeds.shape[0]
+    span = torch.arange(sequence.visual_slice.start, sequence.visual_slice.stop, device=sequence.inputs_embeds.device)
+    return rearrange(span, "n -> 1 n").expand(batch, -1)

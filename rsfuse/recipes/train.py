@@ -1,0 +1,931 @@
+"""MF-RSVLM training recipe (``rsfuse train`` / ``python recipes/mf_rsvlm_train.py [--config FILE] [key=value ...]``).
+
+What it supports:
+
+- **Configuration**: typed schema of dotted keys (`rsfuse.recipes.config`), YAML files and ``key=value`` overrides;
+  ``model.*`` takes `MFRSVLMConfig` fields (``model.llm.hidden_size=128``), ``model.preset`` (tiny | paper) and
+  ``model.init_from`` (a folder `MFRSVLM.from_pretrained` reads).
+- **Training modes** per part (``train.trainable.{vit,projector,injector,llm}``): ``frozen``, ``full`` or ``lora``
+  (peft LoRA on the part's linear layers; merged before ``final/`` is written). Separate tower learning rate
+  (``train.vit_lr``), AdamW, cosine schedule with linear warmup, gradient accumulation, clipping, gradient
+  checkpointing, bf16 autocast on GPU (``train.dtype=auto``), fp32 on the CPU.
+- **Exact resume**: ``checkpoints/step_N/`` holds model, optimizer, scheduler, data position (epoch, optimizer steps
+  and samples consumed in it) and every RNG state, written atomically (temp folder + fsync + rename, newest
+  ``keep_last`` kept). Data order depends only on (seed, epoch); consumed samples are skipped; deterministic algorithms
+  on the CPU; no randomness in data loading. ``resume=auto`` after a SIGKILL at any moment gives weights bit-identical
+  to an uninterrupted run on the CPU.
+- **Loss normalisation**: every optimizer step minimises the mean token loss over the *global* batch (all
+  micro-batches of all processes), so gradient accumulation and data parallelism reproduce the single-process,
+  large-batch step.
+- **Non-finite loss**: the run stops before the optimizer step, names the step and the last good checkpoint, and exits
+  with status 3.
+- **Several processes** (``torchrun``, ``WORLD_SIZE`` > 1): gloo on CPU / nccl on GPU, FSDP2 ``fully_shard`` per
+  decoder layer, tower block and injector, then the root; each process takes its slice of the same global batch;
+  torch.distributed.checkpoint (DCP) for model and optimizer state.
+- **Outputs**: ``metrics.jsonl`` (one record per optimizer step: step, loss, lr, grad_norm, tokens, tokens_per_s,
+  val_loss when computed), ``loss.png``, ``final/`` (`MFRSVLM.from_pretrained` loads it; tokenizer included) and,
+  after training, ``eval_synthetic.json``: a greedy, KV-cached generation evaluation on ``data.test_json`` with a
+  per-question-type accuracy table.
+- **Embedded default** (no arguments): writes the synthetic benchmark to ``data/synthetic/`` if missing, trains a
+  sentencepiece tokenizer on its training text, trains the tiny MF-RSVLM from scratch on the CPU and evaluates it.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from rsfuse.recipes.config import ConfigError, RecipeConfig, flatten, parse_args
+from rsfuse.train.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint
+from rsfuse.train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    full_state_dict,
+    init_distributed,
+    load_sharded_state,
+    save_sharded_state,
+    shard_model,
+)
+from rsfuse.train.metrics import MetricsWriter, plot_loss
+from rsfuse.train.optim import build_optimizer, clip_and_step, cosine_with_warmup, warmup_steps_for
+from rsfuse.train.rng import capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = [
+    "main",
+    "run",
+    "NonFiniteLossError",
+    "LoopOptions",
+    "TrainState",
+    "Trainer",
+    "epoch_order",
+    "micro_batches_for_step",
+]
+
+IGNORE_INDEX = -100
+EXIT_NON_FINITE = 3
+EXIT_CONFIG = 2
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+TRAINER_STATE_FILE = "trainer_state.pt"
+DCP_FOLDER = "dcp"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss of an optimizer step is NaN or infinite; ``step`` is the 1-based step that produced it."""
+
+    def __init__(self, step: int, loss: float, last_checkpoint: Path | None) -> None:
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        super().__init__(f"non-finite loss ({loss}) at step {step}; training stopped before that update; {kept}")
+        self.step = step
+
+
+# ---------------------------------------------------------------------------------------------------- data order
+
+
+def epoch_order(num_samples: int, *, seed: int, epoch: int) -> list[int]:
+    """The sample order of ``epoch``: a permutation that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def micro_batches_for_step(
+    order: Sequence[int], step_in_epoch: int, *, batch_size: int, grad_accum: int, world_size: int, rank: int
+) -> list[list[int]]:
+    """This rank's micro-batches for optimizer step ``step_in_epoch`` (0-based) of an epoch.
+
+    The global batch of a step is ``batch_size × world_size × grad_accum`` consecutive samples of ``order``;
+    micro-batch m is its m-th slice of ``batch_size × world_size`` samples, of which this rank takes slice ``rank``.
+    One process with ``batch_size × world_size`` sees exactly the same global micro-batches.
+    """
+    per_micro = batch_size * world_size
+    start = step_in_epoch * per_micro * grad_accum
+    batches = []
+    for micro in range(grad_accum):
+        offset = start + micro * per_micro + rank * batch_size
+        batches.append(list(order[offset : offset + batch_size]))
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopOptions:
+    """Everything the optimisation loop needs that is not a module (filled from the recipe config)."""
+
+    output_dir: Path
+    seed: int = 0
+    total_steps: int = 10
+    batch_size: int = 2
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    save_every: int = 0
+    keep_last: int = 2
+    val_every: int = 0
+    val_samples: int = 0
+    log_every: int = 1
+    autocast_dtype: torch.dtype | None = None
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Where training stands: optimizer steps done in total, current epoch, and steps done within it."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _supervised_tokens(batch: dict) -> int:
+    labels = batch["labels"]
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _text_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+class _IndexBatches(torch.utils.data.Sampler):
+    """A fixed list of index lists, for ``DataLoader(batch_sampler=...)``."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Trainer:
+    """The optimisation loop over any model with ``model(**batch).loss`` / ``.logits`` and a ``state_dict``.
+
+    ``train_dataset[i]`` gives a sample and ``collate(samples)`` a batch dict with at least ``labels`` (HF style);
+    ``state`` is restored from a checkpoint by `load_checkpoint` before `run`.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_dataset,
+        collate: Callable[[list], dict],
+        options: LoopOptions,
+        context: DistributedContext = DistributedContext(),
+        val_dataset=None,
+        snapshot: dict | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.collate = collate
+        self.options = options
+        self.context = context
+        self.snapshot = snapshot or {}
+        self.state = TrainState()
+        self.global_batch = options.batch_size * options.grad_accum * context.world_size
+        self.steps_per_epoch = len(train_dataset) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the training set has {len(train_dataset)} samples, fewer than one global batch of {self.global_batch} "
+                f"(train.batch_size {options.batch_size} × train.grad_accum {options.grad_accum} × "
+                f"{context.world_size} processes)"
+            )
+        self.checkpoint_root = Path(options.output_dir) / "checkpoints"
+        self.metrics: MetricsWriter | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write ``checkpoints/step_N`` atomically (every rank calls this)."""
+        context = self.context
+
+        def write(folder: Path) -> None:
+            if context.is_distributed:
+                save_sharded_state(self.model, self.optimizer, folder / DCP_FOLDER)
+            elif context.is_main:
+                from safetensors.torch import save_file
+
+                state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
+                save_file(state, str(folder / MODEL_FILE))
+                torch.save(self.optimizer.state_dict(), folder / OPTIMIZER_FILE)
+            torch.save(capture_rng_state(), folder / f"rng_rank{context.rank}.pt")
+            if context.is_main:
+                trainer_state = {
+                    "step": self.state.step,
+                    "epoch": self.state.epoch,
+                    "step_in_epoch": self.state.step_in_epoch,
+                    "samples_consumed_in_epoch": self.state.step_in_epoch * self.global_batch,
+                    "global_batch": self.global_batch,
+                    "world_size": context.world_size,
+                    "scheduler": self.scheduler.state_dict(),
+                }
+                torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+                (folder / "recipe.json").write_text(json.dumps(self.snapshot, indent=2, default=str))
+
+        return save_checkpoint(
+            self.checkpoint_root,
+            self.state.step,
+            write,
+            keep_last=self.options.keep_last,
+            is_main=context.is_main,
+            barrier=context.barrier if context.is_distributed else None,
+        )
+
+    def load_checkpoint(self, folder: str | os.PathLike) -> None:
+        """Restore model, optimizer, scheduler, data position and this rank's RNG from ``folder``."""
+        folder = Path(folder)
+        trainer_state = torch.load(folder / TRAINER_STATE_FILE, weights_only=True)
+        if trainer_state["global_batch"] != self.global_batch:
+            raise ConfigError(
+                f"{folder}: checkpoint was written with a global batch of {trainer_state['global_batch']} samples, "
+                f"this run uses {self.global_batch}; resuming exactly needs the same batch_size × grad_accum × processes"
+            )
+        if self.context.is_distributed:
+            if not (folder / DCP_FOLDER).is_dir():
+                raise ConfigError(f"{folder}: no {DCP_FOLDER}/ (written by a single process; resume it with one)")
+            load_sharded_state(self.model, self.optimizer, folder / DCP_FOLDER)
+        else:
+            if not (folder / MODEL_FILE).is_file():
+                raise ConfigError(f"{folder}: no {MODEL_FILE} (written under torchrun; resume it with torchrun)")
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / MODEL_FILE))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ConfigError(
+                    f"{folder / MODEL_FILE}: does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+                )
+            self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.state = TrainState(
+            step=trainer_state["step"], epoch=trainer_state["epoch"], step_in_epoch=trainer_state["step_in_epoch"]
+        )
+        rng_file = folder / f"rng_rank{self.context.rank}.pt"
+        if not rng_file.is_file():
+            raise ConfigError(f"{rng_file}: missing (the checkpoint was written by fewer processes)")
+        restore_rng_state(torch.load(rng_file, weights_only=True))
+
+    # ------------------------------------------------------------------ one step
+    def _loader(self, batches: list[list[int]]):
+        # The loader's own generator: creating an iterator draws a worker base seed, which must not consume the
+        # global torch RNG (a resumed run creates its loader at a different moment than an uninterrupted one).
+        generator = torch.Generator().manual_seed(self.options.seed * 1_000_003 + self.state.epoch)
+        return torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_sampler=_IndexBatches(batches),
+            collate_fn=self.collate,
+            num_workers=self.options.num_workers,
+            generator=generator,
+        )
+
+    def _autocast(self):
+        dtype = self.options.autocast_dtype
+        if dtype is None:
+            return torch.autocast(self.context.device.type, enabled=False)
+        return torch.autocast(self.context.device.type, dtype=dtype)
+
+    def _train_step(self, micro_batches: list[dict]) -> tuple[float, float, int]:
+        """Forward/backward every micro-batch, then clip and step; returns (global loss, grad norm, global tokens)."""
+        context = self.context
+        device = context.device
+        counts = torch.tensor([float(_supervised_tokens(b)) for b in micro_batches] + [0.0])
+        counts[-1] = sum(_text_tokens(b) for b in micro_batches)
+        totals = all_reduce_sum(counts.to(device), context).cpu()
+        total_supervised = float(totals[:-1].sum())
+        if total_supervised == 0:
+            raise ConfigError(f"step {self.state.step + 1}: the global batch holds no supervised (answer) tokens")
+        loss_sum = torch.zeros((), device=device)
+        self.model.train()
+        for batch, count in zip(micro_batches, counts[:-1].tolist()):
+            batch = _to_device(batch, device)
+            with self._autocast():
+                output = self.model(**batch)
+            if count > 0:
+                contribution = output.loss.float() * (count / total_supervised)
+            else:  # keeps every rank's collectives in step while adding nothing
+                contribution = output.logits.float().sum() * 0.0
+            (contribution * context.world_size).backward()
+            loss_sum = loss_sum + contribution.detach()
+        loss = float(all_reduce_sum(loss_sum, context))
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(self.state.step + 1, loss, find_latest_checkpoint(self.checkpoint_root))
+        grad_norm = clip_and_step(
+            self.model.parameters(), self.optimizer, self.scheduler, max_grad_norm=self.options.max_grad_norm
+        )
+        return loss, grad_norm, int(totals[-1])
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean token loss over the first ``val_samples`` validation samples (whole per-process batches)."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return None
+        world, batch_size = self.context.world_size, self.options.batch_size
+        limit = len(self.val_dataset) if self.options.val_samples <= 0 else min(self.options.val_samples, len(self.val_dataset))
+        per_round = world * batch_size
+        rounds = max(1, limit // per_round) if len(self.val_dataset) >= per_round else 0
+        if rounds == 0:
+            return None
+        batches = [
+            list(range(r * per_round + self.context.rank * batch_size, r * per_round + (self.context.rank + 1) * batch_size))
+            for r in range(rounds)
+        ]
+        loader = torch.utils.data.DataLoader(
+            self.val_dataset,
+            batch_sampler=_IndexBatches(batches),
+            collate_fn=self.collate,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(self.options.seed),
+        )
+        self.model.eval()
+        sums = torch.zeros(2, device=self.context.device)
+        for batch in loader:
+            count = _supervised_tokens(batch)
+            if count == 0:
+                continue
+            with self._autocast():
+                output = self.model(**_to_device(batch, self.context.device))
+            sums += torch.stack([output.loss.float() * count, torch.tensor(float(count), device=sums.device)])
+        self.model.train()
+        sums = all_reduce_sum(sums, self.context)
+        return float(sums[0] / sums[1]) if float(sums[1]) > 0 else None
+
+    # ------------------------------------------------------------------ the run
+    def run(self, *, resume_step: int | None = None) -> TrainState:
+        """Train until ``options.total_steps`` optimizer steps are done; returns the final state."""
+        options, context = self.options, self.context
+        self.metrics = MetricsWriter(
+            Path(options.output_dir) / "metrics.jsonl", resume_step=resume_step, enabled=context.is_main
+        )
+        progress = None
+        if options.progress and context.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=options.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+        started = time.perf_counter()
+        while self.state.step < options.total_steps:
+            if self.state.step_in_epoch >= self.steps_per_epoch:
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+            order = epoch_order(len(self.train_dataset), seed=options.seed, epoch=self.state.epoch)
+            steps_here = min(self.steps_per_epoch, self.state.step_in_epoch + options.total_steps - self.state.step)
+            step_batches = [
+                micro_batches_for_step(
+                    order,
+                    index,
+                    batch_size=options.batch_size,
+                    grad_accum=options.grad_accum,
+                    world_size=context.world_size,
+                    rank=context.rank,
+                )
+                for index in range(self.state.step_in_epoch, steps_here)
+            ]
+            loader = iter(self._loader([batch for step in step_batches for batch in step]))
+            for _ in step_batches:
+                step_started = time.perf_counter()
+                micro_batches = [next(loader) for _ in range(options.grad_accum)]
+                loss, grad_norm, tokens = self._train_step(micro_batches)
+                self.state.step += 1
+                self.state.step_in_epoch += 1
+                seconds = time.perf_counter() - step_started
+                lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
+                record = {
+                    "step": self.state.step,
+                    "epoch": self.state.epoch,
+                    "loss": loss,
+                    "lr": next((lr for name, lr in lrs.items() if not str(name).startswith("tower")), None)
+                    or next(iter(lrs.values())),
+                    "grad_norm": grad_norm,
+                    "tokens": tokens,
+                    "tokens_per_s": tokens / max(seconds, 1e-9),
+                    "step_s": seconds,
+                    "elapsed_s": time.perf_counter() - started,
+                }
+                tower_lrs = [lr for name, lr in lrs.items() if str(name).startswith("tower")]
+                if tower_lrs:
+                    record["vit_lr"] = tower_lrs[0]
+                last = self.state.step == options.total_steps
+                if (options.val_every > 0 and self.state.step % options.val_every == 0) or last:
+                    val_loss = self.validation_loss()
+                    if val_loss is not None:
+                        record["val_loss"] = val_loss
+                self.metrics.write(record)
+                if progress is not None:
+                    progress.update(1)
+                    if self.state.step % max(1, options.log_every) == 0 or last:
+                        postfix = {"loss": f"{loss:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+                        if "val_loss" in record:
+                            postfix["val"] = f"{record['val_loss']:.4f}"
+                        progress.set_postfix(postfix)
+                if (options.save_every > 0 and self.state.step % options.save_every == 0) or last:
+                    self.save()
+        if progress is not None:
+            progress.close()
+        return self.state
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+PART_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vit": ("vision_tower.",),
+    "projector": ("projector.",),
+    "injector": ("injectors.",),
+    "llm": ("llm.",),
+}
+
+
+def part_of(name: str) -> str:
+    """Which trainable part (vit | projector | injector | llm) a parameter name belongs to."""
+    for part, prefixes in PART_PREFIXES.items():
+        if name.startswith(prefixes):
+            return part
+    raise ConfigError(f"parameter {name!r} belongs to no trainable part ({', '.join(PART_PREFIXES)})")
+
+
+def _coerce_model_value(key: str, value: Any, current: Any) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key 'model.{key}': expected true/false, got {value!r}")
+    if isinstance(current, int) and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if isinstance(current, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(current, str) and isinstance(value, str):
+        return value
+    if isinstance(current, list) and isinstance(value, (list, tuple)):
+        return list(value)
+    if current is None or (isinstance(current, (int, float)) and value is None):
+        return value
+    raise ConfigError(f"config key 'model.{key}': expected {type(current).__name__}, got {value!r}")
+
+
+def build_model_config(config: RecipeConfig, tokenizer) -> "MFRSVLMConfig":
+    """The `MFRSVLMConfig`: preset, then ``model.*`` overrides (each checked against the preset's fields), then the
+    tokenizer's vocabulary size and special ids."""
+    from rsfuse.model import MFRSVLMConfig
+
+    presets = {"tiny": MFRSVLMConfig.tiny, "paper": MFRSVLMConfig.paper}
+    preset = config["model.preset"]
+    if preset not in presets:
+        raise ConfigError(f"config key 'model.preset': unknown preset {preset!r} (known: {', '.join(presets)})")
+    data = presets[preset]().to_dict()
+    flat = flatten(data)
+    for key, value in config.model.items():
+        if key not in flat:
+            close = [k for k in flat if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f"; did you mean {', '.join('model.' + k for k in close)}?" if close else ""
+            raise ConfigError(f"unknown config key 'model.{key}' (not an MFRSVLMConfig field){hint}")
+        flat[key] = _coerce_model_value(key, value, flat[key])
+    from rsfuse.recipes.config import unflatten
+
+    data = unflatten(flat)
+    if tokenizer is not None:
+        data["llm"].update(
+            vocab_size=tokenizer.vocab_size,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    try:
+        return MFRSVLMConfig.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model configuration: {error}") from None
+
+
+def lora_targets(model: nn.Module, parts: Sequence[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` modules LoRA wraps: every linear layer of the given parts, except the
+    decoder's output head."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not name.endswith("lm_head") and part_of(name + ".") in parts:
+            names.append(name)
+    return names
+
+
+def configure_trainable(model: nn.Module, config: RecipeConfig) -> dict[str, str]:
+    """Freeze / unfreeze each part and inject peft LoRA adapters where ``lora`` is asked; returns part → mode."""
+    modes = {part: config[f"train.trainable.{part}"] for part in PART_PREFIXES}
+    lora_parts = [part for part, mode in modes.items() if mode == "lora"]
+    if lora_parts:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        targets = lora_targets(model, lora_parts)
+        if not targets:
+            raise ConfigError(f"train.trainable: no linear layers to put LoRA on in {lora_parts}")
+        pattern = "^(" + "|".join(re.escape(name) for name in targets) + ")$"
+        lora = LoraConfig(
+            r=config["train.lora.r"],
+            lora_alpha=config["train.lora.alpha"],
+            lora_dropout=config["train.lora.dropout"],
+            target_modules=pattern,
+            bias="none",
+        )
+        inject_adapter_in_model(lora, model)
+    for name, parameter in model.named_parameters():
+        mode = modes[part_of(name)]
+        parameter.requires_grad_(mode == "full" or (mode == "lora" and "lora_" in name))
+    return modes
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA adapter into its base linear layer and put the plain layer back (original key names)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    return model
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The FSDP2 units: each decoder layer, each vision-tower block, each injector (the root is sharded last)."""
+    units: list[nn.Module] = list(model.llm.model.layers)
+    units += [module for name, module in model.vision_tower.named_modules() if re.fullmatch(r".*layers\.\d+", name)]
+    units += list(model.injectors.values())
+    return units
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def prepare_synthetic_data(config: RecipeConfig, context: DistributedContext) -> None:
+    """Write the synthetic benchmark at ``data.image_root`` when ``data.json`` is missing and ``data.synthetic``."""
+    if Path(config["data.json"]).is_file():
+        return
+    if not config["data.synthetic"]:
+        raise ConfigError(f"data.json: {config['data.json']} not found (set data.synthetic=true to create the benchmark)")
+    if context.is_main:
+        from rsfuse.data.synthetic import generate
+
+        print(f"[rsfuse] writing the synthetic benchmark ({config['data.synthetic_images']} images) to "
+              f"{config['data.image_root']}", file=sys.stderr)
+        generate(
+            config["data.image_root"],
+            n_images=config["data.synthetic_images"],
+            seed=config["seed"],
+            workers=max(1, min(4, os.cpu_count() or 1)),
+        )
+    context.barrier()
+    if not Path(config["data.json"]).is_file():
+        raise ConfigError(f"data.json: {config['data.json']} is still missing after writing the synthetic benchmark "
+                          f"to {config['data.image_root']} (does data.json point into data.image_root?)")
+
+
+def _conversation_texts(json_path: Path) -> list[str]:
+    records = json.loads(json_path.read_text())
+    texts = []
+    for record in records:
+        for turn in record.get("conversations", []):
+            texts.append(str(turn.get("value", "")).replace("<image>", "").strip())
+    return texts
+
+
+def prepare_tokenizer(config: RecipeConfig, context: DistributedContext, output_dir: Path):
+    """``data.tokenizer`` if given; else ``model.init_from``'s tokenizer; else ``<output_dir>/tokenizer`` (trained with
+    sentencepiece on the training conversations and the template's fixed text when missing)."""
+    from rsfuse.llm.templates import build_prompt
+    from rsfuse.llm.tokenizer import Tokenizer, train_sentencepiece
+
+    if config["data.tokenizer"]:
+        return Tokenizer.from_pretrained(config["data.tokenizer"])
+    init_from = config["model.init_from"]
+    if init_from and (Path(init_from) / "tokenizer.model").is_file():
+        return Tokenizer.from_pretrained(init_from)
+    folder = output_dir / "tokenizer"
+    if not (folder / "tokenizer.model").is_file():
+        if context.is_main:
+            texts = _conversation_texts(Path(config["data.json"]))
+            prompt = build_prompt(config["data.template"], "question", with_image=False) if config["data.template"] != "plain" else ""
+            texts += [prompt] * 50
+            staging = output_dir / ".tokenizer-tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            train_sentencepiece(texts, staging, vocab_size=config["data.vocab_size"])
+            os.replace(staging, folder)
+        context.barrier()
+    return Tokenizer.from_pretrained(folder)
+
+
+def build_datasets(config: RecipeConfig, tokenizer, model_config):
+    """Training and validation `InstructionDataset` and the collate function (right padding)."""
+    import functools
+
+    from rsfuse.data import ImageProcessor, InstructionDataset, collate
+
+    processor = ImageProcessor(model_config.input_size)
+    common = dict(
+        image_root=config["data.image_root"],
+        tokenizer=tokenizer,
+        template=config["data.template"],
+        processor=processor,
+        max_length=config["data.max_length"],
+        skip_bad=config["data.skip_bad"],
+        image_length=model_config.num_visual_tokens,
+    )
+    train = InstructionDataset(config["data.json"], **common)
+    val = InstructionDataset(config["data.val_json"], **common) if config["data.val_json"] else None
+    return train, val, functools.partial(collate, pad_id=tokenizer.pad_id)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_by_generation(model, tokenizer, config: RecipeConfig, model_config, device: torch.device) -> dict:
+    """Greedy, KV-cached answers to every question of ``data.test_json``; accuracy per ``question_type``.
+
+    Protocol: ``exact`` = normalised exact match (`rsfuse.eval.matching.exact_match`); ``contains`` = the
+    RSEvalKit rule (`contains_match`, empty predictions rejected). Captions are scored by exact match too (a
+    sentence rarely matches exactly: read that row as a sanity check only). The overall score is the mean of the
+    per-type exact-match accuracies over the non-caption types.
+    """
+    from rsfuse.data import ImageProcessor, load_image
+    from rsfuse.eval.matching import contains_match, exact_match
+    from rsfuse.llm.templates import build_prompt, tokenize_prompt
+
+    records = json.loads(Path(config["data.test_json"]).read_text())
+    if config["eval.max_samples"] > 0:
+        records = records[: config["eval.max_samples"]]
+    processor = ImageProcessor(model_config.input_size)
+    root = Path(config["data.image_root"])
+    model.eval()
+    predictions = []
+    batch_size = max(1, config["eval.batch_size"])
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        prompts = []
+        for record in chunk:
+            question = next(t["value"] for t in record["conversations"] if t["from"] in ("human", "user"))
+            prompts.append(tokenize_prompt(build_prompt(config["data.template"], question), tokenizer))
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding for generation
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        pixels = torch.stack([processor(load_image(root / record["image"])) for record in chunk])
+        with torch.no_grad():
+            new_tokens = model.generate(
+                pixels.to(device),
+                input_ids.to(device),
+                attention_mask.to(device),
+                max_new_tokens=config["eval.max_new_tokens"],
+                eos_token_id=tokenizer.eos_id,
+            )
+        for record, tokens in zip(chunk, new_tokens.tolist()):
+            predictions.append((record, tokenizer.decode(tokens).strip()))
+    by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "exact": 0, "contains": 0})
+    examples = []
+    for record, prediction in predictions:
+        answer = str(record.get("answer", record["conversations"][-1]["value"]))
+        row = by_type[record.get("question_type", "all")]
+        row["n"] += 1
+        row["exact"] += exact_match(prediction, answer)
+        row["contains"] += contains_match(prediction, answer)
+        if len(examples) < 20:
+            examples.append({"id": record.get("id"), "question_type": record.get("question_type"),
+                             "answer": answer, "prediction": prediction})
+    table = {
+        kind: {"n": row["n"], "exact": row["exact"] / row["n"], "contains": row["contains"] / row["n"]}
+        for kind, row in sorted(by_type.items())
+    }
+    scored = [row["exact"] for kind, row in table.items() if kind != "caption"]
+    return {
+        "protocol": "greedy generation with KV cache; exact = normalised exact match, contains = RSEvalKit "
+                    "containment (empty predictions rejected); overall = mean per-type exact accuracy, captions excluded",
+        "test_json": config["data.test_json"],
+        "samples": len(predictions),
+        "per_type": table,
+        "overall": sum(scored) / len(scored) if scored else None,
+        "examples": examples,
+    }
+
+
+def format_accuracy_table(result: dict) -> str:
+    lines = [f"{'question type':<14} {'n':>5} {'exact':>7} {'contains':>9}"]
+    for kind, row in result["per_type"].items():
+        lines.append(f"{kind:<14} {row['n']:>5} {row['exact']:>7.3f} {row['contains']:>9.3f}")
+    if result["overall"] is not None:
+        lines.append(f"{'overall':<14} {result['samples']:>5} {result['overall']:>7.3f}   (mean exact, captions excluded)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- the recipe
+
+
+def _resolve_device(config: RecipeConfig) -> str:
+    choice = config["device"]
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device': cuda asked but no CUDA device is available")
+    return "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _autocast_dtype(config: RecipeConfig, device_type: str) -> torch.dtype | None:
+    dtype = config["train.dtype"]
+    if dtype == "bf16" or (dtype == "auto" and device_type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _resume_folder(config: RecipeConfig, checkpoint_root: Path) -> Path | None:
+    resume = config["resume"]
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return find_latest_checkpoint(checkpoint_root)
+    folder = Path(resume)
+    if not (folder / "COMPLETE").is_file():
+        raise ConfigError(f"config key 'resume': {folder} is not a complete checkpoint folder (no COMPLETE marker)")
+    return folder
+
+
+def _write_final(model, model_config, tokenizer, config: RecipeConfig, context: DistributedContext, modes, output_dir):
+    """``final/``: unsharded weights, LoRA merged, tokenizer included; written to a temp name and renamed."""
+    state = full_state_dict(model, context)
+    if not context.is_main:
+        context.barrier()
+        return None
+    from rsfuse.model import MFRSVLM
+
+    if context.is_distributed or "lora" in modes.values():
+        plain = MFRSVLM(model_config)
+        if "lora" in modes.values():
+            configure_trainable(plain, config)
+        plain.load_state_dict(state)
+    else:
+        plain = model
+    if "lora" in modes.values():
+        merge_lora(plain)
+    final = output_dir / "final"
+    staging = output_dir / ".final-tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    plain.save_pretrained(staging, tokenizer=tokenizer)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    context.barrier()
+    return final
+
+
+def run(config: RecipeConfig) -> dict:
+    """Train (and evaluate) as ``config`` says; returns a summary dict. Raises `NonFiniteLossError`, `ConfigError`."""
+    device_type = _resolve_device(config)
+    context = init_distributed(prefer_cuda=device_type == "cuda")
+    try:
+        return _run(config, context, device_type)
+    finally:
+        context.close()
+
+
+def _run(config: RecipeConfig, context: DistributedContext, device_type: str) -> dict:
+    from rsfuse.model import MFRSVLM
+
+    if config["num_threads"] > 0:
+        torch.set_num_threads(config["num_threads"])
+    if device_type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    output_dir = Path(config["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        config.save(output_dir / "recipe.yaml")
+    prepare_synthetic_data(config, context)
+    tokenizer = prepare_tokenizer(config, context, output_dir)
+    seed_everything(config["seed"])
+    if config["model.init_from"]:
+        model = MFRSVLM.from_pretrained(config["model.init_from"])
+        model_config = model.config
+    else:
+        model_config = build_model_config(config, tokenizer)
+        model = MFRSVLM(model_config)
+    if model_config.llm.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model vocabulary ({model_config.llm.vocab_size}) is smaller than the tokenizer's "
+                          f"({tokenizer.vocab_size})")
+    modes = configure_trainable(model, config)
+    if config["train.gradient_checkpointing"]:
+        model.llm.gradient_checkpointing_enable()
+    device = context.device
+    model.to(device)
+    train_set, val_set, collate_fn = build_datasets(config, tokenizer, model_config)
+    if context.is_distributed:
+        shard_model(model, fsdp_units(model), context)
+    options = LoopOptions(
+        output_dir=output_dir,
+        seed=config["seed"],
+        batch_size=config["train.batch_size"],
+        grad_accum=config["train.grad_accum"],
+        max_grad_norm=config["train.max_grad_norm"],
+        save_every=config["save_every"],
+        keep_last=config["keep_last"],
+        val_every=config["train.val_every"],
+        val_samples=config["train.val_samples"],
+        log_every=config["train.log_every"],
+        autocast_dtype=_autocast_dtype(config, device_type),
+    )
+    global_batch = options.batch_size * options.grad_accum * context.world_size
+    steps_per_epoch = len(train_set) // global_batch
+    total_steps = config["max_steps"] if config["max_steps"] > 0 else config["train.epochs"] * steps_per_epoch
+    options.total_steps = total_steps
+    optimizer = build_optimizer(
+        model.named_parameters(),
+        lr=config["train.lr"],
+        weight_decay=config["train.weight_decay"],
+        tower_lr=config["train.vit_lr"],
+        is_tower=lambda name: part_of(name) == "vit",
+    )
+    scheduler = cosine_with_warmup(
+        optimizer, total_steps=max(1, total_steps), warmup_steps=warmup_steps_for(total_steps, config["train.warmup_ratio"])
+    )
+    snapshot = config.to_dict()
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_dataset=train_set,
+        collate=collate_fn,
+        options=options,
+        context=context,
+        val_dataset=val_set,
+        snapshot=snapshot,
+    )
+    resume_from = _resume_folder(config, trainer.checkpoint_root)
+    if resume_from is None and config["resume"] == "none" and list_checkpoints(trainer.checkpoint_root):
+        raise ConfigError(f"resume=none but {trainer.checkpoint_root} already holds checkpoints; use resume=auto or "
+                          "another output_dir")
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+        if context.is_main:
+            print(f"[rsfuse] resumed from {resume_from} (step {trainer.state.step})", file=sys.stderr)
+    started = time.perf_counter()
+    trainer.run(resume_step=trainer.state.step if resume_from is not None else None)
+    train_seconds = time.perf_counter() - started
+    final = _write_final(model, model_config, tokenizer, config, context, modes, output_dir)
+    summary: dict[str, Any] = {"output_dir": str(output_dir), "steps": trainer.state.step, "final": str(final)}
+    if not context.is_main:
+        return summary
+    plot_loss(output_dir / "metrics.jsonl", output_dir / "loss.png")
+    from rsfuse.train.metrics import read_metrics
+
+    records = read_metrics(output_dir / "metrics.jsonl")
+    if records:
+        tokens = sum(r.get("tokens", 0) for r in records)
+        seconds = sum(r.get("step_s", 0.0) for r in records)
+        summary.update(final_loss=records[-1]["loss"], tokens_per_s=tokens / max(seconds, 1e-9),
+                       train_seconds_this_session=train_seconds)
+        val = [r["val_loss"] for r in records if "val_loss" in r]
+        if val:
+            summary["val_loss"] = val[-1]
+    if config["eval.after_train"] and config["data.test_json"]:
+        evaluated = MFRSVLM.from_pretrained(final).to(device)
+        result = evaluate_by_generation(evaluated, tokenizer, config, model_config, device)
+        (output_dir / "eval_synthetic.json").write_text(json.dumps(result, indent=2))
+        print(format_accuracy_table(result))
+        summary["eval"] = {kind: row["exact"] for kind, row in result["per_type"].items()}
+        summary["overall"] = result["overall"]
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: ``[--config FILE] [key=value ...]``; exit status 0, 2 (configuration), 3 (non-finite loss)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_args(argv)
+        if config is None:
+            return 0
+        run(config)
+    except ConfigError as error:
+        print(f"rsfuse train: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NonFiniteLossError as error:
+        print(f"rsfuse train: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
