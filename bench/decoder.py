@@ -68,8 +68,9 @@ def time_calls(calls: dict[str, callable], *, warmup: int, repeats: int, device:
         for call in calls.values():
             call()
     timings: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
+    order = list(calls.items())
+    for repeat in range(repeats):
+        for name, call in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
             synchronise(device)
             start = time.perf_counter()
             call()
@@ -128,7 +129,8 @@ def main() -> None:
           f"padding {args.padding}")
     print(f"max |logit difference| on real tokens: {max_difference:.2e}")
     for name, value in medians.items():
-        print(f"{name:>40s}: median {value * 1000:8.2f} ms over {len(timings[name])} runs")
+        print(f"{name:>40s}: median {value * 1000:8.2f} ms, min {min(timings[name]) * 1000:8.2f} ms "
+              f"over {len(timings[name])} runs")
     print(f"ratio rsfuse / transformers (forward): {medians['rsfuse'] / medians['transformers']:.3f}")
     if args.decode:
         key = f"prefill+{args.decode} decode"

@@ -1,5 +1,6 @@
 """MultiScaleCanvas, window cutting and stitching: shapes, exact geometry, both window layouts, blends, validation."""
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import reduce
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -113,6 +114,7 @@ def canvas_configs(draw):
     )
 
 
+@settings(max_examples=15)
 @given(config=canvas_configs(), seed=st.integers(0, 2**16))
 def test_canvas_matches_loop_reference_and_batches_each_scale(config, seed):
     tower = PatchMeanTower(patch_size=config["patch"], depth=config["depth"], width=config["width"], seed=seed)
@@ -213,6 +215,7 @@ def test_spatial_layout_reproduces_the_image_summarised_per_patch(patch, per_pat
         torch.testing.assert_close(out[s, inner, inner], expected[inner, inner], rtol=1e-4, atol=1e-4)
 
 
+@functools.cache
 def _identity_canvas(size: int) -> torch.Tensor:
     """Pixel (c, y, x) holds c·10⁶ + y·10³ + x, exact in float32 up to 672 px."""
     ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -332,6 +335,7 @@ def test_negative_layers_resolve_in_hf_numbering_and_bad_towers_are_rejected():
         canvas(torch.randn(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_real_tiny_clip_tower_paper_logic_on_tiny_sizes():
     from rsfuse.encoders.clip import CLIPVisionTower
     from rsfuse.encoders.clip_config import CLIPVisionConfig
@@ -340,9 +344,9 @@ def test_real_tiny_clip_tower_paper_logic_on_tiny_sizes():
     tower = CLIPVisionTower(CLIPVisionConfig.tiny(), attention_backend="math")
     canvas = MultiScaleCanvas(tower, canvas_size=224, base_window=112, window_scales=(0.5, 1.0), layers=(2, 4, 6))
     assert canvas.windows_per_side == (7, 3) and canvas.window_token_sides == (4, 8) and canvas.canvas_tokens == 16
-    pixels = torch.randn(2, 3, 112, 112)
+    pixels = torch.randn(1, 3, 112, 112)
     out = canvas(pixels)
-    assert out.shape == (2, 2, 3, 16, 16, 64)
+    assert out.shape == (1, 2, 3, 16, 16, 64)
     reference = loop_canvas(
         tower, pixels, canvas_size=224, base_window=112, scales=(0.5, 1.0), layers=(2, 4, 6), blend="hann", layout="spatial"
     )

@@ -10,7 +10,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 import rsfuse.eval.captions as captions
-from rsfuse.eval import CAPTION_METRICS, caption_scores
+from rsfuse.eval import CAPTION_METRICS, caption_scores, metrics_to_markdown
 
 BETA = 1.2  # pycocoevalcap Rouge
 
@@ -109,6 +109,9 @@ def test_compat_bleu_and_rouge_by_hand(monkeypatch):
     assert scores["METEOR"] is None
     assert "WordNet" in scores["unavailable"]["METEOR"]
     assert scores["protocol"] == "compat"
+    table = metrics_to_markdown(scores)
+    assert "| METEOR | n/a (NLTK METEOR needs WordNet" in table
+    assert "| BLEU-4 | 0.8465 | compat; tokenizer: none" in table
 
 
 class NoSynonyms:

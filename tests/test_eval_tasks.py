@@ -1,7 +1,5 @@
 """Task readers on tiny fixtures written in the real release formats."""
 
-from pathlib import Path
-
 import pytest
 from factories.eval_data import (
     write_class_folders,
@@ -15,7 +13,14 @@ from factories.eval_data import (
 )
 
 from rsfuse.eval import TASK_READERS, caption, cls, grounding, rsvqa_lr, synthetic, vrsbench_cap, vrsbench_vqa
-from rsfuse.eval import caption_scores, grounding_scores, rsvqa_lr_scores, synthetic_scores, vrsbench_vqa_score
+from rsfuse.eval import (
+    caption_scores,
+    classification_scores,
+    grounding_scores,
+    rsvqa_lr_scores,
+    synthetic_scores,
+    vrsbench_vqa_score,
+)
 
 
 def test_vrsbench_vqa_reader(tmp_path):
@@ -67,7 +72,11 @@ def test_classification_folder_reader(tmp_path):
     assert {record["answer"] for record in records} == {"airport", "basketball court", "forest"}
     assert "airport, basketball court, forest" in records[0]["prompt"]
     assert records[0]["id"] == "airport/airport_00.jpg"
-    scores = synthetic_scores  # noqa: F841  (readers and scorers are independent)
+    predictions = ["Airport", "", "basketball court", "Forest."]
+    scores = classification_scores([{**record, "prediction": text} for record, text in zip(records, predictions)])
+    assert scores["contains_accuracy"] == pytest.approx(2 / 4)  # "Forest." fails the contains rule
+    assert scores["exact_accuracy"] == pytest.approx(3 / 4)
+    assert scores["empty_predictions"] == 1
 
 
 def test_classification_json_reader(tmp_path):
@@ -145,5 +154,4 @@ def test_synthetic_reader(tmp_path):
 
 def test_reader_registry_names():
     assert set(TASK_READERS) == {"vrsbench_vqa", "vrsbench_cap", "cls", "caption", "rsvqa_lr", "grounding", "synthetic"}
-    assert all(callable(reader) for reader in TASK_READERS.values())
-    assert isinstance(Path("x"), Path)
+    assert TASK_READERS["rsvqa_lr"] is rsvqa_lr and TASK_READERS["cls"] is cls

@@ -72,7 +72,9 @@ def _image_name(index: int, n_images: int) -> str:
     return f"images/{index:0{max(6, len(str(n_images - 1)))}d}.png"
 
 
-def _write_chunk(folder: str, seed: int, indices: list[int], n_images: int, size: int, questions_per_image: int) -> list:
+def _write_chunk(
+    folder: str, seed: int, indices: list[int], n_images: int, size: int, questions_per_image: int
+) -> list:
     """Draw and save the images ``indices``; returns ``(index, scene dict, questions)`` per image."""
     results = []
     for index in indices:
@@ -136,7 +138,9 @@ def _write_dataset(folder: Path, settings: dict, workers: int) -> dict:
         image = _image_name(index, n_images)
         split = split_of[index]
         scenes.append({"image": image, "split": split, **scene})
-        records[split] += [_record(index, image, number, qa, scene["scene_class"]) for number, qa in enumerate(questions)]
+        records[split] += [
+            _record(index, image, number, qa, scene["scene_class"]) for number, qa in enumerate(questions)
+        ]
     for name in SPLIT_NAMES:
         _write_json(folder / f"{name}.json", records[name])
     _write_json(folder / "scenes.json", scenes, indent=None)
@@ -302,10 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     counts = summary["counts"]
     state = "reused" if summary["reused"] else "wrote"
-    print(
-        f"{state} {summary['n_images']} images to {summary['out_dir']}: "
-        + ", ".join(f"{name} {counts['images'][name]} images / {counts['samples'][name]} samples" for name in SPLIT_NAMES)
-    )
+    parts = [f"{name} {counts['images'][name]} images / {counts['samples'][name]} samples" for name in SPLIT_NAMES]
+    print(f"{state} {summary['n_images']} images to {summary['out_dir']}: " + ", ".join(parts))
     return 0
 
 

@@ -308,7 +308,8 @@ def _forest(b: LayoutBuilder) -> tuple[str, dict[str, list[Host]]]:
     roads = []
     if b.rng.random() < 0.75:
         kind = b.pick(("road", "dirt road"))
-        roads.append(b.straight_road(b.pick(("horizontal", "vertical")), b.fraction(0.2, 0.8), b.uniform_px(11, 14), kind=kind))
+        axis = b.pick(("horizontal", "vertical"))
+        roads.append(b.straight_road(axis, b.fraction(0.2, 0.8), b.uniform_px(11, 14), kind=kind))
     b.trees(~b.mask(*b.structures, grow=b.px(1)), int(b.rng.integers(60, 120)), 3, 7)
     return "forest", {"vehicle": _road_hosts(b, roads)}
 
@@ -376,9 +377,8 @@ def _valid_corners(allowed: np.ndarray, width: int, height: int, margin: int) ->
     valid = np.zeros((size, size), dtype=bool)
     if outer_w > size or outer_h > size:
         return valid
-    inside = (
-        table[outer_h:, outer_w:] - table[:-outer_h, outer_w:] - table[outer_h:, :-outer_w] + table[:-outer_h, :-outer_w]
-    ) == outer_w * outer_h
+    window_sums = table[outer_h:, outer_w:] - table[:-outer_h, outer_w:] - table[outer_h:, :-outer_w]
+    inside = window_sums + table[:-outer_h, :-outer_w] == outer_w * outer_h
     valid[margin : margin + inside.shape[0], margin : margin + inside.shape[1]] = inside
     corner = np.arange(size)
     half = size / 2

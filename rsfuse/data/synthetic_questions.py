@@ -1,8 +1,9 @@
 """Question-answer pairs about a synthetic scene, with short canonical answers for exact / contains matching.
 
-Types: ``count`` ("3"), ``existence`` ("yes"/"no", drawn 50/50; a "yes" draw on an object-free scene drops the question), ``colour`` and ``position`` (asked only about a kind
-with exactly one instance; "red", "top left"), ``scene`` (the class name) and ``caption`` (a templated sentence). The
-first four are small-object questions: answering them needs the detail that a coarse global view loses.
+Types: ``count`` ("3"), ``existence`` ("yes"/"no", drawn 50/50; a "yes" draw on an object-free scene drops the
+question), ``colour`` and ``position`` (asked only about a kind with exactly one instance; "red", "top left"),
+``scene`` (the class name) and ``caption`` (a templated sentence). The first four are small-object
+questions: answering them needs the detail that a coarse global view loses.
 """
 
 from dataclasses import dataclass

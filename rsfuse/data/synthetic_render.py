@@ -9,7 +9,7 @@ from PIL import Image
 
 from rsfuse.data.synthetic_scene import REFERENCE_SIZE, Scene, SceneObject, Structure, local_mask
 
-__all__ = ["OBJECT_RGB", "TERRAIN_RGB", "render_scene"]
+__all__ = ["OBJECT_RGB", "TERRAIN_RGB", "object_stencil", "render_scene"]
 
 OBJECT_RGB: dict[str, tuple[int, int, int]] = {
     "red": (214, 40, 40),
@@ -90,12 +90,14 @@ def _paint_structure(canvas: _Canvas, structure: Structure) -> None:
     if params.get("shadow"):
         offset = params["shadow"]
         x0, y0, x1, y1 = structure.bbox
-        shadow = (slice(max(0, y0 + offset), min(canvas.size, y1 + offset)), slice(max(0, x0 + offset), min(canvas.size, x1 + offset)))
-        canvas.image[shadow] *= 0.55
+        rows = slice(max(0, y0 + offset), min(canvas.size, y1 + offset))
+        cols = slice(max(0, x0 + offset), min(canvas.size, x1 + offset))
+        canvas.image[rows, cols] *= 0.55
     pixels = canvas.textured(window, params["colour"], STRUCTURE_TEXTURE.get(kind, DEFAULT_TEXTURE))
     height, width = pixels.shape[:2]
     if kind == "field":
-        stripes = _stripes((height, width), (window[0].start, window[1].start), params["stripe_angle"], params["stripe_period"])
+        origin = (window[0].start, window[1].start)
+        stripes = _stripes((height, width), origin, params["stripe_angle"], params["stripe_period"])
         pixels *= (1.0 - params["stripe_contrast"] * stripes)[..., None]
     elif kind == "house":
         ridge_axis = 0 if params["ridge"] == "horizontal" else 1
@@ -200,7 +202,8 @@ def render_scene(scene: Scene, *, draw_objects: bool = True) -> np.ndarray:
         raise ValueError(f"scene.terrain: {scene.terrain!r} is not one of {tuple(TERRAIN_RGB)}")
     canvas = _Canvas(scene)
     everything = (slice(None), slice(None))
-    canvas.paint(everything, canvas.textured(everything, TERRAIN_RGB[scene.terrain], TERRAIN_TEXTURE[scene.terrain]), None)
+    terrain = canvas.textured(everything, TERRAIN_RGB[scene.terrain], TERRAIN_TEXTURE[scene.terrain])
+    canvas.paint(everything, terrain, None)
     for structure in scene.structures:
         _paint_structure(canvas, structure)
     if draw_objects:

@@ -112,9 +112,9 @@ SHAPES = ("rect", "ellipse", "meander")
 class Structure:
     """A large scene element (road, river, house, field, ...) painted in list order.
 
-    ``shape``: ``rect`` fills ``bbox``; ``ellipse`` is inscribed in ``bbox``; ``meander`` is a band along ``params["axis"]``
-    whose centre line is ``centre + amplitude * sin(2 pi t / period + phase)`` with half width ``half_width``, clipped
-    to ``bbox``. ``params`` also hold the drawing style (``colour`` RGB and kind-specific keys).
+    ``shape``: ``rect`` fills ``bbox``; ``ellipse`` is inscribed in ``bbox``; ``meander`` is a band along
+    ``params["axis"]`` whose centre line is ``centre + amplitude * sin(2 pi t / period + phase)`` with half width
+    ``half_width``, clipped to ``bbox``. ``params`` also hold the drawing style (``colour`` RGB and kind-specific keys).
     """
 
     kind: str

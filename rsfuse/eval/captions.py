@@ -11,8 +11,8 @@ BLEU-n from sacrebleu's corpus BLEU (13a tokenizer, ``max_ngram_order=n``; refer
 image's last reference, as the authors do) divided by 100; METEOR from NLTK (whitespace tokens, averaged over images;
 needs the WordNet corpus, which is never downloaded here: if it is missing METEOR is unavailable); CIDEr from
 pycocoevalcap's ``Cider`` on the raw strings (no tokenizer, case kept, as the authors' code does); ROUGE-L F from
-``rouge_score`` (Porter stemmer on, as the authors' code), best over references, averaged over images. Differences from the
-authors' code: empty predictions score 0 for METEOR (the authors skip them).
+``rouge_score`` (Porter stemmer on, as the authors' code), best over references, averaged over images.
+Difference from the authors' code: empty predictions score 0 for METEOR (the authors skip them).
 
 Predictions are never rewritten with reference text. Every result carries ``protocol``, ``tokenizer``, per-metric
 ``notes``, ``unavailable`` (metric -> reason, empty when all were computed) and ``num_images``.
@@ -94,7 +94,8 @@ def _check_inputs(preds: Mapping[str, str], refs: Mapping[str, Sequence[str]]) -
         if isinstance(references, str) or not references:
             raise ValueError(f"caption_scores: refs[{image_id!r}] must be a non-empty list of strings")
         if not isinstance(preds[image_id], str):
-            raise TypeError(f"caption_scores: preds[{image_id!r}] must be a string, got {type(preds[image_id]).__name__}")
+            kind = type(preds[image_id]).__name__
+            raise TypeError(f"caption_scores: preds[{image_id!r}] must be a string, got {kind}")
     return ids
 
 
@@ -185,7 +186,8 @@ def _compat_scores(ids: list[str], preds: Mapping[str, str], refs: Mapping[str, 
     scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     notes = {
         **{
-            f"BLEU-{n}": f"sacrebleu corpus BLEU (13a, max_ngram_order={n}) / 100; streams padded with the last reference"
+            f"BLEU-{n}": f"sacrebleu corpus BLEU (13a, max_ngram_order={n}) / 100; "
+            "reference streams padded with each image's last reference"
             for n in range(1, 5)
         },
         "METEOR": "NLTK meteor_score on whitespace tokens, max over references, mean over images; empty prediction = 0",

@@ -126,7 +126,9 @@ def grounding_scores(records: Iterable[Mapping[str, Any]], *, thresholds: Sequen
         ious.append(box_iou(truth, predicted))
     if not ious:
         raise ValueError("grounding_scores: no records")
-    result: dict[str, Any] = {"protocol": "grounding (continuous IoU; boxes rescaled from 0-1000 to pixels when sizes given)"}
+    result: dict[str, Any] = {
+        "protocol": "grounding (continuous IoU; boxes rescaled from 0-1000 to pixels when sizes given)"
+    }
     for threshold in thresholds:
         result[f"Acc@{threshold:g}"] = sum(iou >= threshold for iou in ious) / len(ious)
     result["mIoU"] = sum(ious) / len(ious)

@@ -67,7 +67,11 @@ def exact_match(pred: str, answer: str) -> bool:
 
 
 def _numbers(tokens: list[str]) -> list[int]:
-    return [int(token) if token.isdigit() else NUMBER_WORDS[token] for token in tokens if token.isdigit() or token in NUMBER_WORDS]
+    return [
+        int(token) if token.isdigit() else NUMBER_WORDS[token]
+        for token in tokens
+        if token.isdigit() or token in NUMBER_WORDS
+    ]
 
 
 def _yes_no(tokens: list[str]) -> bool | None:

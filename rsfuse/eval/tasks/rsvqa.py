@@ -61,7 +61,9 @@ def _from_release(folder: Path, split: str, image_root: Path, check_images: bool
         if not entry.get("active", True):
             continue
         answer_ids = require(entry, "answers_ids", source=questions_path, index=index)
-        active_answers = [answer_by_id[i] for i in answer_ids if i in answer_by_id and answer_by_id[i].get("active", True)]
+        active_answers = [
+            answer_by_id[i] for i in answer_ids if i in answer_by_id and answer_by_id[i].get("active", True)
+        ]
         if not active_answers:
             raise KeyError(f"{questions_path}: question {entry.get('id')} has no active answer among {answer_ids}")
         image_id = require(entry, "img_id", source=questions_path, index=index)

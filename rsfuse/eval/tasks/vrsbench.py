@@ -23,7 +23,9 @@ def _entries(annotation: str | os.PathLike) -> tuple[Path, list]:
     return source, data
 
 
-def vrsbench_vqa(annotation: str | os.PathLike, image_root: str | os.PathLike, *, check_images: bool = True) -> list[dict]:
+def vrsbench_vqa(
+    annotation: str | os.PathLike, image_root: str | os.PathLike, *, check_images: bool = True
+) -> list[dict]:
     """Records ``{id, image_path, question, prompt, answer, type}``; ``type`` lower-cased and stripped."""
     source, data = _entries(annotation)
     root = Path(image_root)
@@ -44,7 +46,9 @@ def vrsbench_vqa(annotation: str | os.PathLike, image_root: str | os.PathLike, *
     return records
 
 
-def vrsbench_cap(annotation: str | os.PathLike, image_root: str | os.PathLike, *, check_images: bool = True) -> list[dict]:
+def vrsbench_cap(
+    annotation: str | os.PathLike, image_root: str | os.PathLike, *, check_images: bool = True
+) -> list[dict]:
     """Records ``{id, image_path, prompt, answers (one reference caption), type="caption"}``."""
     source, data = _entries(annotation)
     root = Path(image_root)
