@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factories.mfrsvlm import make_model, micro_config
+from factories.mfrsvlm import TowerCounter, make_model
 from rsfuse.model import MFRSVLM, MFRSVLMConfig
 
 IMAGE = -200
@@ -20,22 +20,6 @@ def _pixels(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 def _ids(batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 500, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-class TowerCounter:
-    """Counts ``forward_intermediates`` calls and the images they encode."""
-
-    def __init__(self, model: MFRSVLM) -> None:
-        self.calls = 0
-        self.images = 0
-        original = model.vision_tower.forward_intermediates
-
-        def counted(pixels, *args, **kwargs):
-            self.calls += 1
-            self.images += pixels.shape[0]
-            return original(pixels, *args, **kwargs)
-
-        model.vision_tower.forward_intermediates = counted
 
 
 # ----- config ---------------------------------------------------------------------------------------------------------

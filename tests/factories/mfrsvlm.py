@@ -34,6 +34,7 @@ __all__ = [
     "write_released_checkpoint",
     "write_llava_folder",
     "released_injector_keys",
+    "TowerCounter",
 ]
 
 MICRO_VISION = CLIPVisionConfig(
@@ -223,3 +224,19 @@ def write_llava_folder(folder: str | Path, *, seed: int = 0) -> tuple[Path, dict
     _write_two_shards(tensors, folder)
     shutil.copyfile(tiny_tokenizer_dir() / "tokenizer.model", folder / "tokenizer.model")
     return folder, tensors
+
+
+class TowerCounter:
+    """Counts ``forward_intermediates`` calls and the images they encode."""
+
+    def __init__(self, model: MFRSVLM) -> None:  # wraps model.vision_tower.forward_intermediates
+        self.calls = 0
+        self.images = 0
+        original = model.vision_tower.forward_intermediates
+
+        def counted(pixels, *args, **kwargs):
+            self.calls += 1
+            self.images += pixels.shape[0]
+            return original(pixels, *args, **kwargs)
+
+        model.vision_tower.forward_intermediates = counted
