@@ -224,7 +224,7 @@ def test_wrong_channel_count_raises(tower):
 
 
 # ----- batching, dtype, checkpointing ---------------------------------------------------------------------------------
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(batch=st.integers(min_value=1, max_value=3), seed=st.integers(min_value=0, max_value=1000))
 def test_each_sample_is_independent_of_the_batch(tower, batch, seed):
     pixels = _pixels(batch=batch, seed=seed)

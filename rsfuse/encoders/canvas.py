@@ -160,6 +160,8 @@ class MultiScaleCanvas(nn.Module):
                 f"MultiScaleCanvas: the tower returned {tokens} tokens per {grid.base_window}-px window, expected "
                 f"{grid.base_side}² = {grid.base_side**2} (CLS dropped) at patch {self.patch_size}"
             )
+        if grid.pool == 1:
+            return torch.stack([rearrange(state, "n (h w) d -> n h w d", h=grid.token_side) for state in hidden])
         pooled = [
             reduce(state, "n (h ph w pw) d -> n h w d", "mean", h=grid.token_side, ph=grid.pool, pw=grid.pool)
             for state in hidden
@@ -170,7 +172,8 @@ class MultiScaleCanvas(nn.Module):
         """One scale: ``[B, C, P, P]`` pixels → ``[B, L, T, T, D]`` stitched token canvases."""
         windows = cut_windows(canvas_pixels, grid, layout=self.window_layout)
         chunks = windows.split(self.chunk_size) if self.chunk_size is not None else (windows,)
-        encoded = torch.cat([self._encode(chunk, grid) for chunk in chunks], dim=1)
+        encoded_chunks = [self._encode(chunk, grid) for chunk in chunks]
+        encoded = encoded_chunks[0] if len(encoded_chunks) == 1 else torch.cat(encoded_chunks, dim=1)
         per_image = rearrange(encoded, "l (b k) h w d -> b l k h w d", b=canvas_pixels.shape[0])
         return stitch_windows(
             per_image,

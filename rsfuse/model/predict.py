@@ -1,0 +1,93 @@
+"""``rsfuse predict --model DIR --image FILE --question TEXT``: answer one question about one image.
+
+Loads the model (any layout ``MFRSVLM.from_pretrained`` reads) and the SentencePiece tokenizer from DIR, preprocesses
+the image as LLaVA does (pad to square with the CLIP mean, resize, normalise), builds a ``vicuna_v1`` prompt with the
+image, generates with the KV cache and prints the answer.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["answer", "main"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def answer(
+    model,
+    tokenizer,
+    image: str | Path,
+    question: str,
+    *,
+    template: str = "vicuna_v1",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """The model's answer to ``question`` about the image file ``image``."""
+    from rsfuse.data.images import ImageProcessor  # noqa: PLC0415
+    from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: PLC0415
+
+    processor = ImageProcessor(model.config.input_size)
+    pixels = processor(Path(image))[None].to(device=model.device, dtype=model.dtype)
+    ids = torch.tensor([tokenize_prompt(build_prompt(template, question), tokenizer)], device=model.device)
+    generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
+    tokens = model.generate(
+        pixels,
+        ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        eos_token_id=tokenizer.eos_id,
+        generator=generator,
+    )
+    new = [token for token in tokens[0].tolist() if token != tokenizer.eos_id]
+    return tokenizer.decode(new).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rsfuse predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder (rsfuse or released MF-RSVLM) with tokenizer.model")
+    parser.add_argument("--image", required=True, help="image file (RGB, RGBA, L, 16-bit or TIFF)")
+    parser.add_argument("--question", required=True, help="question about the image")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
+    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    args = parser.parse_args(argv)
+    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
+    from rsfuse.data.images import ImageLoadError  # noqa: PLC0415
+    from rsfuse.llm.tokenizer import Tokenizer  # noqa: PLC0415
+    from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415
+
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    try:
+        model = MFRSVLM.from_pretrained(args.model, dtype=dtype, device=args.device)
+        tokenizer = Tokenizer.from_pretrained(args.model)
+        text = answer(
+            model,
+            tokenizer,
+            args.image,
+            args.question,
+            template=args.template,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except (CheckpointError, ImageLoadError, ValueError) as error:
+        print(f"rsfuse predict: {error}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
