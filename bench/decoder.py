@@ -35,6 +35,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock", choices=["wall", "process"], default="wall",
+        help="wall: perf_counter; process: CPU time of this process (steadier on a loaded machine, CPU only)",
+    )
     return parser.parse_args()
 
 
@@ -63,7 +67,10 @@ def synchronise(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_calls(calls: dict[str, callable], *, warmup: int, repeats: int, device: str) -> dict[str, list[float]]:
+def time_calls(
+    calls: dict[str, callable], *, warmup: int, repeats: int, device: str, clock: str = "wall"
+) -> dict[str, list[float]]:
+    now = time.process_time if clock == "process" else time.perf_counter
     for _ in range(warmup):
         for call in calls.values():
             call()
@@ -72,10 +79,10 @@ def time_calls(calls: dict[str, callable], *, warmup: int, repeats: int, device:
     for repeat in range(repeats):
         for name, call in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
             synchronise(device)
-            start = time.perf_counter()
+            start = now()
             call()
             synchronise(device)
-            timings[name].append(time.perf_counter() - start)
+            timings[name].append(now() - start)
     return timings
 
 
@@ -100,7 +107,7 @@ def main() -> None:
             "rsfuse": lambda: ours(ids, attention_mask=mask),
             "transformers": lambda: hf_model(ids, attention_mask=mask, position_ids=hf_positions),
         }
-        timings = time_calls(calls, warmup=args.warmup, repeats=args.repeats, device=args.device)
+        timings = time_calls(calls, warmup=args.warmup, repeats=args.repeats, device=args.device, clock=args.clock)
         if args.decode:
             def decode_ours():
                 cache = ours(ids, use_cache=True).past_key_values
@@ -117,13 +124,14 @@ def main() -> None:
             timings.update(
                 {f"{name} prefill+{args.decode} decode": values for name, values in time_calls(
                     {"rsfuse": decode_ours, "transformers": decode_hf},
-                    warmup=1, repeats=max(3, args.repeats // 3), device=args.device,
+                    warmup=1, repeats=max(3, args.repeats // 3), device=args.device, clock=args.clock,
                 ).items()}
             )
 
     medians = {name: statistics.median(values) for name, values in timings.items()}
     print(f"machine: {platform.machine()} {platform.processor() or ''} | torch {torch.__version__} | "
-          f"transformers {transformers.__version__} | threads {torch.get_num_threads()} | device {args.device}")
+          f"transformers {transformers.__version__} | threads {torch.get_num_threads()} | device {args.device} | "
+          f"clock {args.clock}")
     print(f"config: hidden {args.hidden}, intermediate {args.intermediate}, layers {args.layers}, heads {args.heads}, "
           f"kv heads {args.kv_heads}, vocab {args.vocab}, batch {args.batch}, seq {args.seq}, dtype {args.dtype}, "
           f"padding {args.padding}")

@@ -333,6 +333,9 @@ def test_negative_layers_resolve_in_hf_numbering_and_bad_towers_are_rejected():
     wrong_tokens.config.patch_size = 4  # the tower now emits 16 tokens per 16-px window instead of 64
     with pytest.raises(RuntimeError, match="expected 8² = 64"):
         canvas(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"pixels must be square, got \(1, 3, 32, 16\)"):
+        canvas(torch.randn(1, 3, 32, 16))
+    assert canvas.tower is wrong_tokens and list(canvas.state_dict()) == ["tower.mixing"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ dropped, HF hidden-state numbering), ``num_layers`` and ``config.patch_size`` (`
 """
 
 import torch
-from einops import rearrange, reduce
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from rsfuse._typing import Float, Tensor, typecheck
@@ -160,13 +161,12 @@ class MultiScaleCanvas(nn.Module):
                 f"MultiScaleCanvas: the tower returned {tokens} tokens per {grid.base_window}-px window, expected "
                 f"{grid.base_side}² = {grid.base_side**2} (CLS dropped) at patch {self.patch_size}"
             )
+        stacked = rearrange(torch.stack(hidden), "l n (h w) d -> l n h w d", h=grid.base_side)
         if grid.pool == 1:
-            return torch.stack([rearrange(state, "n (h w) d -> n h w d", h=grid.token_side) for state in hidden])
-        pooled = [
-            reduce(state, "n (h ph w pw) d -> n h w d", "mean", h=grid.token_side, ph=grid.pool, pw=grid.pool)
-            for state in hidden
-        ]
-        return torch.stack(pooled)
+            return stacked
+        # Channels-last view: avg_pool2d's fast path (einops' reduce over split axes is ~10x slower on CPU).
+        pooled = F.avg_pool2d(rearrange(stacked, "l n h w d -> (l n) d h w"), grid.pool)
+        return rearrange(pooled, "(l n) d h w -> l n h w d", l=len(hidden))
 
     def _scale_canvas(self, canvas_pixels: Tensor, grid: WindowGrid) -> Tensor:
         """One scale: ``[B, C, P, P]`` pixels → ``[B, L, T, T, D]`` stitched token canvases."""

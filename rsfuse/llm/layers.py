@@ -41,10 +41,8 @@ class RMSNorm(nn.Module):
 
     @typecheck
     def forward(self, x: Float[Tensor, "*batch dim"]) -> Float[Tensor, "*batch dim"]:
-        input_dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x32.to(input_dtype)
+        normalised = F.rms_norm(x.float(), (x.shape[-1],), eps=self.variance_epsilon)
+        return self.weight * normalised.to(x.dtype)
 
 
 class LlamaMLP(nn.Module):
@@ -58,7 +56,10 @@ class LlamaMLP(nn.Module):
 
     @typecheck
     def forward(self, x: Float[Tensor, "batch tokens dim"]) -> Float[Tensor, "batch tokens dim"]:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate = F.silu(self.gate_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(gate * self.up_proj(x))
+        return self.down_proj(gate.mul_(self.up_proj(x)))  # inference: reuse the gate's buffer
 
 
 class LlamaAttention(nn.Module):
@@ -128,12 +129,13 @@ class LlamaDecoderLayer(nn.Module):
         attention_mask: AttentionMask,
         cache: KVCache | None,
     ) -> Tensor:
-        hidden_states = hidden_states + self.self_attn(
+        attended = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             cache=cache,
         )
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
     @typecheck

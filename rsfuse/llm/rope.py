@@ -100,4 +100,4 @@ def apply_rotary(
     """Rotate ``x`` (``[B, M, H, D]``) by the angles whose cos/sin are given (HF's ``rotate_half`` convention)."""
     cos = rearrange(cos, "b m d -> b m 1 d")
     sin = rearrange(sin, "b m d -> b m 1 d")
-    return x * cos + _rotate_half(x) * sin
+    return torch.addcmul(x * cos, _rotate_half(x), sin)

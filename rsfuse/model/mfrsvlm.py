@@ -118,6 +118,14 @@ class MFRSVLM(nn.Module):
     def num_visual_tokens(self) -> int:
         return self.config.num_visual_tokens
 
+    def gradient_checkpointing_enable(self, *, vision: bool = True, llm: bool = True) -> None:
+        """Recompute tower blocks and/or decoder layers in backward (the injectors run outside the recomputed part)."""
+        self.vision_tower.gradient_checkpointing = vision
+        self.llm.gradient_checkpointing = llm
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_enable(vision=False, llm=False)
+
     # ----- vision --------------------------------------------------------------------------------------------------
     def _check_pixels(self, pixel_values: Tensor) -> None:
         size = self.config.input_size

@@ -41,7 +41,7 @@ TRAINABLE = ("frozen", "full", "lora")
 SCHEMA: dict[str, Field] = {
     "output_dir": Field(str, "runs/mf_rsvlm_tiny", "where metrics, checkpoints, final/ and plots go"),
     "seed": Field(int, 0, "seed of initialisation, data order and every RNG"),
-    "max_steps": Field(int, 0, "optimizer steps to run; 0 = train.epochs full epochs"),
+    "max_steps": Field(int, 320, "optimizer steps to run; 0 = train.epochs full epochs"),
     "save_every": Field(int, 100, "checkpoint every N optimizer steps (0 = only at the end)"),
     "keep_last": Field(int, 2, "keep the newest K checkpoints (0 = all)"),
     "resume": Field(str, "auto", "auto (newest complete checkpoint, if any) | none | PATH of a step_N folder"),
@@ -70,7 +70,7 @@ SCHEMA: dict[str, Field] = {
     "train.gradient_checkpointing": Field(bool, False, "recompute decoder activations in backward"),
     "train.dtype": Field(str, "auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
                          choices=("auto", "fp32", "bf16")),
-    "train.val_every": Field(int, 0, "validation loss every N steps (0 = only at the end)"),
+    "train.val_every": Field(int, 80, "validation loss every N steps (0 = only at the end)"),
     "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)"),
     "train.log_every": Field(int, 1, "progress-bar refresh every N steps"),
     "train.trainable.vit": Field(str, "full", "vision tower: frozen | full | lora", choices=TRAINABLE),
@@ -85,8 +85,11 @@ SCHEMA: dict[str, Field] = {
     "eval.max_new_tokens": Field(int, 8, "generation budget per answer"),
     "eval.batch_size": Field(int, 32, "batch size of the generation evaluation"),
     "eval.max_samples": Field(int, 0, "evaluate at most N test samples (0 = all)"),
-    "model.preset": Field(str, "tiny", "MFRSVLMConfig preset: tiny | paper"),
+    "model.preset": Field(str, "tiny_cpu", "MFRSVLMConfig preset: tiny_cpu (the CPU default) | tiny | paper"),
     "model.init_from": Field(str, "", "checkpoint folder to initialise from (MFRSVLM.from_pretrained layout)"),
+    "model.vision_from": Field(str, "", "HF CLIP folder to initialise the tower from (MFRSVLM.from_parts)"),
+    "model.llm_from": Field(str, "", "HF Llama/Vicuna folder to initialise the decoder from (MFRSVLM.from_parts)"),
+    "model.llava_from": Field(str, "", "LLaVA-1.5 folder for projector + decoder (MFRSVLM.from_parts)"),
 }
 
 

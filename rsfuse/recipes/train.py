@@ -482,17 +482,34 @@ def _coerce_model_value(key: str, value: Any, current: Any) -> Any:
     raise ConfigError(f"config key 'model.{key}': expected {type(current).__name__}, got {value!r}")
 
 
+TINY_CPU_OVERRIDES: dict[str, Any] = {
+    "vision.num_hidden_layers": 4,
+    "global_layer": 4,
+    "detail_layers": [1, 3, 4],
+    "window_scales": [1.0],
+    "canvas_source": "image",
+    "llm.hidden_size": 128,
+    "llm.intermediate_size": 256,
+}
+"""The ``tiny_cpu`` preset (the embedded default): `MFRSVLMConfig.tiny` with a 4-block tower, one window scale
+(3×3 windows of the real 224-px image, ``canvas_source="image"``: the synthetic images are exactly the canvas size)
+and a 128-wide decoder, so a from-scratch run fits in minutes on two CPU cores. The faithful two-scale canvas
+(``window_scales=[1.0, 0.5]``, 59 tower passes per image) stays one override away."""
+
+
 def build_model_config(config: RecipeConfig, tokenizer) -> "MFRSVLMConfig":
     """The `MFRSVLMConfig`: preset, then ``model.*`` overrides (each checked against the preset's fields), then the
     tokenizer's vocabulary size and special ids."""
     from rsfuse.model import MFRSVLMConfig
 
-    presets = {"tiny": MFRSVLMConfig.tiny, "paper": MFRSVLMConfig.paper}
+    presets = {"tiny": MFRSVLMConfig.tiny, "paper": MFRSVLMConfig.paper, "tiny_cpu": MFRSVLMConfig.tiny}
     preset = config["model.preset"]
     if preset not in presets:
         raise ConfigError(f"config key 'model.preset': unknown preset {preset!r} (known: {', '.join(presets)})")
     data = presets[preset]().to_dict()
     flat = flatten(data)
+    if preset == "tiny_cpu":
+        flat.update(TINY_CPU_OVERRIDES)
     for key, value in config.model.items():
         if key not in flat:
             close = [k for k in flat if k.split(".")[-1] == key.split(".")[-1]]
@@ -614,9 +631,9 @@ def prepare_tokenizer(config: RecipeConfig, context: DistributedContext, output_
 
     if config["data.tokenizer"]:
         return Tokenizer.from_pretrained(config["data.tokenizer"])
-    init_from = config["model.init_from"]
-    if init_from and (Path(init_from) / "tokenizer.model").is_file():
-        return Tokenizer.from_pretrained(init_from)
+    for source in (config["model.init_from"], config["model.llava_from"], config["model.llm_from"]):
+        if source and (Path(source) / "tokenizer.model").is_file():
+            return Tokenizer.from_pretrained(source)
     folder = output_dir / "tokenizer"
     if not (folder / "tokenizer.model").is_file():
         if context.is_main:
@@ -783,7 +800,10 @@ def _write_final(model, model_config, tokenizer, config: RecipeConfig, context: 
     final = output_dir / "final"
     staging = output_dir / ".final-tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    plain.save_pretrained(staging, tokenizer=tokenizer)
+    tokenizer_file = output_dir / ".final-tokenizer"
+    tokenizer.save_pretrained(tokenizer_file)
+    plain.save_pretrained(staging, tokenizer=tokenizer_file / "tokenizer.model")
+    shutil.rmtree(tokenizer_file)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -816,7 +836,15 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     tokenizer = prepare_tokenizer(config, context, output_dir)
     seed_everything(config["seed"])
     if config["model.init_from"]:
-        model = MFRSVLM.from_pretrained(config["model.init_from"])
+        model = MFRSVLM.from_pretrained(config["model.init_from"], **config.model)
+        model_config = model.config
+    elif config["model.vision_from"]:
+        model = MFRSVLM.from_parts(
+            vision=config["model.vision_from"],
+            llm=config["model.llm_from"] or None,
+            llava=config["model.llava_from"] or None,
+            **config.model,
+        )
         model_config = model.config
     else:
         model_config = build_model_config(config, tokenizer)

@@ -9,8 +9,9 @@ carry the marker. `prune_checkpoints` keeps the newest ``keep_last``.
 Under several processes every rank writes its share into the same temporary folder (the caller passes a `barrier`), and
 rank 0 alone seals and renames it.
 
-Test hook: when the environment variable ``RSFUSE_CHECKPOINT_SAVE_DELAY`` holds a number of seconds, `save_checkpoint`
-sleeps that long after the files are written and before the folder is sealed, so a test can kill a run mid-save.
+Test hook: when the environment variable ``RSFUSE_CHECKPOINT_SAVE_DELAY`` holds ``SECONDS`` (every save) or
+``STEP:SECONDS`` (only the save of that step), `save_checkpoint` sleeps that long after the files are written and
+before the folder is sealed, so a test can kill a run mid-save.
 """
 
 import os
@@ -94,6 +95,19 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[Path]:
     return doomed
 
 
+def _save_delay(step: int) -> float:
+    text = os.environ.get(SAVE_DELAY_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        if ":" in text:
+            only_step, seconds = text.split(":", 1)
+            return float(seconds) if int(only_step) == step else 0.0
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{SAVE_DELAY_ENV}={text!r}: expected SECONDS or STEP:SECONDS") from None
+
+
 def _remove_stale(root: Path) -> None:
     for path in root.iterdir():
         if path.name.startswith((_TEMP_PREFIX, _TRASH_PREFIX)):
@@ -127,7 +141,7 @@ def save_checkpoint(
     write(temporary)
     sync()
     if is_main:
-        delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
+        delay = _save_delay(step)
         if delay > 0:
             time.sleep(delay)
         fsync_tree(temporary)

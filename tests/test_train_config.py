@@ -1,0 +1,96 @@
+"""Recipe configuration: defaults, YAML, key=value overrides, type checks, unknown keys."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rsfuse.recipes.config import SCHEMA, ConfigError, load_config, parse_args, unflatten
+from rsfuse.recipes.train import build_model_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+
+
+def test_defaults_and_overrides_are_typed():
+    config = parse_args(["train.lr=1e-4", "train.batch_size=3", "data.skip_bad=true", "train.vit_lr=null", "seed=5"])
+    assert config["train.lr"] == 1e-4 and isinstance(config["train.lr"], float)
+    assert config["train.batch_size"] == 3 and config["data.skip_bad"] is True
+    assert config["train.vit_lr"] is None and config["seed"] == 5
+    assert parse_args(["train.lr=1"])["train.lr"] == 1.0  # an int where a float is expected
+
+
+def test_unknown_key_is_named_with_suggestions():
+    with pytest.raises(ConfigError, match=r"'train\.lrr'.*train\.lr"):
+        parse_args(["train.lrr=1"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_args(["train.lr"])
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_args(["--lr", "1"])
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.batch_size=two", "expected an integer"),
+        ("train.batch_size=1.5", "expected an integer"),
+        ("train.lr=fast", "expected a number"),
+        ("data.skip_bad=maybe", "expected true/false"),
+        ("train.trainable.llm=half", "not one of frozen, full, lora"),
+        ("seed=null", "null is not allowed"),
+    ],
+)
+def test_bad_values_name_the_key(item, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_args([item])
+    assert item.split("=")[0] in str(error.value)
+
+
+def test_yaml_then_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 0.5, "batch_size": 2}, "model": "paper", "data.json": "x.json"}))
+    config = load_config(path, ["train.lr=0.25"])
+    assert config["train.lr"] == 0.25 and config["train.batch_size"] == 2
+    assert config["model.preset"] == "paper" and config["data.json"] == "x.json"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz.*bad\.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = parse_args(["model.llm.hidden_size=96", "train.lr=3e-3"])
+    config.save(tmp_path / "saved.yaml")
+    again = load_config(tmp_path / "saved.yaml")
+    assert again.values == config.values and again.model == config.model
+
+
+def test_default_yaml_is_the_embedded_default():
+    tree = yaml.safe_load((CONFIGS / "default_tiny.yaml").read_text())
+    assert tree == unflatten({key: field.default for key, field in SCHEMA.items()})
+
+
+@pytest.mark.parametrize("name", ["default_tiny", "stage1_pretrain_7b", "stage2_sft_7b", "llava_stage1_projector_7b"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    if name.startswith("stage"):
+        assert config["train.lr"] == 2e-5 and config["train.warmup_ratio"] == 0.03
+        assert config["train.weight_decay"] == 0.0 and config["train.epochs"] == 1
+        assert config["data.max_length"] == 2048 and config["train.dtype"] == "bf16"
+        assert config["train.gradient_checkpointing"] is True
+        assert config["data.template"] == ("plain" if name.startswith("stage1") else "vicuna_v1")
+    if name.startswith("llava"):
+        assert config["train.lr"] == 1e-3 and config["train.trainable.projector"] == "full"
+        assert {config[f"train.trainable.{p}"] for p in ("vit", "injector", "llm")} == {"frozen"}
+
+
+def test_model_overrides_are_checked_against_the_model_config():
+    config = build_model_config(parse_args(["model.llm.hidden_size=96", "model.residual_scale_init=0"]), None)
+    assert config.llm.hidden_size == 96 and config.residual_scale_init == 0.0
+    with pytest.raises(ConfigError, match=r"'model\.llm\.hiden_size'"):
+        build_model_config(parse_args(["model.llm.hiden_size=96"]), None)
+    with pytest.raises(ConfigError, match=r"'model\.detail'.*true/false"):
+        build_model_config(parse_args(["model.detail=3"]), None)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_model_config(parse_args(["model=huge"]), None)
