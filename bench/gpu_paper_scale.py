@@ -34,6 +34,7 @@ from torch import nn
 from rsfuse.encoders.canvas import MultiScaleCanvas
 from rsfuse.encoders.stitch import blend_weights
 from rsfuse.encoders.windows import cut_windows, resize_to
+from rsfuse.llm.cache import StaticKVCache
 from rsfuse.model import MFRSVLM, MFRSVLMConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -231,9 +232,13 @@ def measure_rsfuse_answer(model: MFRSVLM, args, device, dtype) -> dict:
     with torch.no_grad():
         encode_seconds, _ = timed(lambda: model.encode_images(pixels), device, args.repeats)
         sequence, stacks, selected = model.prepare_inputs(pixels, ids, pad_left=True)
-        prefill_seconds, output = timed(
-            lambda: model.run_decoder(sequence, stacks, selected, use_cache=True, logits_to_keep=1), device, args.repeats
-        )
+        length = sequence.inputs_embeds.shape[1] + new
+
+        def prefill():
+            cache = StaticKVCache.for_model(model.config.llm, batch_size=1, max_length=length, dtype=dtype, device=device)
+            return model.run_decoder(sequence, stacks, selected, cache=cache, logits_to_keep=1)
+
+        prefill_seconds, output = timed(prefill, device, args.repeats)
         cache, mask = output.past_key_values, sequence.attention_mask
         position = sequence.position_ids[:, -1:]
         token = output.logits[:, -1].argmax(-1, keepdim=True)

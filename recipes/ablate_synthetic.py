@@ -118,6 +118,8 @@ def parse_args(argv):
     parser.add_argument("--vocab-size", type=int, default=512, help="sentencepiece vocabulary of the shared tokenizer")
     parser.add_argument("--eval-limit", type=int, default=0, help="test questions per evaluation (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="generation budget per answer")
+    parser.add_argument("--order", default="goal-first", choices=("goal-first", "seed-major"),
+                        help="run order (see job_order)")
     parser.add_argument("--report", default="ABLATIONS.md", help="markdown report to (re)write")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
     parser.add_argument("--extra", action="append", default=[], help="extra training key=value for every run")
@@ -375,6 +377,20 @@ def _protocol(results) -> str:
     return "synthetic exact match"
 
 
+GOAL_PAIR = ("global_only", "mf_rsvlm")
+
+
+def job_order(names: list[str], seeds: list[int], order: str) -> list[tuple[str, int]]:
+    """``seed-major``: every variant's first seed before any second seed. ``goal-first``: every seed of the goal
+    pair (global-only baseline, full MF-RSVLM) first, then the other variants seed-major, so a study cut short by
+    the clock still answers the main question with all seeds."""
+    seed_major = [(name, seed) for seed in seeds for name in names]
+    if order == "seed-major":
+        return seed_major
+    goal = [(name, seed) for seed in seeds for name in names if name in GOAL_PAIR]
+    return goal + [job for job in seed_major if job[0] not in GOAL_PAIR]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -388,8 +404,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
-    # Seed-major order: every variant's first seed finishes before any second seed starts.
-    jobs = [(name, seed) for seed in args.seed_list for name in args.variant_names]
+    jobs = job_order(args.variant_names, args.seed_list, args.order)
     started = time.time()
     lock = threading.Lock()
     failures = []

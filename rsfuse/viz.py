@@ -109,6 +109,10 @@ def _token_grid(gate_mean: torch.Tensor) -> torch.Tensor:
     return rearrange(gate_mean, "(h w) -> h w", h=side)
 
 
+def _where(layer: int) -> str:
+    return f"before decoder layer {layer + 1} (1-based; index {layer})"
+
+
 def injection_figure(image, records: Sequence[InjectionRecord], labels: Sequence[str], *, question: str = "",
                      answer: str = ""):
     """The figure: image + one gate heat map per injection layer (top row), one router bar chart per layer below.
@@ -125,7 +129,8 @@ def injection_figure(image, records: Sequence[InjectionRecord], labels: Sequence
     if any(record.router_weights.numel() != num_stacks for record in records):
         raise ValueError(f"injection_figure: router weights do not have {num_stacks} entries (one per stack label)")
     columns = num_layers + 1
-    figure = plt.figure(figsize=(max(3.2 * columns, 0.32 * num_stacks + 2), 3.6 + 2.4 * num_layers))
+    figure = plt.figure(figsize=(max(3.2 * columns, 0.32 * num_stacks + 2), 3.6 + 2.4 * num_layers),
+                        layout="constrained")
     grid = GridSpec(1 + num_layers, columns, figure=figure, height_ratios=[1.5] + [1.0] * num_layers)
     width, height = image.size
 
@@ -146,7 +151,7 @@ def injection_figure(image, records: Sequence[InjectionRecord], labels: Sequence
         axis.imshow(image)
         heat = axis.imshow(_token_grid(record.gate_mean).numpy(), cmap="inferno", alpha=0.6, vmin=gate_low,
                            vmax=gate_high, extent=(0, width, height, 0), interpolation="nearest")
-        axis.set_title(f"mean gate per visual token\nbefore decoder layer {record.layer}", fontsize=9)
+        axis.set_title(f"mean gate per visual token\n{_where(record.layer)}", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
     figure.colorbar(heat, ax=[figure.axes[-1]], fraction=0.046, pad=0.02, label="gate")
@@ -165,12 +170,11 @@ def injection_figure(image, records: Sequence[InjectionRecord], labels: Sequence
         axis.set_xticks(list(positions))
         axis.set_xticklabels(labels, rotation=70, fontsize=7)
         how = "mean over tokens, per-token router" if record.per_token_router else "per sample"
-        axis.set_title(f"router weights over the {num_stacks} detail stacks before decoder layer {record.layer} "
+        axis.set_title(f"router weights over the {num_stacks} detail stacks {_where(record.layer)} "
                        f"({how}); labels: window scale × tower layer (phase row, col)", fontsize=9)
         axis.set_ylabel("weight")
         axis.set_xlim(-0.6, num_stacks - 0.4)
         axis.legend(loc="upper right", fontsize=7)
-    figure.tight_layout()
     return figure
 
 

@@ -193,6 +193,15 @@ def test_training_forward_backward_and_loss_ignores_visual_and_prompt_positions(
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 512).float(), targets[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(output.loss, expected)
     output.loss.backward()
+    plain_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(_pixels(), ids, attention, labels).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in plain_grads:
+            torch.testing.assert_close(parameter.grad, plain_grads[name], msg=name)
+        else:
+            assert parameter.grad is None, name  # e.g. the tower's unused post_layernorm
     for name in ("injectors.1.gate_proj.weight", "injectors.3.router.key.1.weight", "projector.0.weight",
                  "vision_tower.encoder.layers.0.mlp.fc1.weight", "llm.model.layers.0.mlp.up_proj.weight"):
         grad = dict(model.named_parameters())[name].grad

@@ -105,9 +105,16 @@ def test_released_layout_loads_with_reference_windows_and_every_weight_in_place(
     assert model.generate(_pixels(), _ids(), max_new_tokens=3, eos_token_id=[]).shape == (2, 3)
 
 
-def test_vhm_model_type_is_read_too(tmp_path):
-    folder, _ = write_released_checkpoint(tmp_path / "vhm", model_type="vhm", injection_layers=(1, 2, 3))
-    assert MFRSVLM.from_pretrained(folder).config.injection_layers == (1, 2, 3)
+@torch.no_grad()
+def test_vhm_model_type_and_mixed_precision_files_load_in_one_dtype(tmp_path):
+    folder, raw = write_released_checkpoint(
+        tmp_path / "vhm", model_type="vhm", injection_layers=(1, 2, 3), main_dtype=torch.bfloat16
+    )
+    model = MFRSVLM.from_pretrained(folder)
+    assert model.config.injection_layers == (1, 2, 3)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert torch.equal(model.injectors["2"].residual_scale, raw["model.deepstack_residual_scale"][2:3])
+    assert torch.isfinite(model(_pixels().bfloat16(), _ids()).logits).all()
 
 
 def test_released_layout_errors_name_keys_and_shapes(tmp_path):

@@ -20,6 +20,9 @@ from rsfuse.checkpoints.llama import (
     read_llama_config,
     split_llama_state_dict,
 )
+from rsfuse.checkpoints.llava import LlavaParts, read_llava
+from rsfuse.checkpoints.mfrsvlm import read_released_mfrsvlm
+from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_folder, write_rsfuse_folder
 
 __all__ = [
     "CheckpointError",
@@ -38,4 +41,10 @@ __all__ = [
     "read_llama",
     "read_llama_config",
     "split_llama_state_dict",
+    "LlavaParts",
+    "read_llava",
+    "read_released_mfrsvlm",
+    "checkpoint_model_type",
+    "read_rsfuse_folder",
+    "write_rsfuse_folder",
 ]

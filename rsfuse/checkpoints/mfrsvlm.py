@@ -143,7 +143,7 @@ def read_released_mfrsvlm(folder: str | os.PathLike) -> tuple[dict[str, Any], di
             if key == RESIDUAL_SCALE_KEY:
                 residual_scale = tensor
                 continue
-            if key.endswith("rotary_emb.inv_freq"):
+            if key.endswith(("rotary_emb.inv_freq", "embeddings.position_ids")):  # buffers old HF versions stored
                 continue
             new_key = rename_released_key(key, injection)
             if new_key is None:

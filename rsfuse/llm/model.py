@@ -22,7 +22,16 @@ from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.layers import AttentionMask, LlamaDecoderLayer, RMSNorm
 from rsfuse.llm.rope import RotaryEmbedding
 
-__all__ = ["LlamaOutput", "LlamaModel", "LlamaForCausalLM", "IGNORE_INDEX", "build_attention_mask", "default_position_ids"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "LlamaOutput",
+    "build_attention_mask",
+    "causal_lm_loss",
+    "default_position_ids",
+    "load_shards_assign",
+]
 
 IGNORE_INDEX = -100
 

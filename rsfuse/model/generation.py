@@ -1,6 +1,6 @@
 """Autoregressive generation for ``MFRSVLM`` (DESIGN §1.11).
 
-With the KV cache (default): one prefill over ``[visual][left padding][prompt]`` with the detail injectors active,
+With the KV cache (default; a ``StaticKVCache`` sized for prompt + new tokens): one prefill over ``[visual][left padding][prompt]`` with the detail injectors active,
 then one decoder call per new token that reads the cache (the vision tower and the canvas are never called again;
 the injected visual keys/values are in the cache). Prompts may arrive left- or right-padded (and with or without
 the −200 image placeholder): they are re-laid out left-padded first.
@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 
 from rsfuse._typing import Float, Int, Tensor
+from rsfuse.llm.cache import StaticKVCache
 
 if TYPE_CHECKING:
     from rsfuse.model.mfrsvlm import MFRSVLM
@@ -90,8 +91,14 @@ def generate(
         sequence, stacks, selected = model.prepare_inputs(
             pixel_values, input_ids, attention_mask, image_mask=image_mask, pad_left=True
         )
-        output = model.run_decoder(sequence, stacks, selected, use_cache=True, logits_to_keep=1)
-        cache = output.past_key_values
+        cache = StaticKVCache.for_model(
+            model.config.llm,
+            batch_size=batch,
+            max_length=sequence.inputs_embeds.shape[1] + max_new_tokens,
+            dtype=sequence.inputs_embeds.dtype,
+            device=sequence.inputs_embeds.device,
+        )
+        output = model.run_decoder(sequence, stacks, selected, cache=cache, logits_to_keep=1)
         mask = sequence.attention_mask
         position = sequence.position_ids[:, -1:]
     else:

@@ -83,6 +83,10 @@ def _materialise(model, state_dict: dict[str, torch.Tensor], *, dtype: torch.dty
 
 
 def _build(cls, config: MFRSVLMConfig, state_dict: dict[str, torch.Tensor], *, dtype, device, source: str):
+    if dtype is None:
+        # One dtype for the whole model (a released tower .bin may be stored in another precision than the decoder).
+        reference = state_dict.get("llm.model.embed_tokens.weight")
+        dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     with torch.device("meta"):
         model = cls(config)
     expected = _expected_shapes(model)
@@ -100,7 +104,10 @@ def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: s
 
 
 def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", **overrides: Any):
-    """``MFRSVLM`` from an rsfuse folder or a released MF-RSVLM folder, picked by ``config.json``'s ``model_type``."""
+    """``MFRSVLM`` from an rsfuse folder or a released MF-RSVLM folder, picked by ``config.json``'s ``model_type``.
+
+    ``dtype`` None: the decoder's stored dtype, applied to every weight (one dtype for the whole model).
+    """
     folder = Path(path)
     model_type = checkpoint_model_type(folder)
     if model_type == RSFUSE_MODEL_TYPE:

@@ -30,7 +30,7 @@ from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
 from rsfuse.fusion.sampler import DetailStackSampler
 from rsfuse.injection.gated import GatedInjector
-from rsfuse.injection.graft import GraftHandle, graft
+from rsfuse.injection.graft import graft
 from rsfuse.injection.router import Router
 from rsfuse.llm.cache import KVCache
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
@@ -236,14 +236,19 @@ class MFRSVLM(nn.Module):
         image_mask: Tensor | None,
         *,
         use_cache: bool = False,
+        cache: KVCache | None = None,
         logits_to_keep: int = 0,
     ):
-        """Run the decoder over an assembled sequence, injecting ``stacks`` at the visual positions (prefill)."""
+        """Run the decoder over an assembled sequence, injecting ``stacks`` at the visual positions (prefill).
+
+        ``cache`` (e.g. a ``StaticKVCache`` sized for prefill + new tokens) receives the keys/values when given.
+        """
         kwargs: dict[str, Any] = {
             "inputs_embeds": sequence.inputs_embeds,
             "attention_mask": sequence.attention_mask,
             "position_ids": sequence.position_ids,
-            "use_cache": use_cache,
+            "past_key_values": cache,
+            "use_cache": use_cache or cache is not None,
             "logits_to_keep": logits_to_keep,
         }
         if stacks is None or self.graft_handle is None:

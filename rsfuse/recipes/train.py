@@ -345,13 +345,15 @@ class Trainer:
         world, batch_size = self.context.world_size, self.options.batch_size
         limit = len(self.val_dataset) if self.options.val_samples <= 0 else min(self.options.val_samples, len(self.val_dataset))
         per_round = world * batch_size
-        rounds = max(1, limit // per_round) if len(self.val_dataset) >= per_round else 0
-        if rounds == 0:
-            return None
+        rounds = math.ceil(limit / per_round)
         batches = [
-            list(range(r * per_round + self.context.rank * batch_size, r * per_round + (self.context.rank + 1) * batch_size))
+            list(range(r * per_round + self.context.rank * batch_size,
+                       min(limit, r * per_round + (self.context.rank + 1) * batch_size)))
             for r in range(rounds)
         ]
+        # Sharded, every rank must run the same number of forwards: an empty slice re-reads sample 0, weighted 0.
+        weights = [1.0 if batch else 0.0 for batch in batches]
+        batches = [batch or [0] for batch in batches]
         loader = torch.utils.data.DataLoader(
             self.val_dataset,
             batch_sampler=_IndexBatches(batches),
@@ -361,9 +363,9 @@ class Trainer:
         )
         self.model.eval()
         sums = torch.zeros(2, device=self.context.device)
-        for batch in loader:
-            count = _supervised_tokens(batch)
-            if count == 0:
+        for batch, weight in zip(loader, weights):
+            count = _supervised_tokens(batch) * weight
+            if count == 0 and not self.context.is_distributed:
                 continue
             with self._autocast():
                 output = self.model(**_to_device(batch, self.context.device))

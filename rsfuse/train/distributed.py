@@ -109,9 +109,18 @@ def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, folde
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(Path(folder)))
+    # Partial load: optimizer state exists only for parameters that have received a gradient (an unused parameter,
+    # e.g. a tower's final norm when an inner hidden state is read, has none in the checkpoint). Model keys are
+    # checked below so a missing weight still fails.
+    dcp.load(state, checkpoint_id=str(Path(folder)), planner=DefaultLoadPlanner(allow_partial_load=True))
+    metadata = dcp.FileSystemReader(str(Path(folder))).read_metadata()
+    missing = [key for key in model_state if f"model.{key}" not in metadata.state_dict_metadata]
+    if missing:
+        raise RuntimeError(f"{folder}: DCP checkpoint lacks model weights {missing[:5]}")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

@@ -128,8 +128,10 @@ def write_released_checkpoint(
     drop_keys: tuple[str, ...] = (),
     extra_tensors: dict[str, torch.Tensor] | None = None,
     reshape: dict[str, tuple[int, ...]] | None = None,
+    main_dtype: torch.dtype = torch.float32,
 ) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Write a micro checkpoint in the released MF-RSVLM layout; return the folder and the main-shard tensors."""
+    """Write a micro checkpoint in the released MF-RSVLM layout; return the folder and the main-shard tensors
+    (stored in ``main_dtype``; the tower's ``pytorch_model.bin`` stays float32, as mixed releases do)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     llm = micro_llm()
@@ -181,6 +183,7 @@ def write_released_checkpoint(
     for key in drop_keys:
         del tensors[key]
     tensors.update(extra_tensors or {})
+    tensors = {key: value.to(main_dtype) for key, value in tensors.items()}
     _write_two_shards(tensors, folder)
     write_hf_clip_vision(folder / "vision_tower", seed=seed + 2, config=MICRO_VISION, file_format="bin")
     shutil.copyfile(tiny_tokenizer_dir() / "tokenizer.model", folder / "tokenizer.model")
