@@ -1,8 +1,9 @@
 """Decoder forward time: rsfuse ``LlamaForCausalLM`` vs transformers ``LlamaForCausalLM`` (same config, same weights).
 
-Both models run in the same process on the same inputs, timed interleaved (rsfuse, HF, rsfuse, HF, ...) under
-``torch.inference_mode``; the report gives medians and the ratio rsfuse / transformers (goal <= 1.0). HF uses its
-SDPA attention. Example:
+Both models run in the same process on the same inputs, timed interleaved with alternating order
+(rsfuse, HF, HF, rsfuse, ...) under ``torch.inference_mode``; the report gives medians and the ratio
+rsfuse / transformers (goal <= 1.0). HF uses its SDPA attention. On a loaded machine use
+``--threads 1 --clock process``. Example:
 
     python bench/decoder.py --hidden 512 --layers 4 --heads 8 --kv-heads 8 --seq 256 --batch 2
 """

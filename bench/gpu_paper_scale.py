@@ -20,6 +20,7 @@ One run prints one JSON object per measurement (and a summary) for:
 """
 
 import argparse
+import dataclasses
 import gc
 import json
 import platform
@@ -45,15 +46,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
-    parser.add_argument("--batches", default=None, help="canvas batch sizes (default 1,8; with --tiny 1,2)")
+    parser.add_argument("--batches", default=None, help="canvas batch sizes (default 1,8; with --tiny 1)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default 64; with --tiny 8")
     parser.add_argument("--reference-tokens", type=int, default=None, help="tokens timed without KV cache (8; tiny 2)")
     parser.add_argument("--prompt-tokens", type=int, default=48, help="text tokens of the question prompt")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (3; tiny 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (1; tiny 0)")
     parser.add_argument("--skip-llava", action="store_true", help="do not build the transformers LLaVA baseline")
     args = parser.parse_args()
-    defaults = {"batches": "1,2", "new_tokens": 8, "reference_tokens": 2, "repeats": 1} if args.tiny else {
-        "batches": "1,8", "new_tokens": 64, "reference_tokens": 8, "repeats": 3}
+    defaults = {"batches": "1", "new_tokens": 8, "reference_tokens": 2, "repeats": 1, "warmup": 0} if args.tiny else {
+        "batches": "1,8", "new_tokens": 64, "reference_tokens": 8, "repeats": 3, "warmup": 1}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -66,10 +68,13 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, object]:
+WARMUP = 1
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int | None = None) -> tuple[float, object]:
     """Median wall seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs, and the last result."""
     result = None
-    for _ in range(warmup):
+    for _ in range(WARMUP if warmup is None else warmup):
         result = fn()
     synchronise(device)
     times = []
@@ -236,19 +241,19 @@ def measure_rsfuse_answer(model: MFRSVLM, args, device, dtype) -> dict:
 
         def prefill():
             cache = StaticKVCache.for_model(model.config.llm, batch_size=1, max_length=length, dtype=dtype, device=device)
-            return model.run_decoder(sequence, stacks, selected, cache=cache, logits_to_keep=1)
+            unmasked = dataclasses.replace(sequence, attention_mask=None)  # batch 1, no padding: as generate() does
+            return model.run_decoder(unmasked, stacks, selected, cache=cache, logits_to_keep=1)
 
         prefill_seconds, output = timed(prefill, device, args.repeats)
-        cache, mask = output.past_key_values, sequence.attention_mask
+        cache = output.past_key_values
         position = sequence.position_ids[:, -1:]
         token = output.logits[:, -1].argmax(-1, keepdim=True)
         step_times = []
         for _ in range(min(new, 32)):
-            mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
             position = position + 1
             synchronise(device)
             start = time.perf_counter()
-            step = model.llm(token, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
+            step = model.llm(token, position_ids=position, past_key_values=cache, use_cache=True)  # unpadded: no mask
             token = step.logits[:, -1].argmax(-1, keepdim=True)
             synchronise(device)
             step_times.append(time.perf_counter() - start)
@@ -356,7 +361,9 @@ def measure_llava_answer(config: MFRSVLMConfig, args, device, dtype) -> dict:
 
 
 def main() -> None:
+    global WARMUP
     args = parse_args()
+    WARMUP = args.warmup
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)

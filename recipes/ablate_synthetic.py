@@ -122,6 +122,7 @@ def parse_args(argv):
                         help="run order (see job_order)")
     parser.add_argument("--report", default="ABLATIONS.md", help="markdown report to (re)write")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
+    parser.add_argument("--notes", default="", help="markdown file whose text is added to the report under 'Notes'")
     parser.add_argument("--extra", action="append", default=[], help="extra training key=value for every run")
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
@@ -337,6 +338,10 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         delta_all, _ = verdict([r["overall"] for r in rows_b], [r["overall"] for r in rows_w])
         lines.append(f"| `{better}` | `{worse}` | {delta:+.1f} | {delta_all:+.1f} | {claim} | {word} |")
         findings.append((better, worse, delta, word))
+    if findings:
+        lines += ["", "In plain words:", ""]
+        for better, worse, delta, word in findings:
+            lines.append(f"- `{better}` over `{worse}` ({delta:+.1f} points on small objects): {word}.")
     lines += ["", "## Goal check", ""]
     goal = next(((d, w) for b, wo, d, w in findings if (b, wo) == ("mf_rsvlm", "global_only")), None)
     if goal is None:
@@ -362,6 +367,8 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
             wall = row.get("wall_s")
             lines.append(f"| `{name}` | {seed} | {100 * row['small-object']:.1f} | {100 * row['overall']:.1f} | "
                          f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if wall is None else f'{wall:.0f}'} |")
+    if args.notes:
+        lines += ["", "## Notes", "", Path(args.notes).read_text().strip()]
     text = "\n".join(lines) + "\n"
     report = Path(args.report)
     if not report.is_absolute():
@@ -398,10 +405,20 @@ def main(argv=None) -> int:
     if not out.is_absolute():
         out = REPO / out
     command = shlex.join(["python", "recipes/ablate_synthetic.py", *argv])
+    study_file = out / "study.json"
     if args.report_only:
-        print(write_report(args, out, command, None))
+        # The report names the command that ran the study, not this report-only call.
+        elapsed = None
+        if study_file.is_file():
+            study = json.loads(study_file.read_text())
+            command = study["command"]
+            finished = [path.stat().st_mtime for path in (out / "runs").glob("*/seed*/eval/metrics.json")]
+            elapsed = max(finished) - study["started"] if finished else None
+        print(write_report(args, out, command, elapsed))
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    if not study_file.is_file():
+        study_file.write_text(json.dumps({"command": command, "started": time.time()}))
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
     jobs = job_order(args.variant_names, args.seed_list, args.order)

@@ -9,7 +9,6 @@ pixels (upsampled when smaller), giving ``base_side = base_window / patch`` toke
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 
@@ -116,13 +115,11 @@ def resize_to(
 ) -> Float[Tensor, "batch channels size_out size_out"]:
     """Bilinear resize (``align_corners=False``) to ``size × size``; identity when already that size.
 
-    On CPU the few-channel NCHW kernel is ~2x slower than the channels-last one, which gives bit-identical values, so
-    the resize runs channels-last there and returns a contiguous NCHW tensor.
+    Channels are resized as independent one-channel images (the same interpolation; on CPU the one-channel kernel is
+    3-4x faster than the three-channel NCHW one and needs no layout copies).
     """
     if images.shape[-2] == size and images.shape[-1] == size:
         return images
-    if images.device.type != "cpu":
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    channels_last = images.contiguous(memory_format=torch.channels_last)
-    resized = F.interpolate(channels_last, size=(size, size), mode="bilinear", align_corners=False)
-    return resized.contiguous()
+    planes = rearrange(images, "b c h w -> (b c) 1 h w")
+    resized = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False)
+    return rearrange(resized, "(b c) 1 h w -> b c h w", c=images.shape[1])

@@ -29,9 +29,6 @@ class KVCache(ABC):
     ) -> tuple[Float[Tensor, "batch total kv_heads head_dim"], Float[Tensor, "batch total kv_heads head_dim"]]:
         """Append this call's keys/values for ``layer_index``; return all keys/values of that layer."""
 
-    def __len__(self) -> int:
-        return self.seq_length
-
 
 class DynamicKVCache(KVCache):
     """A cache that grows by concatenation (one tensor pair per layer)."""

@@ -64,8 +64,8 @@ def build_attention_mask(
             f"attention_mask has {attention_mask.shape[-1]} columns; expected past + new = {past_tokens} + "
             f"{new_tokens} = {total} (HF convention: the mask covers cached and new positions)"
         )
-    rows = torch.arange(new_tokens, device=device)[:, None] + past_tokens
-    cols = torch.arange(total, device=device)[None, :]
+    rows = rearrange(torch.arange(past_tokens, total, device=device), "m -> m 1")
+    cols = rearrange(torch.arange(total, device=device), "n -> 1 n")
     mask = rearrange(cols <= rows, "m n -> 1 1 m n")
     if attention_mask is not None:
         mask = mask & rearrange(attention_mask.to(device=device, dtype=torch.bool), "b n -> b 1 1 n")
@@ -73,7 +73,7 @@ def build_attention_mask(
 
 
 def default_position_ids(
-    attention_mask: Tensor | None, *, batch: int, new_tokens: int, past_tokens: int, device: torch.device
+    attention_mask: Tensor | None, *, new_tokens: int, past_tokens: int, device: torch.device
 ) -> Int[Tensor, "#batch new"]:
     """``cumsum(mask) - 1`` clamped at 0 over the new columns (left padding works); ``past + arange`` without a mask."""
     if attention_mask is None:
@@ -105,12 +105,12 @@ class LlamaModel(nn.Module):
         position_ids: Int[Tensor, "#batch new"] | None = None,
         cache: KVCache | None = None,
     ) -> Float[Tensor, "batch new dim"]:
-        batch, new_tokens, _ = inputs_embeds.shape
+        new_tokens = inputs_embeds.shape[1]
         past_tokens = cache.seq_length if cache is not None else 0
         device = inputs_embeds.device
         if position_ids is None:
             position_ids = default_position_ids(
-                attention_mask, batch=batch, new_tokens=new_tokens, past_tokens=past_tokens, device=device
+                attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device
             )
         mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device)
         position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)

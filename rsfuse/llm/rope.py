@@ -81,7 +81,8 @@ class RotaryEmbedding(nn.Module):
         self, position_ids: Int[Tensor, "#batch tokens"], dtype: torch.dtype
     ) -> tuple[Float[Tensor, "#batch tokens head_dim"], Float[Tensor, "#batch tokens head_dim"]]:
         inv_freq = self._dynamic_inverse_frequencies(position_ids) if self.config.rope_type == "dynamic" else self.inv_freq
-        freqs = position_ids[..., None].float() * inv_freq.to(device=position_ids.device, dtype=torch.float32)
+        positions = rearrange(position_ids, "b m -> b m 1").float()
+        freqs = positions * inv_freq.to(device=position_ids.device, dtype=torch.float32)
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -13,6 +13,7 @@ Decoding: greedy at ``temperature == 0``, otherwise temperature + nucleus (``top
 sample is done (one host sync per step).
 """
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -98,9 +99,12 @@ def generate(
             dtype=sequence.inputs_embeds.dtype,
             device=sequence.inputs_embeds.device,
         )
-        output = model.run_decoder(sequence, stacks, selected, cache=cache, logits_to_keep=1)
         mask = sequence.attention_mask
         position = sequence.position_ids[:, -1:]
+        # Without padding or masked visual positions no mask is needed at all (the decoder's causal fast path).
+        unpadded = bool(mask.all())
+        prefill = dataclasses.replace(sequence, attention_mask=None) if unpadded else sequence
+        output = model.run_decoder(prefill, stacks, selected, cache=cache, logits_to_keep=1)
     else:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -119,7 +123,11 @@ def generate(
             mask = torch.cat([mask, torch.ones_like(column, dtype=torch.bool)], dim=1)
             position = position + 1
             output = model.llm(
-                column, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True
+                column,
+                attention_mask=None if unpadded else mask,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
             )
         else:
             # The reference way: append the token and re-run everything, images included.
