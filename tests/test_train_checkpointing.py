@@ -142,3 +142,18 @@ def test_stand_in_resume_is_bit_identical(tmp_path):
     losses = [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
     assert losses == [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
     assert len(losses) == 12
+
+
+def test_length_grouped_order_is_a_permutation_fixed_by_seed_and_epoch(tmp_path):
+    lengths = [3, 9, 1, 7, 5, 2, 8, 4]
+    data = [torch.zeros(length, dtype=torch.long) for length in lengths]
+    trainer = Trainer(
+        model=_StandIn(), optimizer=build_optimizer(_StandIn().named_parameters(), lr=0.1, weight_decay=0.0),
+        scheduler=None, train_dataset=data, collate=lambda rows: rows,
+        options=LoopOptions(output_dir=tmp_path, batch_size=4, progress=False), lengths=lengths,
+    )
+    order = trainer.epoch_order(0)
+    assert sorted(order) == list(range(8)) and order == trainer.epoch_order(0)
+    for start in (0, 4):  # each batch is sorted longest first
+        batch = [lengths[i] for i in order[start : start + 4]]
+        assert batch == sorted(batch, reverse=True)

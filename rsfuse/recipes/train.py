@@ -194,8 +194,10 @@ class Trainer:
         context: DistributedContext = DistributedContext(),
         val_dataset=None,
         snapshot: dict | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         self.model = model
+        self.lengths = lengths
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.train_dataset = train_dataset
@@ -286,6 +288,19 @@ class Trainer:
         if not rng_file.is_file():
             raise ConfigError(f"{rng_file}: missing (the checkpoint was written by fewer processes)")
         restore_rng_state(torch.load(rng_file, weights_only=True))
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """Sample order of ``epoch``, a function of (seed, epoch) only; length-grouped when ``lengths`` is given
+        (`rsfuse.data.sampler.length_grouped_indices`: each megabatch of batch_size × processes samples is sorted by
+        length and dealt to the processes)."""
+        if self.lengths is None:
+            return epoch_order(len(self.train_dataset), seed=self.options.seed, epoch=epoch)
+        from rsfuse.data.sampler import length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.options.seed * 1_000_003 + epoch)
+        return length_grouped_indices(
+            self.lengths, batch_size=self.options.batch_size, world_size=self.context.world_size, generator=generator
+        )
 
     # ------------------------------------------------------------------ one step
     def _loader(self, batches: list[list[int]]):
@@ -391,7 +406,7 @@ class Trainer:
             if self.state.step_in_epoch >= self.steps_per_epoch:
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
-            order = epoch_order(len(self.train_dataset), seed=options.seed, epoch=self.state.epoch)
+            order = self.epoch_order(self.state.epoch)
             steps_here = min(self.steps_per_epoch, self.state.step_in_epoch + options.total_steps - self.state.step)
             step_batches = [
                 micro_batches_for_step(
@@ -900,6 +915,7 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         context=context,
         val_dataset=val_set,
         snapshot=snapshot,
+        lengths=train_set.lengths if config["data.group_by_length"] else None,
     )
     resume_from = _resume_folder(config, trainer.checkpoint_root)
     if resume_from is None and config["resume"] == "none" and list_checkpoints(trainer.checkpoint_root):
