@@ -254,7 +254,7 @@ def _loss_main(args) -> Path:
     records = read_metrics(metrics)
     if not any(isinstance(r.get("loss"), (int, float)) for r in records):
         raise ValueError(f"rsfuse viz loss: {metrics} holds no record with a numeric 'loss'")
-    figure = loss_figure(records, title=f"training loss: {metrics.parent.name}")
+    figure = loss_figure(records, title=f"training loss: {metrics.parent}")
     out = Path(args.out) if args.out else metrics.parent / "loss_curve.png"
     return _save(figure, out)
 
