@@ -254,7 +254,8 @@ def cell(values: list[float]) -> str:
 
 
 def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
-    """Difference of means (points) and whether the expected direction holds beyond seed noise."""
+    """Difference of means (points) and whether the expected direction holds beyond seed noise: it holds (or is
+    reversed) when the difference exceeds twice its standard error over seeds, else it is not resolved."""
     mean_b, std_b = mean_std([100 * v for v in better])
     mean_w, std_w = mean_std([100 * v for v in worse])
     delta = mean_b - mean_w
@@ -262,11 +263,11 @@ def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
         return delta, ("holds (1 seed, no noise estimate)" if delta > 0 else
                        "does not hold (1 seed, no noise estimate)")
     noise = math.sqrt(std_b**2 / len(better) + std_w**2 / len(worse))
-    if delta > noise:
-        return delta, f"holds (Δ > its standard error {noise:.1f})"
-    if delta < -noise:
-        return delta, f"does not hold: reversed (Δ < −{noise:.1f})"
-    return delta, f"not resolved: within seed noise (standard error {noise:.1f})"
+    if delta > 2 * noise:
+        return delta, f"holds (Δ > 2 standard errors, SE {noise:.1f})"
+    if delta < -2 * noise:
+        return delta, f"does not hold: reversed (Δ < −2 standard errors, SE {noise:.1f})"
+    return delta, f"not resolved: within 2 standard errors of seed noise (SE {noise:.1f})"
 
 
 def machine() -> str:
@@ -322,7 +323,8 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         lines.append(f"| `{name}` | {VARIANTS[name].description} | {len(rows)} | " + " | ".join(cells)
                      + f" | {small} | {overall} |")
     lines += ["", "## Does the paper's ablation direction hold at this scale?", "",
-              "Δ = expected-better minus expected-worse, small-object accuracy in points (mean over seeds).", "",
+              "Δ = expected-better minus expected-worse, small-object accuracy in points (mean over seeds); a "
+              "direction *holds* when Δ exceeds twice its standard error over seeds (SE = √(s₁²/n₁ + s₂²/n₂)).", "",
               "| expected better | expected worse | Δ small-object | Δ overall | claim | verdict |",
               "|---|---|---|---|---|---|"]
     findings = []

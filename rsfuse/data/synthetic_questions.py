@@ -1,7 +1,7 @@
 """Question-answer pairs about a synthetic scene, with short canonical answers for exact / contains matching.
 
-Types: ``count`` ("3"), ``existence`` ("yes"/"no", drawn 50/50; a "yes" draw on an object-free scene drops the
-question), ``colour`` and ``position`` (asked only about a kind with exactly one instance; "red", "top left"),
+Types: ``count`` ("3"), ``existence`` (asked as a pair about the same image: "yes" about a present kind and "no"
+about an absent one; only the "no" on an object-free scene), ``colour`` and ``position`` (asked only about a kind with exactly one instance; "red", "top left"),
 ``scene`` (the class name) and ``caption`` (a templated sentence). The first four are small-object
 questions: answering them needs the detail that a coarse global view loses.
 """
@@ -105,21 +105,21 @@ def _ask(scene: Scene, question_type: str, rng: np.random.Generator) -> Question
 
 def ask_questions(scene: Scene, rng: np.random.Generator, *, count: int) -> list[QuestionAnswer]:
     """``count`` questions of distinct types about ``scene``, types drawn by QUESTION_WEIGHTS among those that apply
-    (``colour``/``position`` need a kind with exactly one instance); fewer when fewer types apply."""
+    (``colour``/``position`` need a kind with exactly one instance); fewer when fewer types apply. A drawn
+    ``existence`` type yields two questions (a "yes" and a "no" pair; one "no" on an object-free scene): with a
+    single existence question per image, a model can memorise image -> answer and never read the kind asked about."""
     if count < 1:
         raise ValueError(f"questions_per_image: must be >= 1, got {count}")
     feasible = [t for t in QUESTION_TYPES if t not in ("colour", "position") or _single_kinds(scene)]
     weights = np.array([QUESTION_WEIGHTS[t] for t in feasible])
     chosen = rng.choice(len(feasible), size=min(count, len(feasible)), replace=False, p=weights / weights.sum())
-    # The existence answer is drawn 50/50 first; "yes" about an empty scene is impossible, so that question is dropped.
-    wants_yes = bool(rng.random() < 0.5)
-    has_objects = bool(scene.objects)
+    # Existence comes as a yes/no pair about the same image, in a random order; "yes" needs an object.
+    answers = ("existence yes", "existence no") if scene.objects else ("existence no",)
+    if rng.random() < 0.5:
+        answers = answers[::-1]
     questions = []
     for index in sorted(chosen):
         question_type = feasible[int(index)]
-        if question_type == "existence":
-            if wants_yes and not has_objects:
-                continue
-            question_type = "existence yes" if wants_yes else "existence no"
-        questions.append(_ask(scene, question_type, rng))
+        for asked in answers if question_type == "existence" else (question_type,):
+            questions.append(_ask(scene, asked, rng))
     return questions

@@ -500,18 +500,23 @@ def _coerce_model_value(key: str, value: Any, current: Any) -> Any:
 
 
 TINY_CPU_OVERRIDES: dict[str, Any] = {
+    "vision.hidden_size": 32,
+    "vision.intermediate_size": 128,
+    "vision.num_attention_heads": 2,
     "vision.num_hidden_layers": 4,
     "global_layer": 4,
-    "detail_layers": [1, 3, 4],
-    "window_scales": [1.0],
+    "detail_layers": [1, 2],
+    "window_scales": [1.0, 0.5],
     "canvas_source": "image",
     "llm.hidden_size": 128,
     "llm.intermediate_size": 256,
 }
-"""The ``tiny_cpu`` preset (the embedded default): `MFRSVLMConfig.tiny` with a 4-block tower, one window scale
-(3×3 windows of the real 224-px image, ``canvas_source="image"``: the synthetic images are exactly the canvas size)
-and a 128-wide decoder, so a from-scratch run fits in minutes on two CPU cores. The faithful two-scale canvas
-(``window_scales=[1.0, 0.5]``, 59 tower passes per image) stays one override away."""
+"""The ``tiny_cpu`` preset (the embedded default): `MFRSVLMConfig.tiny` with a narrow 4-block tower (width 32, 2 heads),
+the faithful two-scale canvas over the real 224-px image (``canvas_source="image"``: the synthetic images are exactly
+the canvas size; 3×3 windows at scale 1.0 plus 7×7 windows of 56 px upsampled to 112 at scale 0.5, which magnifies
+small objects 2×: 59 tower passes per image), detail from hidden states 1 and 2 only (the 58 window passes stop after
+block 2; the global view uses block 4) and a 128-wide decoder, so a from-scratch run fits in about ten minutes on two
+CPU cores (measurements: BENCHMARKS.md, "Embedded default")."""
 
 
 def build_model_config(config: RecipeConfig, tokenizer) -> "MFRSVLMConfig":
