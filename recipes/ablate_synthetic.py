@@ -25,6 +25,9 @@ Example (the study in ABLATIONS.md)::
     python recipes/ablate_synthetic.py --seeds 3 --steps 150 --jobs 2
     python recipes/ablate_synthetic.py --report-only          # rewrite ABLATIONS.md from the results on disk
 
+``OUT/study.json`` keeps the command and start time of the study (the report names that command, also when
+rewritten with ``--report-only``); ``OUT/notes.md``, when present, is added to the report under "Notes".
+
 The model is the project's tiny MF-RSVLM with a narrower, frozen, randomly initialised vision tower (width 32,
 3 blocks) so that ~30 runs fit a 2-core CPU in about an hour; see ``STUDY_OVERRIDES``.
 """
@@ -122,7 +125,7 @@ def parse_args(argv):
                         help="run order (see job_order)")
     parser.add_argument("--report", default="ABLATIONS.md", help="markdown report to (re)write")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
-    parser.add_argument("--notes", default="", help="markdown file whose text is added to the report under 'Notes'")
+    parser.add_argument("--notes", default="", help="markdown file added to the report under 'Notes' (default: OUT/notes.md when it exists)")
     parser.add_argument("--extra", action="append", default=[], help="extra training key=value for every run")
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
@@ -369,8 +372,9 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
             wall = row.get("wall_s")
             lines.append(f"| `{name}` | {seed} | {100 * row['small-object']:.1f} | {100 * row['overall']:.1f} | "
                          f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if wall is None else f'{wall:.0f}'} |")
-    if args.notes:
-        lines += ["", "## Notes", "", Path(args.notes).read_text().strip()]
+    notes = Path(args.notes) if args.notes else out / "notes.md"
+    if notes.is_file():
+        lines += ["", "## Notes", "", notes.read_text().strip()]
     text = "\n".join(lines) + "\n"
     report = Path(args.report)
     if not report.is_absolute():
