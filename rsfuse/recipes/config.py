@@ -241,8 +241,9 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> RecipeConfig | None:
-    """Parse ``[--config FILE] [key=value ...]``; returns None after printing help for ``-h``/``--help``."""
+def split_config_argv(argv: Sequence[str], help_text: str) -> tuple[str | None, list[str]] | None:
+    """Split ``[--config FILE] [key=value ...]`` into (config path, overrides); None after printing ``help_text``
+    for ``-h``/``--help``. Shared by the training and evaluation recipes."""
     argv = list(argv)
     config_path = None
     overrides = []
@@ -250,7 +251,7 @@ def parse_args(argv: Sequence[str]) -> RecipeConfig | None:
     while index < len(argv):
         item = argv[index]
         if item in ("-h", "--help"):
-            print(help_text())
+            print(help_text)
             return None
         if item == "--config":
             if index + 1 >= len(argv):
@@ -265,4 +266,10 @@ def parse_args(argv: Sequence[str]) -> RecipeConfig | None:
         else:
             overrides.append(item)
         index += 1
-    return load_config(config_path, overrides)
+    return config_path, overrides
+
+
+def parse_args(argv: Sequence[str]) -> RecipeConfig | None:
+    """Parse ``[--config FILE] [key=value ...]``; returns None after printing help for ``-h``/``--help``."""
+    parsed = split_config_argv(argv, help_text())
+    return None if parsed is None else load_config(*parsed)

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 # The training recipe's config machinery: same key=value parsing and type coercion rules.
-from rsfuse.recipes.config import ConfigError, Field, _coerce, _parse_scalar, flatten
+from rsfuse.recipes.config import ConfigError, Field, _coerce, _parse_scalar, flatten, split_config_argv
 
 __all__ = [
     "EVAL_SCHEMA",
@@ -165,29 +165,8 @@ def help_text() -> str:
 
 def parse_eval_args(argv: Sequence[str]) -> EvalConfig | None:
     """``[--config FILE] [key=value ...]``; None after printing help for ``-h`` / ``--help``."""
-    argv = list(argv)
-    config_path = None
-    overrides = []
-    index = 0
-    while index < len(argv):
-        item = argv[index]
-        if item in ("-h", "--help"):
-            print(help_text())
-            return None
-        if item == "--config":
-            if index + 1 >= len(argv):
-                raise ConfigError("--config needs a file path")
-            config_path = argv[index + 1]
-            index += 2
-            continue
-        if item.startswith("--config="):
-            config_path = item.split("=", 1)[1]
-        elif item.startswith("--"):
-            raise ConfigError(f"unknown option {item!r} (use key=value overrides, or --config FILE)")
-        else:
-            overrides.append(item)
-        index += 1
-    return load_eval_config(config_path, overrides)
+    parsed = split_config_argv(argv, help_text())
+    return None if parsed is None else load_eval_config(*parsed)
 
 
 # ---------------------------------------------------------------------------------------------------- records
