@@ -37,7 +37,6 @@ import re
 import shutil
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -694,82 +693,29 @@ def build_datasets(config: RecipeConfig, tokenizer, model_config):
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate_by_generation(model, tokenizer, config: RecipeConfig, model_config, device: torch.device) -> dict:
-    """Greedy, KV-cached answers to every question of ``data.test_json``; accuracy per ``question_type``.
+def evaluate_test_split(model, tokenizer, config: RecipeConfig) -> dict:
+    """Greedy, KV-cached answers to ``data.test_json`` scored by the evaluation recipe's ``synthetic`` task (one code
+    path with ``rsfuse eval``): per question type exact match and the RSEvalKit ``contains`` rule. ``overall`` here is
+    the mean per-type exact accuracy without captions (a sentence rarely matches exactly)."""
+    from rsfuse.recipes.evaluate import evaluate, read_task
 
-    Protocol: ``exact`` = normalised exact match (`rsfuse.eval.matching.exact_match`); ``contains`` = the
-    RSEvalKit rule (`contains_match`, empty predictions rejected). Captions are scored by exact match too (a
-    sentence rarely matches exactly: read that row as a sanity check only). The overall score is the mean of the
-    per-type exact-match accuracies over the non-caption types.
-    """
-    from rsfuse.data import ImageProcessor, load_image
-    from rsfuse.eval.matching import contains_match, exact_match
-    from rsfuse.llm.templates import build_prompt, tokenize_prompt
-
-    records = json.loads(Path(config["data.test_json"]).read_text())
+    records = read_task("synthetic", config["data.test_json"], config["data.image_root"])
     if config["eval.max_samples"] > 0:
         records = records[: config["eval.max_samples"]]
-    processor = ImageProcessor(model_config.input_size)
-    root = Path(config["data.image_root"])
-    model.eval()
-    predictions = []
-    batch_size = max(1, config["eval.batch_size"])
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        prompts = []
-        for record in chunk:
-            question = next(t["value"] for t in record["conversations"] if t["from"] in ("human", "user"))
-            prompts.append(tokenize_prompt(build_prompt(config["data.template"], question), tokenizer))
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding for generation
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
-        pixels = torch.stack([processor(load_image(root / record["image"])) for record in chunk])
-        with torch.no_grad():
-            new_tokens = model.generate(
-                pixels.to(device),
-                input_ids.to(device),
-                attention_mask.to(device),
-                max_new_tokens=config["eval.max_new_tokens"],
-                eos_token_id=tokenizer.eos_id,
-            )
-        for record, tokens in zip(chunk, new_tokens.tolist()):
-            predictions.append((record, tokenizer.decode(tokens).strip()))
-    by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "exact": 0, "contains": 0})
-    examples = []
-    for record, prediction in predictions:
-        answer = str(record.get("answer", record["conversations"][-1]["value"]))
-        row = by_type[record.get("question_type", "all")]
-        row["n"] += 1
-        row["exact"] += exact_match(prediction, answer)
-        row["contains"] += contains_match(prediction, answer)
-        if len(examples) < 20:
-            examples.append({"id": record.get("id"), "question_type": record.get("question_type"),
-                             "answer": answer, "prediction": prediction})
-    table = {
-        kind: {"n": row["n"], "exact": row["exact"] / row["n"], "contains": row["contains"] / row["n"]}
-        for kind, row in sorted(by_type.items())
-    }
-    scored = [row["exact"] for kind, row in table.items() if kind != "caption"]
-    return {
-        "protocol": "greedy generation with KV cache; exact = normalised exact match, contains = RSEvalKit "
-                    "containment (empty predictions rejected); overall = mean per-type exact accuracy, captions excluded",
-        "test_json": config["data.test_json"],
-        "samples": len(predictions),
-        "per_type": table,
-        "overall": sum(scored) / len(scored) if scored else None,
-        "examples": examples,
-    }
+    result = evaluate(model, tokenizer, "synthetic", records, batch_size=max(1, config["eval.batch_size"]),
+                      max_new_tokens=config["eval.max_new_tokens"], template=config["data.template"])
+    scored = [row["exact_accuracy"] for kind, row in result["per_type"].items() if kind != "caption"]
+    result["overall"] = sum(scored) / len(scored) if scored else None
+    result["test_json"] = config["data.test_json"]
+    return result
 
 
 def format_accuracy_table(result: dict) -> str:
     lines = [f"{'question type':<14} {'n':>5} {'exact':>7} {'contains':>9}"]
     for kind, row in result["per_type"].items():
-        lines.append(f"{kind:<14} {row['n']:>5} {row['exact']:>7.3f} {row['contains']:>9.3f}")
+        lines.append(f"{kind:<14} {row['total']:>5} {row['exact_accuracy']:>7.3f} {row['contains_accuracy']:>9.3f}")
     if result["overall"] is not None:
-        lines.append(f"{'overall':<14} {result['samples']:>5} {result['overall']:>7.3f}   (mean exact, captions excluded)")
+        lines.append(f"{'overall':<14} {result['total']:>5} {result['overall']:>7.3f}   (mean exact, captions excluded)")
     return "\n".join(lines)
 
 
@@ -951,10 +897,10 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
             summary["val_loss"] = val[-1]
     if config["eval.after_train"] and config["data.test_json"]:
         evaluated = MFRSVLM.from_pretrained(final).to(device)
-        result = evaluate_by_generation(evaluated, tokenizer, config, model_config, device)
+        result = evaluate_test_split(evaluated, tokenizer, config)
         (output_dir / "eval_synthetic.json").write_text(json.dumps(result, indent=2))
         print(format_accuracy_table(result))
-        summary["eval"] = {kind: row["exact"] for kind, row in result["per_type"].items()}
+        summary["eval"] = {kind: row["exact_accuracy"] for kind, row in result["per_type"].items()}
         summary["overall"] = result["overall"]
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
