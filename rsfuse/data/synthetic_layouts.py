@@ -240,7 +240,7 @@ def _airport(b: LayoutBuilder) -> tuple[str, dict[str, list[Host]]]:
     near_start = b.rng.random() < 0.5
     runway_width = b.uniform_px(20, 25)
     runway_centre = b.fraction(0.14, 0.26) if near_start else size - b.fraction(0.14, 0.26)
-    runway = b.straight_road(axis, runway_centre, runway_width, kind="runway")
+    b.straight_road(axis, runway_centre, runway_width, kind="runway")
     gap, depth, length = b.uniform_px(14, 24), b.fraction(0.28, 0.38), b.fraction(0.55, 0.8)
     along_start = int(b.rng.integers(0, size - length + 1))
     runway_near_edge = runway_centre + runway_width // 2 if near_start else runway_centre - runway_width // 2

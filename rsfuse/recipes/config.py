@@ -12,7 +12,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
@@ -203,10 +203,9 @@ def _apply(values: dict, model: dict, key: str, value: Any, origin: str) -> None
     raise ConfigError(f"unknown config key {key!r}{where}{hint}")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
-    """Defaults, then the YAML file at ``path`` (if given), then ``key=value`` overrides."""
-    values = {key: field.default for key, field in SCHEMA.items()}
-    model: dict[str, Any] = {}
+def config_entries(path: str | os.PathLike | None, overrides: Sequence[str]) -> Iterator[tuple[str, Any, str]]:
+    """``(dotted key, value, origin)`` from the YAML file at ``path`` (if given), then the ``key=value`` overrides,
+    in the order they apply. Shared by the training and evaluation recipes."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -218,12 +217,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, found {type(tree).__name__}")
         for key, value in flatten(tree).items():
-            _apply(values, model, key, value, str(path))
+            yield key, value, str(path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command-line override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        _apply(values, model, key.strip(), _parse_scalar(text), "command line")
+        yield key.strip(), _parse_scalar(text), "command line"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Defaults, then the YAML file at ``path`` (if given), then ``key=value`` overrides."""
+    values = {key: field.default for key, field in SCHEMA.items()}
+    model: dict[str, Any] = {}
+    for key, value, origin in config_entries(path, overrides):
+        _apply(values, model, key, value, origin)
     return RecipeConfig(values=values, model=model)
 
 

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 # The training recipe's config machinery: same key=value parsing and type coercion rules.
-from rsfuse.recipes.config import ConfigError, Field, _coerce, _parse_scalar, flatten, split_config_argv
+from rsfuse.recipes.config import ConfigError, Field, _coerce, config_entries, split_config_argv
 
 __all__ = [
     "EVAL_SCHEMA",
@@ -113,23 +112,8 @@ def _apply(values: dict, key: str, value: Any, origin: str) -> None:
 def load_eval_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> EvalConfig:
     """Defaults < YAML file at ``path`` < ``key=value`` overrides; unknown keys and bad values raise `ConfigError`."""
     values = {key: field.default for key, field in EVAL_SCHEMA.items()}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(tree).__name__}")
-        for key, value in flatten(tree).items():
-            _apply(values, key, value, str(path))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"command-line override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        _apply(values, key.strip(), _parse_scalar(text), "command line")
+    for key, value, origin in config_entries(path, overrides):
+        _apply(values, key, value, origin)
     config = EvalConfig(values)
     _validate(config)
     return config
