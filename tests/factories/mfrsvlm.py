@@ -58,6 +58,21 @@ def micro_llm(**overrides) -> LlamaConfig:
     return LlamaConfig(**fields)
 
 
+def micro_hf_llama(seed: int):
+    """A transformers Llama with the micro decoder's shapes and random weights."""
+    llm = micro_llm()
+    return make_hf_llama(
+        seed=seed,
+        vocab_size=llm.vocab_size,
+        hidden_size=llm.hidden_size,
+        intermediate_size=llm.intermediate_size,
+        num_hidden_layers=llm.num_hidden_layers,
+        num_attention_heads=llm.num_attention_heads,
+        num_key_value_heads=llm.num_key_value_heads,
+        max_position_embeddings=llm.max_position_embeddings,
+    )
+
+
 def micro_config(**overrides) -> MFRSVLMConfig:
     """32-px / patch-4 tower (64 visual tokens, 3 blocks), 4-layer decoder, injection before layers [2, 4]."""
     values = dict(vision=MICRO_VISION, llm=micro_llm(), global_layer=3, injection_layers=(2, 4))
@@ -135,16 +150,7 @@ def write_released_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     llm = micro_llm()
-    hf = make_hf_llama(
-        seed=seed,
-        vocab_size=llm.vocab_size,
-        hidden_size=llm.hidden_size,
-        intermediate_size=llm.intermediate_size,
-        num_hidden_layers=llm.num_hidden_layers,
-        num_attention_heads=llm.num_attention_heads,
-        num_key_value_heads=llm.num_key_value_heads,
-        max_position_embeddings=llm.max_position_embeddings,
-    )
+    hf = micro_hf_llama(seed)
     config = hf.config.to_dict()
     config.update(
         {
@@ -195,16 +201,7 @@ def write_llava_folder(folder: str | Path, *, seed: int = 0) -> tuple[Path, dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     llm = micro_llm()
-    hf = make_hf_llama(
-        seed=seed,
-        vocab_size=llm.vocab_size,
-        hidden_size=llm.hidden_size,
-        intermediate_size=llm.intermediate_size,
-        num_hidden_layers=llm.num_hidden_layers,
-        num_attention_heads=llm.num_attention_heads,
-        num_key_value_heads=llm.num_key_value_heads,
-        max_position_embeddings=llm.max_position_embeddings,
-    )
+    hf = micro_hf_llama(seed)
     config = hf.config.to_dict()
     config.update(
         {
