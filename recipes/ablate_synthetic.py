@@ -13,11 +13,12 @@ Variants (``--variants`` takes a comma list of these names; ``all`` = every one)
 
 - ``global_only``: ``model.detail=false`` (LLaVA-1.5 style: global tokens only, no canvas, no injection);
 - ``mf_rsvlm``: the full model (detail layers {1/3, 2/3, last}, window scales {1.0, 0.5}, injection before two of
-  the four decoder layers, spatial windows, upsampled canvas, residual scale 1.0, sample-level router);
+  the four decoder layers, spatial windows, the canvas from the image's real 224 pixels as in the embedded default,
+  residual scale 1.0, sample-level router);
 - ``layers_last``: detail layers {last} only;   ``scales_1``: window scale {1.0} only;
 - ``inject_one`` / ``inject_four``: injection before decoder layer 2 only / before all four layers;
 - ``layout_reference``: the released weights' channel-mixed window layout;
-- ``canvas_image``: the 2× canvas built from the image's real pixels (DeepStack-style) instead of the upsampled view;
+- ``canvas_upsampled``: the reference's canvas, the 112-px global view upsampled 2×, instead of the real pixels;
 - ``residual_zero``: residual scale initialised to 0.0;   ``router_token``: per-token router.
 
 Example (the study in ABLATIONS.md)::
@@ -28,8 +29,10 @@ Example (the study in ABLATIONS.md)::
 ``OUT/study.json`` keeps the command and start time of the study (the report names that command, also when
 rewritten with ``--report-only``); ``OUT/notes.md``, when present, is added to the report under "Notes".
 
-The model is the project's tiny MF-RSVLM with a narrower, frozen, randomly initialised vision tower (width 32,
-3 blocks) so that ~30 runs fit a 2-core CPU in about an hour; see ``STUDY_OVERRIDES``.
+The model is the project's tiny MF-RSVLM with a frozen vision tower of width 64 and 3 blocks that every variant
+shares: pretrained once on the benchmark's training images (``rsfuse.train.tower_pretrain``, the stand-in for the
+paper's frozen CLIP), its features cached per image so that a run costs about what the decoder costs; see
+``STUDY_OVERRIDES``.
 """
 
 import argparse
@@ -65,7 +68,8 @@ VARIANTS: dict[str, Variant] = {
     "inject_one": Variant("injection before 1 decoder layer ([2])", ("model.injection_layers=[2]",)),
     "inject_four": Variant("injection before all 4 decoder layers ([1,2,3,4])", ("model.injection_layers=[1,2,3,4]",)),
     "layout_reference": Variant("window_layout=reference (channel-mixed windows)", ("model.window_layout=reference",)),
-    "canvas_image": Variant("canvas_source=image (real 2x pixels)", ("model.canvas_source=image",)),
+    "canvas_upsampled": Variant("canvas_source=upsampled (the reference: global view upsampled 2x)",
+                                ("model.canvas_source=upsampled",)),
     "residual_zero": Variant("residual_scale_init=0.0", ("model.residual_scale_init=0.0",)),
     "router_token": Variant("router_mode=token (per-token routing)", ("model.router_mode=token",)),
 }
@@ -80,7 +84,7 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("mf_rsvlm", "inject_one", "paper ablation (same direction, default 2 layers vs 1)"),
     ("mf_rsvlm", "layout_reference", "not in the paper: true windows expected to beat the reference's channel-mixed "
                                      "windows when training from scratch"),
-    ("canvas_image", "mf_rsvlm", "not in the paper: real 2x pixels expected to beat the upsampled canvas"),
+    ("mf_rsvlm", "canvas_upsampled", "not in the paper: real 2x pixels expected to beat the upsampled canvas"),
     ("mf_rsvlm", "residual_zero", "not in the paper: the reference initialises the residual scale to 1.0"),
     ("mf_rsvlm", "router_token", "not in the paper: the reference routes per sample"),
 )
@@ -88,13 +92,15 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
 # The shared budget and model of every run (training recipe keys; the variant's overrides come last).
 STUDY_OVERRIDES: tuple[str, ...] = (
     "model.preset=tiny",
-    "model.vision.hidden_size=32",
-    "model.vision.intermediate_size=128",
+    "model.vision.hidden_size=64",
+    "model.vision.intermediate_size=256",
     "model.vision.num_hidden_layers=3",
-    "model.vision.num_attention_heads=2",
+    "model.vision.num_attention_heads=4",
     "model.global_layer=3",
     "model.detail_layers=[1,2,3]",
+    "model.canvas_source=image",
     "train.trainable.vit=frozen",
+    "train.cache_vision_features=true",
     "train.lr=2e-3",
     "train.warmup_ratio=0.05",
     "save_every=0",
@@ -115,7 +121,7 @@ def parse_args(argv):
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--out", default="runs/ablate_synthetic", help="study folder (runs, data, tokenizer)")
     parser.add_argument("--data", default="", help="synthetic benchmark folder ('' = OUT/data, written if missing)")
-    parser.add_argument("--images", type=int, default=1200, help="images of the synthetic benchmark when written")
+    parser.add_argument("--images", type=int, default=6000, help="images of the synthetic benchmark when written")
     parser.add_argument("--image-size", type=int, default=224, help="side of the synthetic images when written")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark when written")
     parser.add_argument("--vocab-size", type=int, default=512, help="sentencepiece vocabulary of the shared tokenizer")
@@ -127,6 +133,12 @@ def parse_args(argv):
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
     parser.add_argument("--notes", default="", help="markdown file added to the report under 'Notes' (default: OUT/notes.md when it exists)")
     parser.add_argument("--extra", action="append", default=[], help="extra training key=value for every run")
+    parser.add_argument("--tower", choices=("pretrained", "random"), default="pretrained",
+                        help="the frozen tower every variant shares: pretrained once on the benchmark's training "
+                             "images (rsfuse.train.tower_pretrain; OUT/shared/tower) or randomly initialised")
+    parser.add_argument("--tower-steps", type=int, default=3000, help="pretraining steps of the shared tower")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="device of every run (and of the tower pretraining)")
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [name for name in names if name not in VARIANTS]
@@ -149,8 +161,7 @@ def prepare_data(args, out: Path) -> Path:
     data = Path(args.data) if args.data else out / "data"
     if not (data / "train.json").is_file():
         print(f"[ablate] writing the synthetic benchmark ({args.images} images) to {data}", flush=True)
-    generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size,
-             workers=max(1, min(2, os.cpu_count() or 1)))
+    generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size, workers=os.cpu_count() or 1)
     return data
 
 
@@ -167,13 +178,47 @@ def prepare_tokenizer(args, data: Path, out: Path) -> Path:
     return folder / "tokenizer"
 
 
-def train_command(args, variant: str, seed: int, data: Path, tokenizer: Path, run_dir: Path) -> list[str]:
+def study_overrides(args, tower: Path | None) -> list[str]:
+    """Training keys shared by every run: STUDY_OVERRIDES, the shared tower, then ``--extra``."""
+    return [*STUDY_OVERRIDES, *([f"model.vision_weights={tower}"] if tower else []), *args.extra]
+
+
+def prepare_tower(args, data: Path, out: Path) -> Path | None:
+    """The shared frozen tower: pretrained once (``--tower pretrained``, kept in OUT/shared/tower) or None (random)."""
+    if args.tower == "random":
+        return None
+    folder = out / "shared" / "tower"
+    if (folder / "pretrain.json").is_file():
+        return folder
+    import torch
+
+    from rsfuse.recipes.config import load_config
+    from rsfuse.recipes.train import build_model_config
+    from rsfuse.train.tower_pretrain import TowerPretrainSettings, pretrain_synthetic_tower
+
+    model_keys = [item for item in STUDY_OVERRIDES + tuple(args.extra) if item.startswith("model.")]
+    model_config = build_model_config(load_config(None, model_keys), None)
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    print(f"[ablate] pretraining the shared tower ({args.tower_steps} steps, {device}) into {folder}", flush=True)
+    # Crops as the model sees the image: whole (global view), half (scale-1.0 windows), quarter (scale-0.5 windows).
+    side = json.loads((data / "meta.json").read_text())["size"]
+    settings = TowerPretrainSettings(layers=tuple(sorted(set(model_config.detail_layers or ())
+                                                         | {model_config.global_hidden_index})),
+                                     steps=args.tower_steps, crop_sides=(side, side // 2, side // 4),
+                                     seed=args.data_seed)
+    pretrain_synthetic_tower(data, folder, config=model_config.vision, settings=settings, device=device,
+                             log=lambda line: print(line, flush=True))
+    return folder
+
+
+def train_command(args, variant: str, seed: int, data: Path, tokenizer: Path, run_dir: Path,
+                  tower: Path | None) -> list[str]:
     return [
         sys.executable, "-m", "rsfuse.cli", "train",
         f"output_dir={run_dir}", f"seed={seed}", f"max_steps={args.steps}", f"train.batch_size={args.batch_size}",
         f"data.json={data / 'train.json'}", f"data.image_root={data}", f"data.test_json={data / 'test.json'}",
-        f"data.tokenizer={tokenizer}", "num_threads=1", "resume=auto",
-        *STUDY_OVERRIDES, *args.extra, *VARIANTS[variant].overrides,
+        f"data.tokenizer={tokenizer}", "num_threads=1", "resume=auto", f"device={args.device}",
+        *study_overrides(args, tower), *VARIANTS[variant].overrides,
     ]
 
 
@@ -182,10 +227,11 @@ def eval_command(args, data: Path, run_dir: Path) -> list[str]:
         sys.executable, "-m", "rsfuse.cli", "eval", "task=synthetic", f"model={run_dir / 'final'}",
         f"data={data / 'test.json'}", f"image_root={data}", f"output_dir={run_dir / 'eval'}", "batch_size=32",
         f"max_new_tokens={args.max_new_tokens}", f"limit={args.eval_limit}", "num_threads=1", "progress=false",
+        f"device={args.device}",
     ]
 
 
-def run_one(args, variant: str, seed: int, data: Path, tokenizer: Path, out: Path) -> dict | None:
+def run_one(args, variant: str, seed: int, data: Path, tokenizer: Path, out: Path, tower: Path | None) -> dict | None:
     run_dir = out / "runs" / variant / f"seed{seed}"
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():
@@ -197,7 +243,7 @@ def run_one(args, variant: str, seed: int, data: Path, tokenizer: Path, out: Pat
     with (run_dir / "run.log").open("a") as log:
         steps = []
         if not (run_dir / "final" / "config.json").is_file():
-            steps.append(("train", train_command(args, variant, seed, data, tokenizer, run_dir)))
+            steps.append(("train", train_command(args, variant, seed, data, tokenizer, run_dir, tower)))
         steps.append(("eval", eval_command(args, data, run_dir)))
         for name, command in steps:
             log.write(f"$ {shlex.join(command)}\n")
@@ -273,7 +319,20 @@ def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
     return delta, f"not resolved: within 2 standard errors of seed noise (SE {noise:.1f})"
 
 
-def machine() -> str:
+def _tower_summary(out: Path) -> str:
+    report = out / "shared" / "tower" / "pretrain.json"
+    if not report.is_file():
+        return "no pretraining report found"
+    f1 = json.loads(report.read_text())["validation_patch_f1"]
+    parts = []
+    for crop, label in (("crop224", "whole image (global view)"), ("crop56", "56-px window (scale 0.5)")):
+        if crop in f1:
+            deepest = f1[crop][max(f1[crop], key=lambda name: int(name.removeprefix("layer")))]
+            parts.append(f"{label} kind F1 {deepest['kind_f1']:.2f}, colour F1 {deepest['colour_f1']:.2f}")
+    return "held-out patch labels, last layer: " + "; ".join(parts)
+
+
+def machine(device: str = "auto") -> str:
     model = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -284,8 +343,11 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({model}), {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}; one thread per run")
+    accelerator = ""
+    if device != "cpu" and torch.cuda.is_available():
+        accelerator = f"{torch.cuda.get_device_name(0)} GPU shared by the runs, "
+    return (f"{accelerator}{os.cpu_count()} CPU cores ({model}), {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}; one CPU thread per run")
 
 
 def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
@@ -299,14 +361,18 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         "Generated by `recipes/ablate_synthetic.py` (do not edit by hand; rerun with `--report-only` to refresh).",
         "",
         f"- **Command**: `{command}`",
-        f"- **Machine**: {machine()}.",
+        f"- **Machine**: {machine(args.device)}.",
         f"- **Budget per run** (identical for every variant): {args.steps} optimizer steps × batch {args.batch_size} "
         f"= {args.steps * args.batch_size} training samples, same data order per seed, seeds {args.seed_list}; "
         f"{args.jobs} runs in parallel." + (f" Study wall time: {elapsed / 60:.1f} min." if elapsed else ""),
-        "- **Model**: the tiny MF-RSVLM (4-layer decoder, width 64, 112-px global view, 224-px canvas) with a narrow "
-        "vision tower (width 32, 3 blocks, patch 14 → 8×8 tokens; detail layers {1, 2, 3} = {1/3, 2/3, last}) that is "
-        "randomly initialised and **frozen** (the paper freezes a pretrained CLIP; no pretrained weights exist here). "
-        "Training keys shared by every run: `" + " ".join(STUDY_OVERRIDES + tuple(args.extra)) + "`.",
+        "- **Model**: the tiny MF-RSVLM (4-layer decoder, 112-px global view, 224-px canvas built from the image's "
+        "real pixels) with a vision tower of width 64, 3 blocks, patch 14 (8×8 tokens; detail layers {1, 2, 3} = "
+        "{1/3, 2/3, last}), **frozen** as the paper freezes CLIP: "
+        + ("pretrained once on the benchmark's training images with per-patch object kind/colour labels "
+           "(`rsfuse.train.tower_pretrain`, " + f"{args.tower_steps} steps; " + _tower_summary(out)
+           + ") and shared by every variant" if args.tower == "pretrained" else "randomly initialised")
+        + ". Its features are cached per image (`train.cache_vision_features`). Training keys shared by every run: `"
+        + " ".join(study_overrides(args, out / "shared" / "tower" if args.tower == "pretrained" else None)) + "`.",
         f"- **Evaluation**: `rsfuse eval task=synthetic`, greedy, KV cache, max {args.max_new_tokens} new tokens, "
         + (f"first {args.eval_limit} test questions" if args.eval_limit else "the whole test split")
         + "; numbers are **normalised exact-match accuracy in %** (protocol: "
@@ -427,6 +493,7 @@ def main(argv=None) -> int:
         study_file.write_text(json.dumps({"command": command, "started": time.time()}))
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
+    tower = prepare_tower(args, data, out)
     jobs = job_order(args.variant_names, args.seed_list, args.order)
     started = time.time()
     lock = threading.Lock()
@@ -434,7 +501,7 @@ def main(argv=None) -> int:
 
     def work(job):
         name, seed = job
-        row = run_one(args, name, seed, data, tokenizer, out)
+        row = run_one(args, name, seed, data, tokenizer, out, tower)
         with lock:
             if row is None:
                 failures.append(job)

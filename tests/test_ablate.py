@@ -59,7 +59,7 @@ def test_every_variant_builds_a_model_config():
     shared = [item for item in ablate.STUDY_OVERRIDES if item.startswith(("model.", "train.trainable"))]
     for name, variant in ablate.VARIANTS.items():
         config = build_model_config(load_config(None, [*shared, *variant.overrides]), None)
-        assert config.vision.hidden_size == 32 and config.vision.num_hidden_layers == 3, name
+        assert config.vision.hidden_size == 64 and config.vision.num_hidden_layers == 3, name
         if name == "global_only":
             assert not config.detail
         else:
@@ -76,7 +76,7 @@ def test_micro_study_end_to_end(tmp_path):
     argv = ["--variants", "global_only,mf_rsvlm", "--seeds", "1", "--steps", "2", "--batch-size", "2",
             "--jobs", "2", "--out", str(tmp_path / "study"), "--data", str(data), "--vocab-size", "330",
             "--eval-limit", "4", "--max-new-tokens", "2", "--report", str(report),
-            "--extra", "data.max_length=400"]
+            "--tower-steps", "3", "--extra", "data.max_length=400"]
     assert ablate.main(argv) == 0
     text = report.read_text()
     assert "| `global_only` |" in text and "| `mf_rsvlm` |" in text

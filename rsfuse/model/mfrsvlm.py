@@ -35,6 +35,7 @@ from rsfuse.injection.router import Router
 from rsfuse.llm.cache import KVCache
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.model.config import MFRSVLMConfig
+from rsfuse.model.feature_cache import VisionFeatureCache
 from rsfuse.model.sequence import AssembledSequence, assemble_sequence, compact_text
 
 __all__ = ["MFRSVLM", "MFRSVLMOutput"]
@@ -93,6 +94,7 @@ class MFRSVLM(nn.Module):
         handle = graft(self.llm, self.injectors, visual_slice=slice(0, config.num_visual_tokens)) if config.detail else None
         object.__setattr__(self, "graft_handle", handle)
         self.tokenizer_path: Path | None = None
+        object.__setattr__(self, "vision_feature_cache", None)
 
     def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
         return MultiScaleCanvas(
@@ -146,16 +148,31 @@ class MFRSVLM(nn.Module):
         """
         self._check_pixels(pixel_values)
         pixels = pixel_values.to(self.dtype)
+        cache = self.vision_feature_cache
+        features, detail = (self.vision_features(pixels) if cache is None
+                            else cache.lookup(pixels, self.vision_features))
+        return self.projector(features), None if detail is None else self.projector(detail)
+
+    def vision_features(
+        self, pixels: Float[Tensor, "batch channels height width"]
+    ) -> tuple[Float[Tensor, "batch tokens vision_dim"], Float[Tensor, "batch stacks tokens vision_dim"] | None]:
+        """The tower's part of ``encode_images``: global features ``[B, N, C]`` and detail stacks ``[B, K, N, C]``
+        (None without detail), before the projector."""
         global_view = pixels
         if self.config.canvas_source == "image":
             size = self.config.global_size
             global_view = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         features = self.vision_tower.forward_intermediates(global_view, [self.config.global_hidden_index])[0]
-        global_tokens = self.projector(features)
         if self.canvas is None:
-            return global_tokens, None
-        stacks = self.projector(self.sampler(self.canvas(pixels)))
-        return global_tokens, stacks
+            return features, None
+        return features, self.sampler(self.canvas(pixels))
+
+    def enable_vision_feature_cache(self) -> VisionFeatureCache:
+        """Reuse the frozen tower's features of images seen before (see ``VisionFeatureCache``); returns the cache.
+        Raises at the next encoding if a tower parameter requires a gradient."""
+        cache = VisionFeatureCache(self.vision_tower)
+        object.__setattr__(self, "vision_feature_cache", cache)
+        return cache
 
     def _encode_selected(
         self, pixel_values: Tensor | None, image_mask: Tensor | None

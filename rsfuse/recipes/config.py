@@ -58,6 +58,8 @@ SCHEMA: dict[str, Field] = {
     "data.vocab_size": Field(int, 512, "vocabulary size when a sentencepiece tokenizer is trained"),
     "data.synthetic": Field(bool, True, "create the synthetic benchmark at data.image_root when data.json is missing"),
     "data.synthetic_images": Field(int, 1200, "number of synthetic images to create"),
+    "data.num_workers": Field(int, 0, "DataLoader worker processes for training batches (0 = load in the main "
+                                      "process)"),
     "data.group_by_length": Field(bool, False, "group samples of similar length into batches"),
     "train.lr": Field(float, 3e-3, "peak learning rate"),
     "train.vit_lr": Field(float, None, "learning rate of the vision tower (null = train.lr)", nullable=True),
@@ -72,6 +74,8 @@ SCHEMA: dict[str, Field] = {
                          choices=("auto", "fp32", "bf16")),
     "train.val_every": Field(int, 160, "validation loss every N steps (0 = only at the end)"),
     "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)"),
+    "train.cache_vision_features": Field(bool, False, "reuse the frozen tower's features of images seen before "
+                                                  "(needs train.trainable.vit=frozen)"),
     "train.log_every": Field(int, 1, "progress-bar refresh every N steps"),
     "train.trainable.vit": Field(str, "full", "vision tower: frozen | full | lora", choices=TRAINABLE),
     "train.trainable.projector": Field(str, "full", "projector: frozen | full | lora", choices=TRAINABLE),
@@ -88,6 +92,8 @@ SCHEMA: dict[str, Field] = {
     "model.preset": Field(str, "tiny_cpu", "MFRSVLMConfig preset: tiny_cpu (the CPU default) | tiny | paper"),
     "model.init_from": Field(str, "", "checkpoint folder to initialise from (MFRSVLM.from_pretrained layout)"),
     "model.vision_from": Field(str, "", "HF CLIP folder to initialise the tower from (MFRSVLM.from_parts)"),
+    "model.vision_weights": Field(str, "", "HF CLIP vision folder whose weights replace the tower of a model built "
+                                           "from model.preset (its config must equal the preset's tower)"),
     "model.llm_from": Field(str, "", "HF Llama/Vicuna folder to initialise the decoder from (MFRSVLM.from_parts)"),
     "model.llava_from": Field(str, "", "LLaVA-1.5 folder for projector + decoder (MFRSVLM.from_parts)"),
 }

@@ -518,6 +518,21 @@ block 2; the global view uses block 4) and a 128-wide decoder, so a from-scratch
 CPU cores (measurements: BENCHMARKS.md, "Embedded default")."""
 
 
+def load_tower_weights(model, folder: str) -> None:
+    """Replace ``model``'s vision tower weights by those of the HF CLIP vision folder ``folder``; its config must be
+    the model's tower config (ConfigError naming both otherwise)."""
+    from rsfuse.checkpoints.clip import read_clip_vision
+
+    stored, state_dict = read_clip_vision(folder)
+    wanted = model.config.vision
+    if stored.to_dict() != wanted.to_dict():
+        differing = {key: (value, stored.to_dict().get(key)) for key, value in wanted.to_dict().items()
+                     if stored.to_dict().get(key) != value}
+        raise ConfigError(f"model.vision_weights={folder}: its tower config differs from the preset's tower "
+                          f"(key: (preset, folder)) {differing}")
+    model.vision_tower.load_state_dict(state_dict)
+
+
 def build_model_config(config: RecipeConfig, tokenizer) -> "MFRSVLMConfig":
     """The `MFRSVLMConfig`: preset, then ``model.*`` overrides (each checked against the preset's fields), then the
     tokenizer's vocabulary size and special ids."""
@@ -803,6 +818,9 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     prepare_synthetic_data(config, context)
     tokenizer = prepare_tokenizer(config, context, output_dir)
     seed_everything(config["seed"])
+    if config["model.vision_weights"] and (config["model.init_from"] or config["model.vision_from"]):
+        raise ConfigError("model.vision_weights applies to a model built from model.preset; it cannot be combined "
+                          "with model.init_from or model.vision_from")
     if config["model.init_from"]:
         model = MFRSVLM.from_pretrained(config["model.init_from"], **config.model)
         model_config = model.config
@@ -817,10 +835,17 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     else:
         model_config = build_model_config(config, tokenizer)
         model = MFRSVLM(model_config)
+        if config["model.vision_weights"]:
+            load_tower_weights(model, config["model.vision_weights"])
     if model_config.llm.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model vocabulary ({model_config.llm.vocab_size}) is smaller than the tokenizer's "
                           f"({tokenizer.vocab_size})")
     modes = configure_trainable(model, config)
+    if config["train.cache_vision_features"]:
+        if modes.get("vit") != "frozen":
+            raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
+                              f"{config['train.trainable.vit']!r})")
+        model.enable_vision_feature_cache()
     if config["train.gradient_checkpointing"]:
         model.llm.gradient_checkpointing_enable()
     device = context.device
@@ -840,6 +865,7 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         val_samples=config["train.val_samples"],
         log_every=config["train.log_every"],
         autocast_dtype=_autocast_dtype(config, device_type),
+        num_workers=config["data.num_workers"],
     )
     global_batch = options.batch_size * options.grad_accum * context.world_size
     steps_per_epoch = len(train_set) // global_batch

@@ -1,0 +1,46 @@
+"""``VisionFeatureCache``: cached encodings equal fresh ones exactly, only unseen images are encoded, and a trainable
+tower is refused."""
+
+import pytest
+import torch
+from factories.mfrsvlm import make_model
+
+
+def _frozen(model):
+    for parameter in model.vision_tower.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def test_cached_features_equal_fresh_ones_and_only_new_images_are_encoded():
+    model = _frozen(make_model(seed=1))
+    pixels = torch.randn(3, 3, model.config.input_size, model.config.input_size)
+    expected = model.encode_images(pixels)
+    cache = model.enable_vision_feature_cache()
+    first = model.encode_images(pixels)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 3, 3)
+    batch = torch.cat([pixels[2:], torch.randn(1, *pixels.shape[1:]), pixels[:1]])
+    second = model.encode_images(batch)
+    assert (cache.hits, cache.misses, len(cache)) == (2, 4, 4)
+    for got, want in zip(first, expected):
+        assert torch.equal(got, want)
+    assert torch.equal(second[0][0], expected[0][2]) and torch.equal(second[0][2], expected[0][0])
+    assert torch.equal(second[1][0], expected[1][2]) and torch.equal(second[1][2], expected[1][0])
+
+
+def test_gradients_still_reach_the_projector_through_cached_features():
+    model = _frozen(make_model(seed=2))
+    model.enable_vision_feature_cache()
+    pixels = torch.randn(2, 3, model.config.input_size, model.config.input_size)
+    model.encode_images(pixels)
+    global_tokens, stacks = model.encode_images(pixels)  # all hits
+    (global_tokens.sum() + stacks.sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+
+
+def test_a_trainable_tower_is_refused():
+    model = make_model(seed=3)
+    model.enable_vision_feature_cache()
+    pixels = torch.randn(1, 3, model.config.input_size, model.config.input_size)
+    with pytest.raises(ValueError, match="not frozen"):
+        model.encode_images(pixels)
