@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh            # on the device machine; results under $OUT (or ./gpu_out)
 #
-# Environment: PAPER_TIMEOUT / STUDY_TIMEOUT (seconds), PAPER_ARGS (arguments of bench/gpu_paper_scale.py),
+# Environment: PAPER_TIMEOUT / STUDY_TIMEOUT (seconds; PAPER_TIMEOUT=0 skips the benchmark), PAPER_ARGS (arguments of bench/gpu_paper_scale.py),
 # STUDY_ARGS (arguments of recipes/ablate_synthetic.py), STUDY_DEVICE (default cuda),
 # SHARED (a study's shared/ folder — tokenizer and pretrained tower — to reuse, so both machines train on the same).
 # Python packages missing from the device image travel as wheels in .whl/ (see /work/.library/device/README.md).
@@ -19,6 +19,7 @@ nvidia-smi -L | tee "$OUT/device.txt"
 python3 -c "import torch, rsfuse; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/device.txt"
 
 start=$(date +%s)
+[ "${PAPER_TIMEOUT:-240}" = 0 ] || \
 # shellcheck disable=SC2086
 timeout "${PAPER_TIMEOUT:-240}" python3 bench/gpu_paper_scale.py ${PAPER_ARGS:-} > "$OUT/paper_scale.jsonl" \
   2> "$OUT/paper_scale.err"

@@ -180,7 +180,8 @@ def prepare_tokenizer(args, data: Path, out: Path) -> Path:
 
 def study_overrides(args, tower: Path | None) -> list[str]:
     """Training keys shared by every run: STUDY_OVERRIDES, the shared tower, then ``--extra``."""
-    return [*STUDY_OVERRIDES, *([f"model.vision_weights={tower}"] if tower else []), *args.extra]
+    shared = [f"model.vision_weights={tower}", f"train.feature_cache_dir={tower.parent / 'features'}"] if tower else []
+    return [*STUDY_OVERRIDES, *shared, *args.extra]
 
 
 def prepare_tower(args, data: Path, out: Path) -> Path | None:
@@ -253,7 +254,8 @@ def run_one(args, variant: str, seed: int, data: Path, tokenizer: Path, out: Pat
                 print(f"[ablate] {variant} seed {seed}: {name} failed (exit {result.returncode}); see "
                       f"{run_dir / 'run.log'}", flush=True)
                 return None
-    (run_dir / "wall_seconds.json").write_text(json.dumps({"wall_s": time.time() - started}))
+    (run_dir / "wall_seconds.json").write_text(json.dumps({"wall_s": time.time() - started,
+                                                            "machine": machine(args.device)}))
     return load_run(run_dir)
 
 
@@ -271,7 +273,9 @@ def load_run(run_dir: Path) -> dict | None:
     row["protocol"] = result["protocol"]
     row["samples"] = result["total"]
     wall = run_dir / "wall_seconds.json"
-    row["wall_s"] = json.loads(wall.read_text())["wall_s"] if wall.is_file() else None
+    timing = json.loads(wall.read_text()) if wall.is_file() else {}
+    row["wall_s"] = timing.get("wall_s")
+    row["machine"] = timing.get("machine")
     summary = run_dir / "summary.json"
     if summary.is_file():
         row["final_loss"] = json.loads(summary.read_text()).get("final_loss")
@@ -371,7 +375,8 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         + ("pretrained once on the benchmark's training images with per-patch object kind/colour labels "
            "(`rsfuse.train.tower_pretrain`, " + f"{args.tower_steps} steps; " + _tower_summary(out)
            + ") and shared by every variant" if args.tower == "pretrained" else "randomly initialised")
-        + ". Its features are cached per image (`train.cache_vision_features`). Training keys shared by every run: `"
+        + ". Its features are cached per image and shared by the runs whose canvas settings match "
+        "(`train.cache_vision_features`, `train.feature_cache_dir`; exact: a cached encoding equals a fresh one). Training keys shared by every run: `"
         + " ".join(study_overrides(args, out / "shared" / "tower" if args.tower == "pretrained" else None)) + "`.",
         f"- **Evaluation**: `rsfuse eval task=synthetic`, greedy, KV cache, max {args.max_new_tokens} new tokens, "
         + (f"first {args.eval_limit} test questions" if args.eval_limit else "the whole test split")
@@ -430,14 +435,22 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
                if seed not in results.get(name, {})]
     if missing:
         lines += ["", "## Not run (or not finished)", "", "Runs without results: " + ", ".join(missing) + "."]
-    lines += ["", "## Per-run results", "", "| variant | seed | small-object | overall | final train loss | wall s |",
-              "|---|---|---|---|---|---|"]
+    machines = sorted({row["machine"] for seeds in results.values() for row in seeds.values() if row.get("machine")})
+    if len(machines) > 1:
+        lines += ["", "## Machines", "", "The runs did not all run on one machine (per-run column `machine` below); "
+                  "compare variants across machines with care:", ""]
+        lines += [f"- **M{index + 1}**: {name}" for index, name in enumerate(machines)]
+    lines += ["", "## Per-run results", "",
+              "| variant | seed | small-object | overall | final train loss | wall s | machine |",
+              "|---|---|---|---|---|---|---|"]
     for name in args.variant_names:
         for seed, row in sorted(results.get(name, {}).items()):
             loss = row.get("final_loss")
             wall = row.get("wall_s")
+            where = f"M{machines.index(row['machine']) + 1}" if row.get("machine") in machines else "–"
             lines.append(f"| `{name}` | {seed} | {100 * row['small-object']:.1f} | {100 * row['overall']:.1f} | "
-                         f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if wall is None else f'{wall:.0f}'} |")
+                         f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if wall is None else f'{wall:.0f}'} | "
+                         f"{where} |")
     notes = Path(args.notes) if args.notes else out / "notes.md"
     if notes.is_file():
         lines += ["", "## Notes", "", notes.read_text().strip()]

@@ -44,3 +44,32 @@ def test_a_trainable_tower_is_refused():
     pixels = torch.randn(1, 3, model.config.input_size, model.config.input_size)
     with pytest.raises(ValueError, match="not frozen"):
         model.encode_images(pixels)
+
+
+def test_saved_entries_load_into_a_new_cache_and_the_key_follows_what_the_tower_computes(tmp_path):
+    from rsfuse.model.feature_cache import VisionFeatureCache, feature_key
+
+    model = _frozen(make_model(seed=4))
+    cache = model.enable_vision_feature_cache()
+    pixels = torch.randn(2, 3, model.config.input_size, model.config.input_size)
+    expected = model.encode_images(pixels)
+    cache.save(tmp_path / "features.safetensors")
+    fresh = model.enable_vision_feature_cache()
+    assert fresh.load(tmp_path / "features.safetensors") == 2
+    got = model.encode_images(pixels)
+    assert (fresh.hits, fresh.misses) == (2, 0)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+    key = feature_key(model)
+    assert feature_key(_frozen(make_model(seed=4, residual_scale_init=0.0))) == key  # decoder side only
+    assert feature_key(_frozen(make_model(seed=4, window_scales=(1.0,)))) != key
+    other = _frozen(make_model(seed=4))
+    with torch.no_grad():
+        other.vision_tower.embeddings.patch_embedding.weight.add_(1e-3)
+    assert feature_key(other) != key
+
+    from safetensors.torch import save_file
+
+    save_file({"not-a-digest.global": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*not-a-digest"):
+        VisionFeatureCache(model.vision_tower).load(tmp_path / "bad.safetensors")

@@ -4,17 +4,40 @@ With the tower frozen, an image's global features and detail stacks (before the 
 its pixels; the 59 tower passes per image of the two-scale canvas then dominate a small model's training step. The
 cache keys each sample by a digest of its pixel bytes, encodes only the samples it has not seen (one batched call) and
 keeps the features on their device. It refuses to work while any tower parameter requires a gradient.
+
+``save(path)`` / ``load(path)`` keep the entries in one safetensors file, so that runs sharing a tower and the
+canvas settings (``feature_key``) reuse each other's encodings.
 """
 
 import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["VisionFeatureCache"]
+# MFRSVLMConfig fields that do not change what the tower computes for an image (decoder side only).
+DECODER_SIDE_FIELDS = ("llm", "injection_layers", "residual_scale_init", "router_mode", "image_placement",
+                       "image_token_index")
+
+__all__ = ["VisionFeatureCache", "feature_key"]
 
 Encoder = Callable[[Tensor], tuple[Tensor, Tensor | None]]
+
+
+def feature_key(model: nn.Module) -> str:
+    """Hex digest of what an image's cached features depend on: the tower's weights and every config field except
+    the decoder-side ones (``DECODER_SIDE_FIELDS``)."""
+    digest = hashlib.blake2b(digest_size=16)
+    settings = {key: value for key, value in asdict(model.config).items() if key not in DECODER_SIDE_FIELDS}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.vision_tower.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class VisionFeatureCache:
@@ -62,3 +85,37 @@ class VisionFeatureCache:
         global_features = torch.stack([row[0] for row in rows])
         stacks = None if rows[0][1] is None else torch.stack([row[1] for row in rows])
         return global_features, stacks
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write every entry to the safetensors file ``path`` (atomically: a temporary file, then a rename)."""
+        from safetensors.torch import save_file  # noqa: PLC0415
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for key, (global_features, stacks) in self.entries.items():
+            tensors[f"{key.hex()}.global"] = global_features.detach().to("cpu").contiguous()
+            if stacks is not None:
+                tensors[f"{key.hex()}.stacks"] = stacks.detach().to("cpu").contiguous()
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(staging))
+        os.replace(staging, path)
+        return path
+
+    def load(self, path: str | os.PathLike, device: torch.device | str = "cpu") -> int:
+        """Add the entries of a file written by ``save``; returns how many. Raises ValueError naming the file and key
+        for a tensor whose name is not ``<32 hex digits>.global`` / ``.stacks``."""
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        tensors = load_file(str(path), device=str(device))
+        loaded: dict[bytes, dict[str, Tensor]] = {}
+        for name, tensor in tensors.items():
+            digest, _, part = name.partition(".")
+            if part not in ("global", "stacks") or len(digest) != 32:
+                raise ValueError(f"{path}: tensor {name!r} is not '<32 hex digits>.global' or '.stacks'")
+            loaded.setdefault(bytes.fromhex(digest), {})[part] = tensor
+        for key, parts in loaded.items():
+            if "global" not in parts:
+                raise ValueError(f"{path}: entry {key.hex()} has stacks but no global features")
+            self.entries[key] = (parts["global"], parts.get("stacks"))
+        return len(loaded)

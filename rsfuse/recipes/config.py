@@ -76,6 +76,8 @@ SCHEMA: dict[str, Field] = {
     "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)"),
     "train.cache_vision_features": Field(bool, False, "reuse the frozen tower's features of images seen before "
                                                   "(needs train.trainable.vit=frozen)"),
+    "train.feature_cache_dir": Field(str, "", "folder where cached tower features persist between runs that share a "
+                                              "tower and canvas settings ('' = this run only)"),
     "train.log_every": Field(int, 1, "progress-bar refresh every N steps"),
     "train.trainable.vit": Field(str, "full", "vision tower: frozen | full | lora", choices=TRAINABLE),
     "train.trainable.projector": Field(str, "full", "projector: frozen | full | lora", choices=TRAINABLE),

@@ -435,6 +435,8 @@ def run(config: EvalConfig) -> dict:
     identity = _identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve()))
     device = _device(config["device"])
     model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
+    model.requires_grad_(False)
+    model.enable_vision_feature_cache()  # questions about the same image encode it once
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     result = evaluate(
         model,

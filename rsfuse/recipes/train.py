@@ -841,15 +841,26 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         raise ConfigError(f"model vocabulary ({model_config.llm.vocab_size}) is smaller than the tokenizer's "
                           f"({tokenizer.vocab_size})")
     modes = configure_trainable(model, config)
+    feature_cache, feature_store = None, None
     if config["train.cache_vision_features"]:
         if modes.get("vit") != "frozen":
             raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
                               f"{config['train.trainable.vit']!r})")
-        model.enable_vision_feature_cache()
+        feature_cache = model.enable_vision_feature_cache()
+        if config["train.feature_cache_dir"]:
+            from rsfuse.model.feature_cache import feature_key
+
+            feature_store = Path(config["train.feature_cache_dir"]) / f"{feature_key(model)}.safetensors"
+    elif config["train.feature_cache_dir"]:
+        raise ConfigError("train.feature_cache_dir needs train.cache_vision_features=true")
     if config["train.gradient_checkpointing"]:
         model.llm.gradient_checkpointing_enable()
     device = context.device
     model.to(device)
+    if feature_store is not None and feature_store.is_file():
+        count = feature_cache.load(feature_store, device)
+        if context.is_main:
+            print(f"[rsfuse] reusing {count} images' tower features from {feature_store}", file=sys.stderr)
     train_set, val_set, collate_fn = build_datasets(config, tokenizer, model_config)
     if context.is_distributed:
         shard_model(model, fsdp_units(model), context)
@@ -905,6 +916,8 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     started = time.perf_counter()
     trainer.run(resume_step=trainer.state.step if resume_from is not None else None)
     train_seconds = time.perf_counter() - started
+    if feature_store is not None and context.is_main and feature_cache.misses:
+        feature_cache.save(feature_store)
     final = _write_final(model, model_config, tokenizer, config, context, modes, output_dir)
     summary: dict[str, Any] = {"output_dir": str(output_dir), "steps": trainer.state.step, "final": str(final)}
     if not context.is_main:
