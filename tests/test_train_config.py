@@ -94,3 +94,20 @@ def test_model_overrides_are_checked_against_the_model_config():
         build_model_config(parse_args(["model.detail=3"]), None)
     with pytest.raises(ConfigError, match="unknown preset"):
         build_model_config(parse_args(["model=huge"]), None)
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["train.cache_vision_features=true"], "needs train.trainable.vit=frozen"),
+        (["train.feature_cache_dir=x"], "needs train.cache_vision_features=true"),
+        (["model.vision_weights=tower", "model.init_from=run/final"], "cannot be combined"),
+    ],
+)
+def test_model_source_and_feature_cache_keys_are_checked_before_any_work(items, message):
+    from rsfuse.recipes.train import check_model_source_keys
+
+    with pytest.raises(ConfigError, match=message):
+        check_model_source_keys(parse_args(items))
+    check_model_source_keys(parse_args(["train.trainable.vit=frozen", "train.cache_vision_features=true",
+                                        "train.feature_cache_dir=x", "model.vision_weights=tower"]))

@@ -524,13 +524,24 @@ def load_tower_weights(model, folder: str) -> None:
     from rsfuse.checkpoints.clip import read_clip_vision
 
     stored, state_dict = read_clip_vision(folder)
-    wanted = model.config.vision
-    if stored.to_dict() != wanted.to_dict():
-        differing = {key: (value, stored.to_dict().get(key)) for key, value in wanted.to_dict().items()
-                     if stored.to_dict().get(key) != value}
+    stored, wanted = stored.to_dict(), model.config.vision.to_dict()
+    if stored != wanted:
+        differing = {key: (value, stored.get(key)) for key, value in wanted.items() if stored.get(key) != value}
         raise ConfigError(f"model.vision_weights={folder}: its tower config differs from the preset's tower "
                           f"(key: (preset, folder)) {differing}")
     model.vision_tower.load_state_dict(state_dict)
+
+
+def check_model_source_keys(config: RecipeConfig) -> None:
+    """Refuse combinations of the model-source and feature-cache keys that cannot work, before any data is read."""
+    if config["model.vision_weights"] and (config["model.init_from"] or config["model.vision_from"]):
+        raise ConfigError("model.vision_weights applies to a model built from model.preset; it cannot be combined "
+                          "with model.init_from or model.vision_from")
+    if config["train.cache_vision_features"] and config["train.trainable.vit"] != "frozen":
+        raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
+                          f"{config['train.trainable.vit']!r})")
+    if config["train.feature_cache_dir"] and not config["train.cache_vision_features"]:
+        raise ConfigError("train.feature_cache_dir needs train.cache_vision_features=true")
 
 
 def build_model_config(config: RecipeConfig, tokenizer) -> "MFRSVLMConfig":
@@ -815,12 +826,10 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     if context.is_main:
         config.save(output_dir / "recipe.yaml")
+    check_model_source_keys(config)
     prepare_synthetic_data(config, context)
     tokenizer = prepare_tokenizer(config, context, output_dir)
     seed_everything(config["seed"])
-    if config["model.vision_weights"] and (config["model.init_from"] or config["model.vision_from"]):
-        raise ConfigError("model.vision_weights applies to a model built from model.preset; it cannot be combined "
-                          "with model.init_from or model.vision_from")
     if config["model.init_from"]:
         model = MFRSVLM.from_pretrained(config["model.init_from"], **config.model)
         model_config = model.config
@@ -843,16 +852,11 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     modes = configure_trainable(model, config)
     feature_cache, feature_store = None, None
     if config["train.cache_vision_features"]:
-        if modes.get("vit") != "frozen":
-            raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
-                              f"{config['train.trainable.vit']!r})")
         feature_cache = model.enable_vision_feature_cache()
         if config["train.feature_cache_dir"]:
             from rsfuse.model.feature_cache import feature_key
 
             feature_store = Path(config["train.feature_cache_dir"]) / f"{feature_key(model)}.safetensors"
-    elif config["train.feature_cache_dir"]:
-        raise ConfigError("train.feature_cache_dir needs train.cache_vision_features=true")
     if config["train.gradient_checkpointing"]:
         model.llm.gradient_checkpointing_enable()
     device = context.device
@@ -935,7 +939,8 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         if val:
             summary["val_loss"] = val[-1]
     if config["eval.after_train"] and config["data.test_json"]:
-        evaluated = MFRSVLM.from_pretrained(final).to(device)
+        evaluated = MFRSVLM.from_pretrained(final).to(device).requires_grad_(False)
+        evaluated.enable_vision_feature_cache()  # questions about the same image encode it once
         result = evaluate_test_split(evaluated, tokenizer, config)
         (output_dir / "eval_synthetic.json").write_text(json.dumps(result, indent=2))
         print(format_accuracy_table(result))

@@ -5,8 +5,10 @@ leaves small objects invisible to every variant alike. This trains one tower, on
 for random square crops of a training image (sides ``crop_sides``: the whole image as the global view sees it, and
 window-sized crops as the canvas sees them; a fraction ``upsampled_fraction`` taken from the 2×-downsampled and
 re-upsampled image, as an ``upsampled`` canvas sees it), resized to the tower's input size, every patch token of each
-requested hidden state predicts, through its own linear head, which object kinds and colours overlap that patch (binary cross-entropy over ``len(OBJECT_KINDS) + len(COLOUR_NAMES)`` labels). The tower is then saved as an HF
-vision-only CLIP folder (``save_clip_vision``) for ``model.vision_weights`` and frozen by every variant alike.
+requested hidden state predicts, through its own linear head, which object kinds and colours overlap that patch
+(binary cross-entropy over ``len(OBJECT_KINDS) + len(COLOUR_NAMES)`` labels, positives weighted by
+``positive_weight``). The tower is saved as an HF vision-only CLIP folder (``save_clip_vision``) for
+``model.vision_weights`` and frozen by every variant alike.
 
 Held-out validation images give per-crop-side patch-label F1 in ``pretrain.json``: how well small objects can be seen
 at each apparent size, i.e. how much the global view loses.
