@@ -23,7 +23,8 @@ Variants (``--variants`` takes a comma list of these names; ``all`` = every one)
 
 Example (the study in ABLATIONS.md)::
 
-    python recipes/ablate_synthetic.py --seeds 3 --steps 150 --jobs 2
+    python recipes/ablate_synthetic.py --seeds 3 --steps 3000 --batch-size 8 --jobs 2 --max-new-tokens 12 \
+        --eval-limit 1500
     python recipes/ablate_synthetic.py --report-only          # rewrite ABLATIONS.md from the results on disk
 
 ``OUT/study.json`` keeps the command and start time of the study (the report names that command, also when
@@ -497,6 +498,12 @@ def main(argv=None) -> int:
         if study_file.is_file():
             study = json.loads(study_file.read_text())
             command = study["command"]
+            # Budget, seeds and evaluation settings come from the command that ran the study, not from this call.
+            stored = [arg for arg in shlex.split(command)[2:] if arg != "--report-only"]
+            wanted = ["--report", args.report, "--notes", args.notes, "--out", args.out]
+            if args.variants != "all":
+                wanted += ["--variants", args.variants]
+            args = parse_args(stored + wanted)
             finished = [path.stat().st_mtime for path in (out / "runs").glob("*/seed*/eval/metrics.json")]
             elapsed = max(finished) - study["started"] if finished else None
         print(write_report(args, out, command, elapsed))
