@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 GENERATOR = "rsfuse.data.synthetic"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_QUESTIONS_PER_IMAGE = 3
 MIN_SIZE = 112

@@ -45,9 +45,11 @@ SCENE_OBJECT_KINDS: dict[str, tuple[str, ...]] = {
 
 # Layout lengths are given in pixels at this render size and scale linearly with the actual size.
 REFERENCE_SIZE = 224
-# (long side, short side) of each object kind at REFERENCE_SIZE; all stay under a quarter of a global-view patch
-# (the tiny model's global view is 112 px with 14 px patches = an 8x8 grid, so a patch covers 28x28 px at 224).
-OBJECT_SIZES: dict[str, tuple[int, int]] = {"vehicle": (6, 4), "ship": (9, 5), "plane": (7, 7), "storage tank": (6, 6)}
+# (long side, short side) of each object kind at REFERENCE_SIZE. The tiny model's global view is 112 px with 14 px
+# patches (an 8x8 grid; a patch covers 28x28 px at 224), so the global view shrinks a vehicle to 2x1 px and a tank to
+# 2x2 px: the objects all but vanish there, as small objects do when a remote-sensing image is squeezed to 336 px,
+# while a 56-px window (scale 0.5, encoded at 112 px) shows them at 8x4 and 8x8 px.
+OBJECT_SIZES: dict[str, tuple[int, int]] = {"vehicle": (4, 2), "ship": (6, 3), "plane": (5, 5), "storage tank": (4, 4)}
 GLOBAL_GRID = 8
 
 Box = tuple[int, int, int, int]
