@@ -125,6 +125,8 @@ def parse_args(argv):
     parser.add_argument("--images", type=int, default=6000, help="images of the synthetic benchmark when written")
     parser.add_argument("--image-size", type=int, default=224, help="side of the synthetic images when written")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark when written")
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="small objects' sides × this when the benchmark is written (rsfuse synth --object-scale)")
     parser.add_argument("--vocab-size", type=int, default=512, help="sentencepiece vocabulary of the shared tokenizer")
     parser.add_argument("--eval-limit", type=int, default=0, help="test questions per evaluation (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="generation budget per answer")
@@ -162,7 +164,8 @@ def prepare_data(args, out: Path) -> Path:
     data = Path(args.data) if args.data else out / "data"
     if not (data / "train.json").is_file():
         print(f"[ablate] writing the synthetic benchmark ({args.images} images) to {data}", flush=True)
-    generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size, workers=os.cpu_count() or 1)
+    generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size, object_scale=args.object_scale,
+             workers=os.cpu_count() or 1)
     return data
 
 
@@ -355,6 +358,21 @@ def machine(device: str = "auto") -> str:
             f"{platform.python_version()}, torch {torch.__version__}; one CPU thread per run")
 
 
+def _data_summary(data: Path) -> str:
+    """One line on the benchmark the study used, from its meta.json."""
+    try:
+        meta = json.loads((data / "meta.json").read_text())
+    except (OSError, ValueError):
+        return f"`{data}` (no readable meta.json)"
+    sizes = meta.get("object_sizes_drawn") or meta.get("object_sizes_at_224", {})
+    drawn = ", ".join(f"{kind} {'×'.join(str(side) for side in sides)}" for kind, sides in sizes.items())
+    counts = meta.get("counts", {}).get("samples", {})
+    return (f"synthetic benchmark generator v{meta.get('version')}, {meta.get('n_images')} images of "
+            f"{meta.get('size')} px (seed {meta.get('seed')}), object scale {meta.get('object_scale', 1.0):g} "
+            f"(objects drawn {drawn} px); train/val/test samples {counts.get('train')}/{counts.get('val')}/"
+            f"{counts.get('test')}")
+
+
 def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
     results = collect(out, args.variant_names, args.seed_list)
     types = list(SMALL_OBJECT_TYPES) + list(OTHER_TYPES)
@@ -367,6 +385,7 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         "",
         f"- **Command**: `{command}`",
         f"- **Machine**: {machine(args.device)}.",
+        f"- **Data**: {_data_summary(Path(args.data) if args.data else out / 'data')}.",
         f"- **Budget per run** (identical for every variant): {args.steps} optimizer steps × batch {args.batch_size} "
         f"= {args.steps * args.batch_size} training samples, same data order per seed, seeds {args.seed_list}; "
         f"{args.jobs} runs in parallel." + (f" Study wall time: {elapsed / 60:.1f} min." if elapsed else ""),

@@ -256,3 +256,45 @@ def test_cli_writes_the_files(tmp_path, capsys):
     assert "reused" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--n", "2", "--splits", "0.5,0.5"])
+
+
+def test_object_scale_shrinks_only_the_small_objects(tmp_path):
+    from rsfuse.data.synthetic_scene import OBJECT_SIZES
+
+    half = tmp_path / "half"
+    meta = generate(half, n_images=6, seed=2, object_scale=0.5, workers=1)
+    assert meta["object_scale"] == 0.5
+    assert meta["object_sizes_drawn"] == {kind: [max(1, round(side * 0.5)) for side in sides]
+                                          for kind, sides in OBJECT_SIZES.items()}
+    full = tmp_path / "full"
+    generate(full, n_images=6, seed=2, workers=1)
+    half_scenes, full_scenes = load_scenes(half), load_scenes(full)
+    assert sum(len(scene.objects) for scene in half_scenes.values()) > 0
+    for image, scene in half_scenes.items():
+        assert scene.structures == full_scenes[image].structures, "only the objects change"
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.bbox
+            assert sorted((x1 - x0, y1 - y0)) == sorted(meta["object_sizes_drawn"][obj.kind]), obj
+    assert generate(half, n_images=6, seed=2, object_scale=0.5)["reused"] is True
+    assert generate(half, n_images=6, seed=2)["reused"] is False, "another object scale is another dataset"
+    for bad in (0, -1.0, 5.0, True, "0.5"):
+        with pytest.raises(ValueError, match="object_scale"):
+            generate(tmp_path / "bad", n_images=3, seed=0, object_scale=bad)
+
+
+def test_datasets_written_before_object_scale_are_reused(dataset):
+    meta_path = dataset / "meta.json"
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    del meta["object_scale"]
+    try:
+        meta_path.write_text(json.dumps(meta))
+        assert generate(dataset, n_images=N_IMAGES, seed=7, size=SIZE)["reused"] is True
+    finally:
+        meta_path.write_text(original)
+
+
+def test_cli_object_scale(tmp_path):
+    out = tmp_path / "cli"
+    assert main([str(out), "--n", "4", "--seed", "1", "--object-scale", "0.5", "--workers", "1"]) == 0
+    assert json.loads((out / "meta.json").read_text())["object_scale"] == 0.5

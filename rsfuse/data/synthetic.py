@@ -12,7 +12,8 @@
 Everything is a function of ``seed``: image ``i`` is drawn from ``numpy.random.default_rng(SeedSequence([seed, 1, i]))``
 and the split permutation from ``SeedSequence([seed, 2])``, so the same seed gives byte-identical files. A folder that
 already holds a complete dataset with the same settings is reused, not regenerated. CLI:
-``rsfuse synth OUT --n N --seed S [--size PX] [--splits 0.8,0.1,0.1] [--questions-per-image Q] [--workers W]``.
+``rsfuse synth OUT --n N --seed S [--size PX] [--object-scale F] [--splits 0.8,0.1,0.1] [--questions-per-image Q]
+[--workers W]``. ``object_scale`` multiplies the small objects' sides (``OBJECT_SIZES``, e.g. 0.5 halves them).
 """
 
 import argparse
@@ -57,13 +58,18 @@ DEFAULT_QUESTIONS_PER_IMAGE = 3
 MIN_SIZE = 112
 IMAGE_STREAM, SPLIT_STREAM = 1, 2
 # Settings that identify a dataset: a folder whose meta.json matches these is reused as is.
-IDENTITY_KEYS = ("generator", "version", "seed", "n_images", "size", "splits", "questions_per_image")
+IDENTITY_KEYS = ("generator", "version", "seed", "n_images", "size", "object_scale", "splits", "questions_per_image")
+# Identity keys added after a dataset may have been written: their value when meta.json lacks them.
+IDENTITY_DEFAULTS = {"object_scale": 1.0}
+MAX_OBJECT_SCALE = 4.0
 
 
-def draw_image(seed: int, index: int, *, size: int, questions_per_image: int) -> tuple[Scene, np.ndarray, list]:
+def draw_image(
+    seed: int, index: int, *, size: int, questions_per_image: int, object_scale: float = 1.0
+) -> tuple[Scene, np.ndarray, list]:
     """Scene, pixels ``uint8 [size, size, 3]`` and question-answer pairs of image ``index`` of dataset ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, IMAGE_STREAM, index]))
-    scene = make_scene(rng, size=size)
+    scene = make_scene(rng, size=size, object_scale=object_scale)
     questions = ask_questions(scene, rng, count=questions_per_image)
     return scene, render_scene(scene), questions
 
@@ -73,12 +79,14 @@ def _image_name(index: int, n_images: int) -> str:
 
 
 def _write_chunk(
-    folder: str, seed: int, indices: list[int], n_images: int, size: int, questions_per_image: int
+    folder: str, seed: int, indices: list[int], n_images: int, size: int, questions_per_image: int,
+    object_scale: float,
 ) -> list:
     """Draw and save the images ``indices``; returns ``(index, scene dict, questions)`` per image."""
     results = []
     for index in indices:
-        scene, pixels, questions = draw_image(seed, index, size=size, questions_per_image=questions_per_image)
+        scene, pixels, questions = draw_image(seed, index, size=size, questions_per_image=questions_per_image,
+                                              object_scale=object_scale)
         Image.fromarray(pixels).save(Path(folder) / _image_name(index, n_images), compress_level=1)
         results.append((index, scene.to_dict(), questions))
     return results
@@ -123,7 +131,8 @@ def _write_dataset(folder: Path, settings: dict, workers: int) -> dict:
     questions_per_image = settings["questions_per_image"]
     (folder / "images").mkdir(parents=True)
     chunks = [list(range(start, n_images, max(1, workers))) for start in range(max(1, workers))]
-    arguments = [(str(folder), seed, chunk, n_images, size, questions_per_image) for chunk in chunks if chunk]
+    arguments = [(str(folder), seed, chunk, n_images, size, questions_per_image, settings["object_scale"])
+                 for chunk in chunks if chunk]
     if workers > 1 and len(arguments) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = [item for part in pool.map(_write_chunk, *zip(*arguments)) for item in part]
@@ -152,6 +161,8 @@ def _write_dataset(folder: Path, settings: dict, workers: int) -> dict:
         "scene_classes": list(SCENE_CLASSES),
         "object_kinds": list(OBJECT_KINDS),
         "object_sizes_at_224": {kind: list(sides) for kind, sides in OBJECT_SIZES.items()},
+        "object_sizes_drawn": {kind: [max(1, round(side * settings["object_scale"] * size / 224)) for side in sides]
+                               for kind, sides in OBJECT_SIZES.items()},
         "colours": list(COLOUR_NAMES),
         "question_types": list(QUESTION_TYPES),
         "small_object_types": sorted(SMALL_OBJECT_TYPES),
@@ -184,20 +195,25 @@ def _read_meta(folder: Path) -> dict | None:
 def _is_complete(folder: Path, settings: dict) -> dict | None:
     """The folder's meta when it holds every file of a dataset generated with ``settings``, else None."""
     meta = _read_meta(folder)
-    if meta is None or any(meta.get(key) != settings[key] for key in IDENTITY_KEYS):
+    if meta is None or any(meta.get(key, IDENTITY_DEFAULTS.get(key)) != settings[key] for key in IDENTITY_KEYS):
         return None
     names = [f"{name}.json" for name in (*SPLIT_NAMES, "scenes")]
     names += [_image_name(index, settings["n_images"]) for index in range(settings["n_images"])]
     return meta if all((folder / name).is_file() for name in names) else None
 
 
-def _validate(n_images: int, seed: int, size: int, splits, questions_per_image: int, workers: int) -> tuple[float, ...]:
+def _validate(n_images: int, seed: int, size: int, splits, questions_per_image: int, workers: int,
+              object_scale: float) -> tuple[float, ...]:
     if int(n_images) != n_images or n_images < 1:
         raise ValueError(f"n_images: must be a positive integer, got {n_images!r}")
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
     if int(size) != size or size < MIN_SIZE:
         raise ValueError(f"size: must be an integer >= {MIN_SIZE} px, got {size!r}")
+    if isinstance(object_scale, bool) or not isinstance(object_scale, (int, float)) or not (
+        0 < object_scale <= MAX_OBJECT_SCALE
+    ):
+        raise ValueError(f"object_scale: must be a number in (0, {MAX_OBJECT_SCALE:g}], got {object_scale!r}")
     if int(questions_per_image) != questions_per_image or questions_per_image < 1:
         raise ValueError(f"questions_per_image: must be a positive integer, got {questions_per_image!r}")
     if int(workers) != workers or workers < 1:
@@ -214,6 +230,7 @@ def generate(
     n_images: int,
     seed: int,
     size: int = 224,
+    object_scale: float = 1.0,
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     questions_per_image: int = DEFAULT_QUESTIONS_PER_IMAGE,
     workers: int | None = None,
@@ -229,13 +246,14 @@ def generate(
     """
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if n_images >= 64 else 1
-    fractions = _validate(n_images, seed, size, splits, questions_per_image, workers)
+    fractions = _validate(n_images, seed, size, splits, questions_per_image, workers, object_scale)
     settings = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "seed": int(seed),
         "n_images": int(n_images),
         "size": int(size),
+        "object_scale": float(object_scale),
         "splits": list(fractions),
         "questions_per_image": int(questions_per_image),
     }
@@ -286,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="multiply the small objects' sides by this (default 1.0; 0.5 halves them)")
     parser.add_argument("--splits", type=_parse_splits, default=(0.8, 0.1, 0.1), help="train,val,test fractions")
     parser.add_argument("--questions-per-image", type=int, default=DEFAULT_QUESTIONS_PER_IMAGE)
     parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: up to 4 cores)")
@@ -297,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             n_images=args.n,
             seed=args.seed,
             size=args.size,
+            object_scale=args.object_scale,
             splits=args.splits,
             questions_per_image=args.questions_per_image,
             workers=args.workers,

@@ -45,10 +45,11 @@ Host = tuple[np.ndarray, tuple[str, ...]]  # (bool mask, orientations to draw fr
 class LayoutBuilder:
     """Collects structures of one scene; lengths are given at REFERENCE_SIZE and scaled by ``px``."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
+    def __init__(self, rng: np.random.Generator, size: int, *, object_scale: float = 1.0) -> None:
         self.rng = rng
         self.size = size
         self.scale = size / REFERENCE_SIZE
+        self.object_scale = object_scale
         self.structures: list[Structure] = []
 
     def px(self, length: float) -> int:
@@ -363,7 +364,7 @@ LAYOUTS: dict[str, Callable[[LayoutBuilder], tuple[str, dict[str, list[Host]]]]]
 
 def _object_shape(kind: str, orientation: str, builder: LayoutBuilder) -> tuple[int, int]:
     """(width, height) in pixels of an object drawn with ``orientation``."""
-    long_side, short_side = (builder.px(side) for side in OBJECT_SIZES[kind])
+    long_side, short_side = (builder.px(side * builder.object_scale) for side in OBJECT_SIZES[kind])
     return (short_side, long_side) if orientation == "vertical" else (long_side, short_side)
 
 
@@ -413,13 +414,16 @@ def _place(
     return placed
 
 
-def make_scene(rng: np.random.Generator, *, size: int, scene_class: str | None = None) -> Scene:
-    """Draw one random scene of ``scene_class`` (random when None) at ``size`` x ``size`` pixels."""
+def make_scene(
+    rng: np.random.Generator, *, size: int, scene_class: str | None = None, object_scale: float = 1.0
+) -> Scene:
+    """Draw one random scene of ``scene_class`` (random when None) at ``size`` x ``size`` pixels, the small objects'
+    sides (``OBJECT_SIZES``) multiplied by ``object_scale`` (rounded, at least 1 px)."""
     if scene_class is None:
         scene_class = SCENE_CLASSES[int(rng.integers(len(SCENE_CLASSES)))]
     if scene_class not in LAYOUTS:
         raise ValueError(f"scene_class: {scene_class!r} is not one of {SCENE_CLASSES}")
-    builder = LayoutBuilder(rng, size)
+    builder = LayoutBuilder(rng, size, object_scale=object_scale)
     terrain, hosts = LAYOUTS[scene_class](builder)
     occupied = np.zeros((size, size), dtype=bool)
     objects: list[SceneObject] = []
