@@ -3,7 +3,8 @@
 An upper-bound check for the synthetic ablation study (``recipes/ablate_synthetic.py``): for the study's frozen tower
 and canvas settings, it encodes the benchmark's training images exactly as the model does (``MFRSVLM.vision_features``:
 global features ``[N, C]`` and detail stacks ``[K, N, C]``, before the projector), then trains the same small
-attention-pooling probe on three inputs — global tokens, global tokens with their detail stacks, the stacks alone — to
+attention-pooling probe on four inputs — global tokens, global tokens with their detail stacks, the stacks alone, and
+the stacks as a canvas (each canvas position a token, scales and layers as its features) — to
 predict, per object kind, whether it is present and how many there are (0..5, "5" = five or more), and reports held-out
 accuracies. A decoder reading these features cannot beat the probe by much; if the probe finds little more in the
 stacks than in the global tokens, no decoder will turn the detail branch into a large gain on existence or count.
@@ -81,7 +82,8 @@ def train_probe(inputs: torch.Tensor, presence: torch.Tensor, counts: torch.Tens
 
 
 def encode_scenes(args, scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global features ``[images, N, C]`` and detail stacks ``[images, K, N, C]`` of the study's model."""
+    """Global features ``[images, N, C]``, detail stacks ``[images, K, N, C]`` of the study's model and the number
+    of phases per (scale, layer) (``K = scales · layers · phases``)."""
     sys.path.insert(0, str(REPO / "recipes"))
     from ablate_synthetic import STUDY_OVERRIDES  # noqa: PLC0415
 
@@ -104,7 +106,7 @@ def encode_scenes(args, scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]
                 raise ValueError("bench/detail_ceiling.py: the model has no detail branch (model.detail=false?)")
             global_rows.append(global_features)
             stack_rows.append(stacks)
-    return torch.cat(global_rows), torch.cat(stack_rows)
+    return torch.cat(global_rows), torch.cat(stack_rows), model.sampler.factor**2
 
 
 def main(argv=None) -> int:
@@ -131,13 +133,16 @@ def main(argv=None) -> int:
 
     kinds = list(OBJECT_KINDS)
     started = time.time()
-    global_features, stacks = encode_scenes(args, scenes)
+    global_features, stacks, phases = encode_scenes(args, scenes)
     encode_s = time.time() - started
     presence, counts = object_targets(scenes, kinds)
     inputs = {  # built one at a time: the stacked inputs of 4800 images take about 2 GB each
         "global": lambda: global_features,
         "global+stacks": lambda: torch.cat([global_features, rearrange(stacks, "b k n c -> b n (k c)")], dim=-1),
         "stacks": lambda: rearrange(stacks, "b k n c -> b n (k c)"),
+        # Every canvas position its own token (phases apart), the scales and layers side by side: the probe's
+        # token MLP is shared over positions, as a detector would be.
+        "canvas": lambda: rearrange(stacks, "b (sl p) n c -> b (p n) (sl c)", p=phases),
     }
     train = int(0.8 * len(scenes))
     result = {"data": str(args.data), "tower": str(args.tower), "extra": args.extra, "images": len(scenes),

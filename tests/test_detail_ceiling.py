@@ -56,8 +56,9 @@ def test_end_to_end_on_a_tiny_benchmark(tmp_path):
     assert ceiling.main(argv) == 0
     result = json.loads(out.read_text())
     train_scenes = [s for s in json.loads((data / "scenes.json").read_text()) if s["split"] == "train"]
-    assert result["images"] == len(train_scenes) and result["held_out"] == len(train_scenes) - int(0.8 * len(train_scenes))
-    assert set(result["probes"]) == {"global", "global+stacks", "stacks"}
+    assert result["images"] == len(train_scenes)
+    assert result["held_out"] == len(train_scenes) - int(0.8 * len(train_scenes))
+    assert set(result["probes"]) == {"global", "global+stacks", "stacks", "canvas"}
     for scores in result["probes"].values():
         assert len(scores["presence"]) == len(result["kinds"]) == len(scores["count"])
         assert all(0.0 <= value <= 1.0 for value in scores["presence"] + scores["count"])
