@@ -3,8 +3,9 @@
 An upper-bound check for the synthetic ablation study (``recipes/ablate_synthetic.py``): for the study's frozen tower
 and canvas settings, it encodes the benchmark's training images exactly as the model does (``MFRSVLM.vision_features``:
 global features ``[N, C]`` and detail stacks ``[K, N, C]``, before the projector), then trains the same small
-attention-pooling probe on four inputs — global tokens, global tokens with their detail stacks, the stacks alone, and
-the stacks as a canvas (each canvas position a token, scales and layers as its features) — to
+attention-pooling probe on five inputs — global tokens; global tokens with their detail stacks; the stacks alone;
+the stacks as a canvas (each canvas position a token, scales and layers as its features); global tokens with the
+stacks' phases averaged (what a router weighting the phases alike hands the injector) — to
 predict, per object kind, whether it is present and how many there are (0..5, "5" = five or more), and reports held-out
 accuracies. A decoder reading these features cannot beat the probe by much; if the probe finds little more in the
 stacks than in the global tokens, no decoder will turn the detail branch into a large gain on existence or count.
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from einops import rearrange
+from einops import rearrange, reduce
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +144,9 @@ def main(argv=None) -> int:
         # Every canvas position its own token (phases apart), the scales and layers side by side: the probe's
         # token MLP is shared over positions, as a detector would be.
         "canvas": lambda: rearrange(stacks, "b (sl p) n c -> b (p n) (sl c)", p=phases),
+        # The phases of each token averaged, as a router weighting them alike would mix them.
+        "global+phase-mean": lambda: torch.cat(
+            [global_features, reduce(stacks, "b (sl p) n c -> b n (sl c)", "mean", p=phases)], dim=-1),
     }
     train = int(0.8 * len(scenes))
     result = {"data": str(args.data), "tower": str(args.tower), "extra": args.extra, "images": len(scenes),

@@ -58,7 +58,7 @@ def test_end_to_end_on_a_tiny_benchmark(tmp_path):
     train_scenes = [s for s in json.loads((data / "scenes.json").read_text()) if s["split"] == "train"]
     assert result["images"] == len(train_scenes)
     assert result["held_out"] == len(train_scenes) - int(0.8 * len(train_scenes))
-    assert set(result["probes"]) == {"global", "global+stacks", "stacks", "canvas"}
+    assert set(result["probes"]) == {"global", "global+stacks", "stacks", "canvas", "global+phase-mean"}
     for scores in result["probes"].values():
         assert len(scores["presence"]) == len(result["kinds"]) == len(scores["count"])
         assert all(0.0 <= value <= 1.0 for value in scores["presence"] + scores["count"])
