@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rsfuse.data.synthetic_layouts import make_scene
+from rsfuse.data.synthetic_layouts import make_scene, object_sides
 from rsfuse.data.synthetic_questions import QUESTION_TYPES, SMALL_OBJECT_TYPES, ask_questions
 from rsfuse.data.synthetic_render import render_scene
 from rsfuse.data.synthetic_scene import (
@@ -161,8 +161,8 @@ def _write_dataset(folder: Path, settings: dict, workers: int) -> dict:
         "scene_classes": list(SCENE_CLASSES),
         "object_kinds": list(OBJECT_KINDS),
         "object_sizes_at_224": {kind: list(sides) for kind, sides in OBJECT_SIZES.items()},
-        "object_sizes_drawn": {kind: [max(1, round(side * settings["object_scale"] * size / 224)) for side in sides]
-                               for kind, sides in OBJECT_SIZES.items()},
+        "object_sizes_drawn": {kind: list(object_sides(kind, size=size, object_scale=settings["object_scale"]))
+                               for kind in OBJECT_SIZES},
         "colours": list(COLOUR_NAMES),
         "question_types": list(QUESTION_TYPES),
         "small_object_types": sorted(SMALL_OBJECT_TYPES),

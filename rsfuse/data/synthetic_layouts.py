@@ -23,7 +23,7 @@ from rsfuse.data.synthetic_scene import (
     structure_mask,
 )
 
-__all__ = ["COUNT_PROBABILITIES", "make_scene"]
+__all__ = ["COUNT_PROBABILITIES", "make_scene", "object_sides"]
 
 # P(count = 0..5) for each candidate object kind of a scene.
 COUNT_PROBABILITIES = (0.22, 0.26, 0.16, 0.13, 0.12, 0.11)
@@ -362,9 +362,15 @@ LAYOUTS: dict[str, Callable[[LayoutBuilder], tuple[str, dict[str, list[Host]]]]]
 }
 
 
+def object_sides(kind: str, *, size: int, object_scale: float = 1.0) -> tuple[int, int]:
+    """(long, short) side in pixels of a ``kind`` object in a ``size``-px image: ``OBJECT_SIZES`` scaled by
+    ``size / REFERENCE_SIZE`` and ``object_scale``, rounded, at least 1."""
+    return tuple(max(1, int(round(side * object_scale * (size / REFERENCE_SIZE)))) for side in OBJECT_SIZES[kind])
+
+
 def _object_shape(kind: str, orientation: str, builder: LayoutBuilder) -> tuple[int, int]:
     """(width, height) in pixels of an object drawn with ``orientation``."""
-    long_side, short_side = (builder.px(side * builder.object_scale) for side in OBJECT_SIZES[kind])
+    long_side, short_side = object_sides(kind, size=builder.size, object_scale=builder.object_scale)
     return (short_side, long_side) if orientation == "vertical" else (long_side, short_side)
 
 
