@@ -7,13 +7,14 @@ attention-pooling probe on five inputs — global tokens; global tokens with the
 the stacks as a canvas (each canvas position a token, scales and layers as its features); global tokens with the
 stacks' phases averaged (what a router weighting the phases alike hands the injector) — to
 predict, per object kind, whether it is present and how many there are (0..5, "5" = five or more), and reports held-out
-accuracies. A decoder reading these features cannot beat the probe by much; if the probe finds little more in the
-stacks than in the global tokens, no decoder will turn the detail branch into a large gain on existence or count.
+accuracies. The probes are small, so their figures are indicative, not strict bounds: a large gap between the global
+and the detail inputs says the detail branch has something to add on existence and count, a small one that it has
+little, whatever decoder reads it.
 
 Example (the tower and data of the study in ABLATIONS.md)::
 
     python bench/detail_ceiling.py --data runs/ablate_synthetic/data --tower runs/ablate_synthetic/shared/tower \
-        --out bench/results/detail_ceiling.json
+        --out bench/results/detail_ceiling_scale1.json
 """
 
 import argparse
