@@ -127,6 +127,10 @@ def parse_args(argv):
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark when written")
     parser.add_argument("--object-scale", type=float, default=1.0,
                         help="small objects' sides × this when the benchmark is written (rsfuse synth --object-scale)")
+    parser.add_argument("--train-turns", choices=("question", "image"), default="question",
+                        help="training samples: one per question (train.json as written) or one multi-turn "
+                             "conversation per image holding all its questions in a per-image shuffled order "
+                             "(OUT/shared/train_by_image.json); evaluation stays one question per sample")
     parser.add_argument("--vocab-size", type=int, default=512, help="sentencepiece vocabulary of the shared tokenizer")
     parser.add_argument("--eval-limit", type=int, default=0, help="test questions per evaluation (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="generation budget per answer")
@@ -167,6 +171,26 @@ def prepare_data(args, out: Path) -> Path:
     generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size, object_scale=args.object_scale,
              workers=os.cpu_count() or 1)
     return data
+
+
+MERGED_MAX_LENGTH = 256  # text tokens of a merged conversation (the longest at 224 px: about 170)
+
+
+def prepare_train_json(args, data: Path, out: Path) -> Path:
+    """The training JSON of every run: DATA/train.json, or (``--train-turns image``) its questions merged into one
+    multi-turn conversation per image, written once to OUT/shared/train_by_image.json."""
+    if args.train_turns == "question":
+        return data / "train.json"
+    from rsfuse.data.instructions import merge_turns_by_image
+
+    merged = out / "shared" / "train_by_image.json"
+    if not merged.is_file():
+        records = merge_turns_by_image(json.loads((data / "train.json").read_text()), shuffle_seed=args.data_seed)
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        partial = merged.with_suffix(".json.partial")
+        partial.write_text(json.dumps(records, indent=1))
+        partial.replace(merged)
+    return merged
 
 
 def prepare_tokenizer(args, data: Path, out: Path) -> Path:
@@ -218,10 +242,12 @@ def prepare_tower(args, data: Path, out: Path) -> Path | None:
 
 def train_command(args, variant: str, seed: int, data: Path, tokenizer: Path, run_dir: Path,
                   tower: Path | None) -> list[str]:
+    merged = args.train_turns == "image"
     return [
         sys.executable, "-m", "rsfuse.cli", "train",
         f"output_dir={run_dir}", f"seed={seed}", f"max_steps={args.steps}", f"train.batch_size={args.batch_size}",
-        f"data.json={data / 'train.json'}", f"data.image_root={data}", f"data.test_json={data / 'test.json'}",
+        f"data.json={args.train_json}", *([f"data.max_length={MERGED_MAX_LENGTH}"] if merged else []),
+        f"data.image_root={data}", f"data.test_json={data / 'test.json'}",
         f"data.tokenizer={tokenizer}", "num_threads=1", "resume=auto", f"device={args.device}",
         *study_overrides(args, tower), *VARIANTS[variant].overrides,
     ]
@@ -387,7 +413,10 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         f"- **Machine**: {machine(args.device)}.",
         f"- **Data**: {_data_summary(Path(args.data) if args.data else out / 'data')}.",
         f"- **Budget per run** (identical for every variant): {args.steps} optimizer steps × batch {args.batch_size} "
-        f"= {args.steps * args.batch_size} training samples, same data order per seed, seeds {args.seed_list}; "
+        f"= {args.steps * args.batch_size} training samples ("
+        + ("one multi-turn conversation per image holding all its questions, shuffled per image"
+           if args.train_turns == "image" else "one question each")
+        + f"), same data order per seed, seeds {args.seed_list}; "
         f"{args.jobs} runs in parallel." + (f" Study wall time: {elapsed / 60:.1f} min." if elapsed else ""),
         "- **Model**: the tiny MF-RSVLM (4-layer decoder, 112-px global view, 224-px canvas built from the image's "
         "real pixels) with a vision tower of width 64, 3 blocks, patch 14 (8×8 tokens; detail layers {1, 2, 3} = "
@@ -532,6 +561,7 @@ def main(argv=None) -> int:
         study_file.write_text(json.dumps({"command": command, "started": time.time()}))
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
+    args.train_json = prepare_train_json(args, data, out)
     tower = prepare_tower(args, data, out)
     jobs = job_order(args.variant_names, args.seed_list, args.order)
     started = time.time()

@@ -68,6 +68,24 @@ def test_every_variant_builds_a_model_config():
                               ).injection_layer_indices == (0, 1, 2, 3)
 
 
+def test_train_turns_image_merges_the_training_json(tmp_path):
+    data = tmp_path / "data"
+    generate(data, n_images=6, seed=0, size=112, workers=1)
+    train = json.loads((data / "train.json").read_text())
+    args = ablate.parse_args(["--train-turns", "image", "--out", str(tmp_path / "study")])
+    args.train_json = ablate.prepare_train_json(args, data, tmp_path / "study")
+    merged = json.loads(args.train_json.read_text())
+    assert args.train_json == tmp_path / "study" / "shared" / "train_by_image.json"
+    assert len(merged) == len({record["image"] for record in train})
+    assert sorted(i for record in merged for i in record["merged_ids"]) == sorted(r["id"] for r in train)
+    command = ablate.train_command(args, "mf_rsvlm", 0, data, tmp_path / "tok", tmp_path / "run", None)
+    assert f"data.json={args.train_json}" in command and f"data.max_length={ablate.MERGED_MAX_LENGTH}" in command
+    args = ablate.parse_args([])
+    assert args.train_turns == "question" and ablate.prepare_train_json(args, data, tmp_path) == data / "train.json"
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["--train-turns", "all"])
+
+
 @pytest.mark.slow
 def test_micro_study_end_to_end(tmp_path):
     data = tmp_path / "data"

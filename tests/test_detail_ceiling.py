@@ -27,17 +27,44 @@ ceiling = _load("detail_ceiling", REPO / "bench" / "detail_ceiling.py")
 ablate = _load("ablate_synthetic", REPO / "recipes" / "ablate_synthetic.py")
 
 
-def test_object_targets_count_and_clip():
-    scenes = [{"objects": [{"kind": "ship"}] * 7 + [{"kind": "plane"}]}, {"objects": []}]
-    presence, counts = ceiling.object_targets(scenes, ["vehicle", "ship", "plane"])
-    assert presence.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
-    assert counts.tolist() == [[0, ceiling.MAX_COUNT, 1], [0, 0, 0]]
+def _object(kind, colour="red", bbox=(10, 10, 14, 12)):
+    return {"kind": kind, "colour": colour, "bbox": list(bbox)}
+
+
+def _scene(objects):
+    return {"image": "x.png", "scene_class": "harbor", "size": 224, "terrain": "water", "texture_seed": 0,
+            "structures": [], "objects": objects}
+
+
+def test_object_targets_by_hand():
+    scenes = [_scene([_object("ship")] * 7 + [_object("plane", "blue", (200, 150, 205, 155))]), _scene([])]
+    targets = ceiling.object_targets(scenes, ["vehicle", "ship", "plane"])
+    assert targets["presence"].tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert targets["count"].tolist() == [[0, ceiling.MAX_COUNT, 1], [0, 0, 0]]
+    # Colour and quadrant only where the kind has exactly one instance: the plane, blue, bottom right.
+    assert targets["colour"].tolist() == [[-1, -1, 1], [-1, -1, -1]]
+    assert targets["position"].tolist() == [[-1, -1, 3], [-1, -1, -1]]
 
 
 def test_probe_shapes():
     probe = ceiling.PoolingProbe(features=12, kinds=4, width=16, queries=2)
-    presence, counts = probe(torch.randn(3, 10, 12))
-    assert presence.shape == (3, 4) and counts.shape == (3, 4, ceiling.MAX_COUNT + 1)
+    logits = probe(torch.randn(3, 10, 12))
+    assert {head: tuple(value.shape) for head, value in logits.items()} == {
+        "presence": (3, 4, 1), "count": (3, 4, ceiling.MAX_COUNT + 1), "colour": (3, 4, 5), "position": (3, 4, 4)}
+
+
+def test_weighted_accuracy_by_hand(tmp_path):
+    records = [{"small_object": True, "question_type": "existence", "kind": "ship"}] * 3
+    records += [{"small_object": True, "question_type": "colour", "kind": "plane"}]
+    records += [{"small_object": False, "question_type": "scene", "kind": None}] * 5
+    records += [{"small_object": True, "question_type": "count", "kind": "ship"}]  # beyond the limit
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(records))
+    mix = ceiling.question_mix(path, limit=9)
+    assert mix == {"existence": {"ship": 3}, "colour": {"plane": 1}}
+    scores = {"presence": [None, 0.5, 1.0], "count": [0.0, 0.0, 0.0], "colour": [None, None, 1.0],
+              "position": [None, None, None]}
+    assert ceiling.weighted_accuracy(scores, mix, ["vehicle", "ship", "plane"]) == 62.5  # (3 * 0.5 + 1) / 4
 
 
 @pytest.mark.slow
@@ -60,7 +87,11 @@ def test_end_to_end_on_a_tiny_benchmark(tmp_path):
     assert result["held_out"] == len(train_scenes) - int(0.8 * len(train_scenes))
     assert set(result["probes"]) == {"global", "global+stacks", "stacks", "canvas", "global+phase-mean"}
     for scores in result["probes"].values():
-        assert len(scores["presence"]) == len(result["kinds"]) == len(scores["count"])
-        assert all(0.0 <= value <= 1.0 for value in scores["presence"] + scores["count"])
+        for head in ceiling.HEADS:
+            assert len(scores[head]) == len(result["kinds"])
+            assert all(value is None or 0.0 <= value <= 1.0 for value in scores[head])
+        assert 0.0 <= scores["weighted_small_object"] <= 100.0
+    assert result["ceiling_gain_points"] == pytest.approx(
+        result["best_detail_weighted_small_object"] - result["probes"]["global"]["weighted_small_object"], abs=0.01)
     with pytest.raises(ValueError, match="no detail branch"):
         ceiling.main([*argv, "--extra", "model.detail=false"])

@@ -229,3 +229,45 @@ def test_sampler_with_dataset_lengths(tmp_path):
     sampler = LengthGroupedSampler(dataset.lengths, batch_size=2, has_image=dataset.has_image, group_by_modality=True)
     loader = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=lambda samples: collate(samples, pad_id=0))
     assert sum(len(batch["input_ids"]) for batch in loader) == len(dataset)
+
+
+def _qa(record_id, image, question, answer, first="<image>\n"):
+    return {"id": record_id, "image": image,
+            "conversations": [{"from": "human", "value": f"{first}{question}"}, {"from": "gpt", "value": answer}]}
+
+
+def test_merge_turns_by_image_by_hand(tmp_path):
+    from rsfuse.data import merge_turns_by_image
+
+    records = [_qa("a0", "a.png", "How many ships?", "2"), _qa("b0", "b.png", "Is there a plane?", "no"),
+               _qa("a1", "a.png", "What colour is the ship?", "red", first=""),
+               {"id": "t0", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    merged = merge_turns_by_image(records)
+    assert [record["id"] for record in merged] == ["a0", "b0", "t0"]
+    assert merged[0]["merged_ids"] == ["a0", "a1"] and merged[2] is records[3]
+    assert [turn["value"] for turn in merged[0]["conversations"]] == [
+        "<image>\nHow many ships?", "2", "What colour is the ship?", "red"]
+    assert records[2]["conversations"][0]["value"] == "What colour is the ship?"  # inputs untouched
+    # Shuffled: exchanges stay whole, <image> moves to the first one, and the order is a function of the seed.
+    many = [_qa(f"c{i}", "c.png", f"Question {i}?", f"answer {i}", first="<image>\n" if i == 0 else "")
+            for i in range(6)]
+    orders = {tuple(turn["value"] for turn in merge_turns_by_image(many, shuffle_seed=seed)[0]["conversations"])
+              for seed in range(5)}
+    assert len(orders) > 1
+    for order in orders:
+        assert order[0].startswith("<image>\n") and sum("<image>" in value for value in order) == 1
+        questions, answers = order[0::2], order[1::2]
+        assert [q.removeprefix("<image>\n").split()[1].rstrip("?") for q in questions] == [a.split()[1] for a in answers]
+    again = merge_turns_by_image(many, shuffle_seed=3)[0]["conversations"]
+    assert again == merge_turns_by_image(many, shuffle_seed=3)[0]["conversations"]
+    with pytest.raises(ValueError, match="record 0"):
+        merge_turns_by_image([{"image": "a.png"}])
+    # The merged record is a valid multi-turn training sample: every answer is trained on.
+    json_path, image_root = write_tiny_instructions(tmp_path)
+    image = TINY_RECORDS[0]["image"]
+    json_path.write_text(json.dumps(merge_turns_by_image(
+        [_qa("x0", image, "How many ships?", "2"), _qa("x1", image, "Is there a plane?", "no")])))
+    sample = _dataset(json_path, image_root)[0]
+    assert (sample.input_ids == IMAGE_TOKEN_INDEX).sum() == 1
+    trained = tiny_tokenizer().decode(sample.labels[sample.labels != IGNORE_INDEX].tolist())
+    assert "2" in trained and "no" in trained

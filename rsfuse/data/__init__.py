@@ -9,7 +9,13 @@ from rsfuse.data.images import (
     load_image,
     stretch_to_uint8,
 )
-from rsfuse.data.instructions import InstructionDataError, InstructionDataset, InstructionSample, collate
+from rsfuse.data.instructions import (
+    InstructionDataError,
+    InstructionDataset,
+    InstructionSample,
+    collate,
+    merge_turns_by_image,
+)
 from rsfuse.data.sampler import LengthGroupedSampler, length_grouped_indices
 
 __all__ = [
@@ -25,5 +31,6 @@ __all__ = [
     "collate",
     "length_grouped_indices",
     "load_image",
+    "merge_turns_by_image",
     "stretch_to_uint8",
 ]

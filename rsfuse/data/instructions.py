@@ -14,6 +14,7 @@ dropped the same way and counted. ``report()`` summarises all of this; call ``sc
 
 import json
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from rsfuse.llm.templates import (
 )
 from rsfuse.llm.tokenizer import Tokenizer
 
-__all__ = ["InstructionDataError", "InstructionDataset", "InstructionSample", "collate"]
+__all__ = ["InstructionDataError", "InstructionDataset", "InstructionSample", "collate", "merge_turns_by_image"]
 
 MALFORMED = "malformed_record"
 MISSING_IMAGE = "missing_image"
@@ -48,6 +49,47 @@ UNREADABLE_IMAGE = "unreadable_image"
 MISMATCH = "tokenization_mismatch"
 NOTHING_TO_TRAIN = "truncated_to_nothing"
 IMAGE_CUT = "image_truncated"
+
+
+def merge_turns_by_image(records: Sequence[dict], *, shuffle_seed: int | None = None) -> list[dict]:
+    """One multi-turn record per image: the conversations of the records that share an ``image`` (and
+    ``source_dataset``), concatenated in file order — or, with ``shuffle_seed``, in an order drawn per image from
+    ``(shuffle_seed, image)``, so no question type always comes first and none can always lean on earlier answers —
+    with ``<image>`` in the first human turn only. The merged record has the first record's ``id`` and the ids it
+    holds in ``merged_ids``; records without an image are kept as they are. A training choice, not a new dataset:
+    every answer is still trained on, several per sample."""
+    merged: dict[tuple, dict] = {}
+    out: list[dict] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or "conversations" not in record:
+            raise ValueError(f"merge_turns_by_image: record {index} is not a LLaVA record with 'conversations'")
+        if not record.get("image"):
+            out.append(record)
+            continue
+        key = (record.get("source_dataset"), record["image"])
+        turns = [dict(turn, value=turn["value"].replace(IMAGE_PLACEHOLDER, "").strip())
+                 if turn["from"] == "human" else dict(turn) for turn in record["conversations"]]
+        if key not in merged:
+            turns[0]["value"] = f"{IMAGE_PLACEHOLDER}\n{turns[0]['value']}"
+            entry = {"id": record.get("id"), "image": record["image"], "conversations": turns,
+                     "merged_ids": [record.get("id")]}
+            if record.get("source_dataset"):
+                entry["source_dataset"] = record["source_dataset"]
+            merged[key] = entry
+            out.append(entry)
+        else:
+            merged[key]["conversations"].extend(turns)
+            merged[key]["merged_ids"].append(record.get("id"))
+    if shuffle_seed is not None:
+        for key, entry in merged.items():
+            turns = entry["conversations"]
+            exchanges = [turns[start : start + 2] for start in range(0, len(turns), 2)]
+            random.Random(f"{shuffle_seed}:{key}").shuffle(exchanges)
+            for exchange in exchanges:
+                exchange[0]["value"] = exchange[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+            exchanges[0][0]["value"] = f"{IMAGE_PLACEHOLDER}\n{exchanges[0][0]['value']}"
+            entry["conversations"] = [turn for exchange in exchanges for turn in exchange]
+    return out
 
 
 class InstructionDataError(ValueError):
