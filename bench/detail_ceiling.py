@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_COUNT = 5
 
 
+INPUTS = ("global", "global+stacks", "stacks", "canvas", "global+phase-mean", "global+stack-mean")
 HEADS = ("presence", "count", "colour", "position")  # probe heads; question types existence/count/colour/position
 QUESTION_HEADS = {"existence": "presence", "count": "count", "colour": "colour", "position": "position"}
 
@@ -46,20 +47,22 @@ def head_classes() -> dict[str, int]:
 
 
 class PoolingProbe(nn.Module):
-    """``[B, N, F]`` tokens → per head in HEADS, logits ``[B, kinds, classes]``: a token MLP, ``queries`` learned
-    attention-pooling queries, one linear head."""
+    """``[B, N, F]`` tokens → per head in HEADS, logits ``[B, kinds, classes]``: a token MLP plus a learned embedding
+    of each token's index (a decoder knows where each visual token sits from its sequence position), ``queries``
+    learned attention-pooling queries, one linear head."""
 
-    def __init__(self, *, features: int, kinds: int, width: int = 128, queries: int = 8) -> None:
+    def __init__(self, *, features: int, tokens: int, kinds: int, width: int = 128, queries: int = 8) -> None:
         super().__init__()
         self.kinds = kinds
         self.classes = head_classes()
         self.token_mlp = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, width), nn.GELU(),
                                        nn.Linear(width, width))
+        self.position = nn.Parameter(torch.zeros(tokens, width))
         self.queries = nn.Parameter(torch.randn(queries, width) * 0.02)
         self.head = nn.Linear(queries * width, kinds * sum(self.classes.values()))
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        hidden = self.token_mlp(tokens)
+        hidden = self.token_mlp(tokens) + self.position
         attention = torch.einsum("qw,bnw->bqn", self.queries, hidden).div(hidden.shape[-1] ** 0.5).softmax(-1)
         pooled = rearrange(torch.einsum("bqn,bnw->bqw", attention, hidden), "b q w -> b (q w)")
         logits = rearrange(self.head(pooled), "b (k c) -> b k c", k=self.kinds)
@@ -98,7 +101,7 @@ def train_probe(inputs: torch.Tensor, targets: dict[str, torch.Tensor], *, train
     """Fit a ``PoolingProbe`` on the first ``train`` images, score the rest: accuracy per head and kind (colour and
     position over the held-out images where the kind has one instance; None where there is none)."""
     torch.manual_seed(seed)
-    probe = PoolingProbe(features=inputs.shape[-1], kinds=targets["presence"].shape[1])
+    probe = PoolingProbe(features=inputs.shape[-1], tokens=inputs.shape[1], kinds=targets["presence"].shape[1])
     optimizer = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=0.01)
     for _ in range(epochs):
         for batch in torch.randperm(train).split(64):
@@ -188,11 +191,16 @@ def main(argv=None) -> int:
                         "(default: DATA/test.json)")
     parser.add_argument("--limit", type=int, default=1500, help="first LIMIT records of --questions (the study's "
                         "--eval-limit)")
+    parser.add_argument("--inputs", type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+                        help="comma list of probe inputs to fit (default: all)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.questions = args.questions or args.data / "test.json"
+    unknown = sorted(set(args.inputs or ()) - set(INPUTS))
+    if unknown:
+        parser.error(f"--inputs: unknown {unknown}; known: {', '.join(INPUTS)}")
     scenes_path = args.data / "scenes.json"
     if not scenes_path.is_file():
         parser.error(f"{scenes_path}: missing (write the benchmark with `rsfuse synth`)")
@@ -217,7 +225,11 @@ def main(argv=None) -> int:
         # The phases of each token averaged, as a router weighting them alike would mix them.
         "global+phase-mean": lambda: torch.cat(
             [global_features, reduce(stacks, "b (sl p) n c -> b n (sl c)", "mean", p=phases)], dim=-1),
+        # Every stack averaged: what the reference's per-sample router hands the injector when it weights the
+        # stacks alike (one convex mix of scales, layers and phases per sample).
+        "global+stack-mean": lambda: torch.cat([global_features, reduce(stacks, "b k n c -> b n c", "mean")], dim=-1),
     }
+    inputs = {name: build for name, build in inputs.items() if not args.inputs or name in args.inputs}
     train = int(0.8 * len(scenes))
     mix = question_mix(args.questions, args.limit) if args.questions.is_file() else {}
     result = {"data": str(args.data), "tower": str(args.tower), "extra": args.extra, "images": len(scenes),
@@ -233,7 +245,7 @@ def main(argv=None) -> int:
             scores["weighted_small_object"] = weighted_accuracy(scores, mix, kinds)
         print(f"{name:18s} " + " | ".join(f"{head} {scores[head + '_mean']:.3f}" for head in HEADS)
               + (f" | weighted small-object {scores['weighted_small_object']:.1f}%" if mix else ""), flush=True)
-    if mix:
+    if mix and "global" in inputs and len(inputs) > 1:
         # The best detail input per (head, kind): what the detail branch could add if its reader were that good.
         detail = [scores for name, scores in result["probes"].items() if name != "global"]
         best = {head: [max((s[head][k] for s in detail if s[head][k] is not None), default=None)

@@ -47,7 +47,7 @@ def test_object_targets_by_hand():
 
 
 def test_probe_shapes():
-    probe = ceiling.PoolingProbe(features=12, kinds=4, width=16, queries=2)
+    probe = ceiling.PoolingProbe(features=12, tokens=10, kinds=4, width=16, queries=2)
     logits = probe(torch.randn(3, 10, 12))
     assert {head: tuple(value.shape) for head, value in logits.items()} == {
         "presence": (3, 4, 1), "count": (3, 4, ceiling.MAX_COUNT + 1), "colour": (3, 4, 5), "position": (3, 4, 4)}
@@ -85,7 +85,7 @@ def test_end_to_end_on_a_tiny_benchmark(tmp_path):
     train_scenes = [s for s in json.loads((data / "scenes.json").read_text()) if s["split"] == "train"]
     assert result["images"] == len(train_scenes)
     assert result["held_out"] == len(train_scenes) - int(0.8 * len(train_scenes))
-    assert set(result["probes"]) == {"global", "global+stacks", "stacks", "canvas", "global+phase-mean"}
+    assert tuple(result["probes"]) == ceiling.INPUTS
     for scores in result["probes"].values():
         for head in ceiling.HEADS:
             assert len(scores[head]) == len(result["kinds"])
@@ -93,5 +93,9 @@ def test_end_to_end_on_a_tiny_benchmark(tmp_path):
         assert 0.0 <= scores["weighted_small_object"] <= 100.0
     assert result["ceiling_gain_points"] == pytest.approx(
         result["best_detail_weighted_small_object"] - result["probes"]["global"]["weighted_small_object"], abs=0.01)
+    assert ceiling.main([*argv, "--inputs", "global,canvas"]) == 0
+    assert list(json.loads(out.read_text())["probes"]) == ["global", "canvas"]
+    with pytest.raises(SystemExit):
+        ceiling.main([*argv, "--inputs", "global,bogus"])
     with pytest.raises(ValueError, match="no detail branch"):
         ceiling.main([*argv, "--extra", "model.detail=false"])
