@@ -312,6 +312,27 @@ def load_run(run_dir: Path) -> dict | None:
     return row
 
 
+DETAIL_KIND = "vehicle"  # the kind its scene does not give away (ships: water, planes: airport, tanks: yards)
+
+
+def kind_accuracies(run_dir: Path, test_records: dict[str, dict], kind: str) -> dict[str, float]:
+    """Exact-match accuracy per small-object question type over a run's evaluated questions about ``kind``."""
+    from rsfuse.eval import exact_match
+
+    predictions = run_dir / "eval" / "predictions.jsonl"
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for line in predictions.read_text().splitlines() if predictions.is_file() else []:
+        prediction = json.loads(line)
+        record = test_records.get(prediction["id"])
+        if record and record.get("small_object") and record.get("kind") == kind:
+            question_type = record["question_type"]
+            total[question_type] = total.get(question_type, 0) + 1
+            correct[question_type] = correct.get(question_type, 0) + exact_match(prediction["prediction"],
+                                                                                 record["answer"])
+    return {question_type: correct[question_type] / total[question_type] for question_type in total}
+
+
 def collect(out: Path, names, seeds) -> dict[str, dict[int, dict]]:
     results: dict[str, dict[int, dict]] = {}
     for name in names:
@@ -445,6 +466,17 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         overall = cell([r["overall"] for r in rows if r.get("overall") is not None])
         lines.append(f"| `{name}` | {VARIANTS[name].description} | {len(rows)} | " + " | ".join(cells)
                      + f" | {small} | {overall} |")
+    data = Path(args.data) if args.data else out / "data"
+    test_records = ({record["id"]: record for record in json.loads((data / "test.json").read_text())}
+                    if (data / "test.json").is_file() else {})
+    lines += ["", f"Questions about the {DETAIL_KIND} only (the small-object kind its scene does not give away; "
+              "same runs and protocol):", "",
+              "| variant | " + " | ".join(SMALL_OBJECT_TYPES) + " |", "|---|" + "---|" * len(SMALL_OBJECT_TYPES)]
+    for name in args.variant_names:
+        per_seed = [kind_accuracies(out / "runs" / name / f"seed{seed}", test_records, DETAIL_KIND)
+                    for seed in results.get(name, {})]
+        lines.append(f"| `{name}` | " + " | ".join(cell([row[t] for row in per_seed if t in row])
+                                                   for t in SMALL_OBJECT_TYPES) + " |")
     lines += ["", "## Does the paper's ablation direction hold at this scale?", "",
               "Δ = expected-better minus expected-worse, small-object accuracy in points (mean over seeds); a "
               "direction *holds* when Δ exceeds twice its standard error over seeds (SE = √(s₁²/n₁ + s₂²/n₂)).", "",

@@ -86,6 +86,20 @@ def test_train_turns_image_merges_the_training_json(tmp_path):
         ablate.parse_args(["--train-turns", "all"])
 
 
+def test_kind_accuracies_by_hand(tmp_path):
+    records = {"a": {"small_object": True, "kind": "vehicle", "question_type": "count", "answer": "2"},
+               "b": {"small_object": True, "kind": "vehicle", "question_type": "count", "answer": "3"},
+               "c": {"small_object": True, "kind": "vehicle", "question_type": "colour", "answer": "red"},
+               "d": {"small_object": True, "kind": "ship", "question_type": "count", "answer": "1"},
+               "e": {"small_object": False, "kind": None, "question_type": "scene", "answer": "river"}}
+    (tmp_path / "eval").mkdir()
+    predictions = [("a", "2"), ("b", "2"), ("c", "Red."), ("d", "1"), ("e", "river")]
+    (tmp_path / "eval" / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in predictions))
+    assert ablate.kind_accuracies(tmp_path, records, "vehicle") == {"count": 0.5, "colour": 1.0}
+    assert ablate.kind_accuracies(tmp_path / "missing", records, "vehicle") == {}
+
+
 @pytest.mark.slow
 def test_micro_study_end_to_end(tmp_path):
     data = tmp_path / "data"
@@ -100,6 +114,7 @@ def test_micro_study_end_to_end(tmp_path):
     assert "| `global_only` |" in text and "| `mf_rsvlm` |" in text
     assert "Completed runs**: 2 of 2" in text
     assert "| `mf_rsvlm` | `global_only` |" in text  # the goal comparison row
+    assert "Questions about the vehicle only" in text
     assert "## Goal check" in text and ("→ **MET**" in text or "→ **NOT MET**" in text)
     assert "2 optimizer steps × batch 2" in text and "python recipes/ablate_synthetic.py --variants" in text
     for variant in ("global_only", "mf_rsvlm"):
