@@ -257,7 +257,8 @@ def test_merge_turns_by_image_by_hand(tmp_path):
     for order in orders:
         assert order[0].startswith("<image>\n") and sum("<image>" in value for value in order) == 1
         questions, answers = order[0::2], order[1::2]
-        assert [q.removeprefix("<image>\n").split()[1].rstrip("?") for q in questions] == [a.split()[1] for a in answers]
+        asked = [question.removeprefix("<image>\n").split()[1].rstrip("?") for question in questions]
+        assert asked == [answer.split()[1] for answer in answers]
     again = merge_turns_by_image(many, shuffle_seed=3)[0]["conversations"]
     assert again == merge_turns_by_image(many, shuffle_seed=3)[0]["conversations"]
     with pytest.raises(ValueError, match="record 0"):
