@@ -3,21 +3,22 @@
 An upper-bound check for the synthetic ablation study (``recipes/ablate_synthetic.py``): for the study's frozen tower
 and canvas settings, it encodes the benchmark's training images exactly as the model does (``MFRSVLM.vision_features``:
 global features ``[N, C]`` and detail stacks ``[K, N, C]``, before the projector), then trains the same small
-attention-pooling probe on five inputs — global tokens; global tokens with their detail stacks; the stacks alone;
+attention-pooling probe on six inputs — global tokens; global tokens with their detail stacks; the stacks alone;
 the stacks as a canvas (each canvas position a token, scales and layers as its features); global tokens with the
-stacks' phases averaged (what a router weighting the phases alike hands the injector) — to
+stacks' phases averaged (what a router weighting the phases alike hands the injector); global tokens with every
+stack averaged (what the per-sample router hands it when it weights all stacks alike) — to
 read, per object kind, whether it is present, how many there are (0..5, "5" = five or more) and, where the kind has
 exactly one instance (as the colour and position questions ask), its colour and quadrant; it reports held-out
 accuracies. Weighted by the small-object question mix of the test split, each probe's accuracies give the score its
 reader would reach on those questions; the best detail input per head and kind minus the global tokens is an
-indicative ceiling on what the detail branch can add (taking the maximum of four noisy figures leans it upwards).
+indicative ceiling on what the detail branch can add (taking the maximum of several noisy figures leans it upwards).
 The probes are small, so their figures are indicative, not strict bounds: a large gap between the global and the
 detail inputs says the detail branch has something to add, a small one that it has little, whatever decoder reads it.
 
 Example (the tower and data of the study in ABLATIONS.md)::
 
-    python bench/detail_ceiling.py --data runs/ablate_synthetic/data --tower runs/ablate_synthetic/shared/tower \
-        --out bench/results/detail_ceiling_scale1.json
+    python bench/detail_ceiling.py --threads 1 --data runs/ablate_synthetic/data \
+        --tower runs/ablate_synthetic/shared/tower --out bench/results/detail_ceiling_scale1.json
 """
 
 import argparse
