@@ -215,7 +215,6 @@ def main(argv=None) -> int:
     global_features, stacks, phases = encode_scenes(args, scenes)
     encode_s = time.time() - started
     targets = object_targets(scenes, kinds)
-    presence = targets["presence"]
     inputs = {  # built one at a time: the stacked inputs of 4800 images take about 2 GB each
         "global": lambda: global_features,
         "global+stacks": lambda: torch.cat([global_features, rearrange(stacks, "b k n c -> b n (k c)")], dim=-1),
@@ -235,7 +234,7 @@ def main(argv=None) -> int:
     mix = question_mix(args.questions, args.limit) if args.questions.is_file() else {}
     result = {"data": str(args.data), "tower": str(args.tower), "extra": args.extra, "images": len(scenes),
               "held_out": len(scenes) - train, "kinds": kinds, "epochs": args.epochs,
-              "present_fraction": [round(value, 4) for value in presence[train:].mean(0).tolist()],
+              "present_fraction": [round(value, 4) for value in targets["presence"][train:].mean(0).tolist()],
               "single_held_out": (targets["colour"][train:] >= 0).sum(0).tolist(),
               "question_mix": {"file": str(args.questions), "limit": args.limit, "questions": mix},
               "encode_s": round(encode_s, 1), "probes": {}}

@@ -70,25 +70,20 @@ def merge_turns_by_image(records: Sequence[dict], *, shuffle_seed: int | None = 
         turns = [dict(turn, value=turn["value"].replace(IMAGE_PLACEHOLDER, "").strip())
                  if turn["from"] == "human" else dict(turn) for turn in record["conversations"]]
         if key not in merged:
-            turns[0]["value"] = f"{IMAGE_PLACEHOLDER}\n{turns[0]['value']}"
-            entry = {"id": record.get("id"), "image": record["image"], "conversations": turns,
-                     "merged_ids": [record.get("id")]}
+            merged[key] = {"id": record.get("id"), "image": record["image"], "conversations": [], "merged_ids": []}
             if record.get("source_dataset"):
-                entry["source_dataset"] = record["source_dataset"]
-            merged[key] = entry
-            out.append(entry)
-        else:
-            merged[key]["conversations"].extend(turns)
-            merged[key]["merged_ids"].append(record.get("id"))
-    if shuffle_seed is not None:
-        for key, entry in merged.items():
+                merged[key]["source_dataset"] = record["source_dataset"]
+            out.append(merged[key])
+        merged[key]["conversations"].extend(turns)
+        merged[key]["merged_ids"].append(record.get("id"))
+    for key, entry in merged.items():
+        if shuffle_seed is not None:
             turns = entry["conversations"]
             exchanges = [turns[start : start + 2] for start in range(0, len(turns), 2)]
             random.Random(f"{shuffle_seed}:{key}").shuffle(exchanges)
-            for exchange in exchanges:
-                exchange[0]["value"] = exchange[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
-            exchanges[0][0]["value"] = f"{IMAGE_PLACEHOLDER}\n{exchanges[0][0]['value']}"
             entry["conversations"] = [turn for exchange in exchanges for turn in exchange]
+        first = entry["conversations"][0]
+        first["value"] = f"{IMAGE_PLACEHOLDER}\n{first['value']}"
     return out
 
 
