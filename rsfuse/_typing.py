@@ -9,10 +9,10 @@ import os
 from typing import Callable, TypeVar
 
 from beartype import beartype
-from jaxtyping import Bool, Float, Int, Shaped, jaxtyped
+from jaxtyping import Bool, Float, Int, Shaped, UInt8, jaxtyped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "TYPECHECK", "typecheck"]
+__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "TYPECHECK", "UInt8", "typecheck"]
 
 TYPECHECK: bool = os.environ.get("RSFUSE_TYPECHECK", "0").strip().lower() in {"1", "true", "yes", "on"}
 

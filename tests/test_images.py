@@ -227,3 +227,14 @@ def test_processor_converts_other_modes():
     grey = ImageProcessor(8)(Image.new("L", (8, 8), 128))
     expected = (torch.full((3,), 128 / 255) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     torch.testing.assert_close(grey, repeat(expected, "channel -> channel height width", height=8, width=8))
+
+
+def test_processor_resized_then_normalize_is_the_call_exactly(tmp_path):
+    array = np.random.default_rng(6).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = _save(tmp_path, Image.fromarray(array), "b.png")
+    processor = ImageProcessor(24)
+    stored = processor.resized(path)
+    assert stored.dtype == torch.uint8 and stored.shape == (3, 24, 24)
+    assert torch.equal(processor.normalize(stored), processor(path))
+    batch = torch.stack([stored, stored.flip(-1)])  # a batch normalises row by row
+    assert torch.equal(processor.normalize(batch)[1], processor.normalize(stored.flip(-1)))

@@ -11,7 +11,15 @@ from rsfuse.checkpoints.clip import read_clip_vision
 from rsfuse.data.synthetic import generate
 from rsfuse.recipes.config import ConfigError, load_config
 from rsfuse.recipes.train import build_model_config, load_tower_weights
-from rsfuse.train.tower_pretrain import LABELS, TowerPretrainSettings, patch_labels, pretrain_synthetic_tower
+from rsfuse.data.images import ImageProcessor
+from rsfuse.encoders.windows import resize_to
+from rsfuse.train.tower_pretrain import (
+    LABELS,
+    TowerPretrainSettings,
+    _Images,
+    patch_labels,
+    pretrain_synthetic_tower,
+)
 
 MODEL_KEYS = ["model.preset=tiny", "model.vision.image_size=56", "model.vision.num_hidden_layers=2",
               "model.vision.hidden_size=32", "model.vision.intermediate_size=64", "model.global_layer=2",
@@ -63,6 +71,18 @@ def test_pretraining_writes_a_tower_the_recipe_loads(data, tmp_path):
     other = MFRSVLM(build_model_config(load_config(None, [*MODEL_KEYS, "model.vision.hidden_size=64"]), None))
     with pytest.raises(ConfigError, match=r"model\.vision_weights=.*hidden_size.*\(64, 32\)"):
         load_tower_weights(other, str(tmp_path / "tower"))
+
+
+def test_images_are_kept_as_uint8_and_give_the_float_crops_exactly(data):
+    images = _Images(data, "train")
+    assert images.stored.dtype == torch.uint8 and images.stored.shape[1:] == (3, 112, 112)
+    scenes = [scene for scene in json.loads((data / "scenes.json").read_text()) if scene["split"] == "train"]
+    pixels = torch.stack([ImageProcessor(112)(data / scene["image"]) for scene in scenes])  # the whole split, float
+    twins = resize_to(torch.nn.functional.interpolate(pixels, size=(56, 56), mode="bilinear", antialias=True,
+                                                      align_corners=False), 112)
+    for index in (0, len(scenes) - 1):
+        assert torch.equal(images.crop_source(index, upsampled=False), pixels[index : index + 1])
+        assert torch.equal(images.crop_source(index, upsampled=True), twins[index : index + 1])
 
 
 def test_bad_settings_are_named(data, tmp_path):

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from rsfuse._typing import Float, Tensor, typecheck
+from rsfuse._typing import Float, Tensor, UInt8, typecheck
 
 __all__ = [
     "CLIP_MEAN",
@@ -243,13 +243,14 @@ class ImageProcessor:
         self.std = tuple(float(value) for value in std)
         self.max_pixels = max_pixels
         self.background = tuple(int(value * 255) for value in self.mean)
-        self.transform = v2.Compose(
+        self.resize = v2.Compose(
             [
                 v2.PILToTensor(),
                 v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
+        )
+        self.normalize = v2.Compose(
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
         )
 
     def pad_to_square(self, image: Image.Image) -> Image.Image:
@@ -264,11 +265,17 @@ class ImageProcessor:
 
     @typecheck
     def __call__(self, image: Image.Image | str | Path) -> Float[Tensor, "3 size size"]:
+        return self.normalize(self.resized(image)).contiguous()
+
+    @typecheck
+    def resized(self, image: Image.Image | str | Path) -> UInt8[Tensor, "3 size size"]:
+        """The first half of ``__call__``: padded and resized, still ``uint8`` (a quarter of the float32 memory);
+        ``self.normalize`` of it (any leading batch axes) is exactly what ``__call__`` returns."""
         if isinstance(image, (str, Path)):
             image = load_image(image, max_pixels=self.max_pixels)
         elif image.mode != "RGB":
             image = _to_rgb(Path(getattr(image, "filename", "") or "<in-memory image>"), image)
-        return self.transform(self.pad_to_square(image)).contiguous()
+        return self.resize(self.pad_to_square(image))
 
     def __repr__(self) -> str:
         return f"ImageProcessor(image_size={self.image_size}, mean={self.mean}, std={self.std})"
