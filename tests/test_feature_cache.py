@@ -73,3 +73,25 @@ def test_saved_entries_load_into_a_new_cache_and_the_key_follows_what_the_tower_
     save_file({"not-a-digest.global": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match=r"bad\.safetensors.*not-a-digest"):
         VisionFeatureCache(model.vision_tower).load(tmp_path / "bad.safetensors")
+
+
+def test_map_safetensors_reads_every_dtype_as_safetensors_does_and_names_bad_files(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from rsfuse.model.feature_cache import map_safetensors
+
+    tensors = {"f32": torch.randn(3, 4), "i64": torch.arange(5), "bf16": torch.randn(2, 2).bfloat16(),
+               "bool": torch.tensor([True, False, True]), "u8": torch.arange(7, dtype=torch.uint8),
+               "empty": torch.zeros(0, 3), "scalar": torch.tensor(3.0), "f16": torch.randn(3).half()}
+    save_file(tensors, str(tmp_path / "all.safetensors"), metadata={"note": "kept out of the tensors"})
+    mapped, reference = map_safetensors(tmp_path / "all.safetensors"), load_file(str(tmp_path / "all.safetensors"))
+    assert set(mapped) == set(reference)
+    for name, tensor in reference.items():
+        assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor), name
+
+    (tmp_path / "short.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(ValueError, match=r"short\.safetensors: not a safetensors file"):
+        map_safetensors(tmp_path / "short.safetensors")
+    (tmp_path / "garbled.safetensors").write_bytes((4).to_bytes(8, "little") + b"{no}")
+    with pytest.raises(ValueError, match=r"garbled\.safetensors: unreadable safetensors header"):
+        map_safetensors(tmp_path / "garbled.safetensors")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 DECODER_SIDE_FIELDS = ("llm", "injection_layers", "residual_scale_init", "router_mode", "image_placement",
                        "image_token_index")
 
-__all__ = ["VisionFeatureCache", "feature_key"]
+__all__ = ["VisionFeatureCache", "feature_key", "map_safetensors"]
 
 Encoder = Callable[[Tensor], tuple[Tensor, Tensor | None]]
 
@@ -103,11 +103,16 @@ class VisionFeatureCache:
         return path
 
     def load(self, path: str | os.PathLike, device: torch.device | str = "cpu") -> int:
-        """Add the entries of a file written by ``save``; returns how many. Raises ValueError naming the file and key
-        for a tensor whose name is not ``<32 hex digits>.global`` / ``.stacks``."""
-        from safetensors.torch import load_file  # noqa: PLC0415
+        """Add the entries of a file written by ``save``; returns how many. On the CPU the entries are views of one
+        private memory map of the file (``map_safetensors``), so runs sharing a store share its pages instead of each
+        holding a copy. Raises ValueError naming the file and key for a tensor whose name is not
+        ``<32 hex digits>.global`` / ``.stacks``."""
+        if torch.device(device).type == "cpu":
+            tensors = map_safetensors(path)
+        else:
+            from safetensors.torch import load_file  # noqa: PLC0415
 
-        tensors = load_file(str(path), device=str(device))
+            tensors = load_file(str(path), device=str(device))
         loaded: dict[bytes, dict[str, Tensor]] = {}
         for name, tensor in tensors.items():
             digest, _, part = name.partition(".")
@@ -119,3 +124,41 @@ class VisionFeatureCache:
                 raise ValueError(f"{path}: entry {key.hex()} has stacks but no global features")
             self.entries[key] = (parts["global"], parts.get("stacks"))
         return len(loaded)
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def map_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a safetensors file as CPU views of one copy-on-write memory map of it (pages are read on
+    first use and shared with every process mapping the same file). Raises ValueError naming the file for a header
+    that is not safetensors' or a dtype this reader does not know."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < header_length <= size - 8:
+            raise ValueError(f"{path}: not a safetensors file (header length {header_length}, file size {size})")
+        try:
+            header = json.loads(handle.read(header_length))
+        except ValueError as error:
+            raise ValueError(f"{path}: unreadable safetensors header ({error})") from None
+    mapped = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+    data_start = 8 + header_length
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        begin, end = (data_start + offset for offset in entry["data_offsets"])
+        if dtype is None or not data_start <= begin <= end <= size:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {entry.get('dtype')!r} and byte range "
+                             f"{entry['data_offsets']}; expected one of {sorted(SAFETENSORS_DTYPES)} inside the file")
+        raw = mapped[begin:end]
+        if begin % raw.new_empty((), dtype=dtype).element_size():
+            raw = raw.clone()  # unaligned for its dtype: copy these bytes
+        tensors[name] = raw.view(dtype).view(entry["shape"])
+    return tensors
