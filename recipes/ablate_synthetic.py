@@ -121,7 +121,8 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     parser.add_argument("--out", default="runs/ablate_synthetic", help="study folder (runs, data, tokenizer)")
-    parser.add_argument("--data", default="", help="synthetic benchmark folder ('' = OUT/data, written if missing)")
+    parser.add_argument("--data", default="", help="synthetic benchmark folder ('' = OUT/data), written if missing "
+                                                    "and never rewritten (its flags must match the ones below)")
     parser.add_argument("--images", type=int, default=6000, help="images of the synthetic benchmark when written")
     parser.add_argument("--image-size", type=int, default=224, help="side of the synthetic images when written")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark when written")
@@ -162,11 +163,27 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------------------------------- preparation
 
 
+# meta.json field of a written benchmark -> the flag that sets it.
+WRITE_FLAGS = {"n_images": "--images", "size": "--image-size", "seed": "--data-seed", "object_scale": "--object-scale"}
+
+
 def prepare_data(args, out: Path) -> Path:
-    from rsfuse.data.synthetic import generate
+    """The study's benchmark: ``--data`` (or OUT/data), written with the writing flags when missing. A benchmark
+    already there is never rewritten: one written with other settings stops the study, naming the differences."""
+    from rsfuse.data.synthetic import IDENTITY_DEFAULTS, generate
 
     data = Path(args.data) if args.data else out / "data"
-    if not (data / "train.json").is_file():
+    if (data / "meta.json").is_file():
+        meta = json.loads((data / "meta.json").read_text())
+        wanted = {"n_images": args.images, "size": args.image_size, "seed": args.data_seed,
+                  "object_scale": args.object_scale}
+        differing = [f"{flag} {wanted[key]} (written with {meta.get(key, IDENTITY_DEFAULTS.get(key))})"
+                     for key, flag in WRITE_FLAGS.items() if meta.get(key, IDENTITY_DEFAULTS.get(key)) != wanted[key]]
+        if differing:
+            raise SystemExit(f"[ablate] {data} holds a benchmark written with other settings: {', '.join(differing)}; "
+                             "the study never rewrites one: pass the flags it was written with, or another "
+                             "--data / --out")
+    else:
         print(f"[ablate] writing the synthetic benchmark ({args.images} images) to {data}", flush=True)
     generate(data, n_images=args.images, seed=args.data_seed, size=args.image_size, object_scale=args.object_scale,
              workers=os.cpu_count() or 1)

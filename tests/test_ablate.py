@@ -3,6 +3,7 @@ report's arithmetic."""
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -98,6 +99,19 @@ def test_kind_accuracies_by_hand(tmp_path):
         "".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in predictions))
     assert ablate.kind_accuracies(tmp_path, records, "vehicle") == {"count": 0.5, "colour": 1.0}
     assert ablate.kind_accuracies(tmp_path / "missing", records, "vehicle") == {}
+
+
+def test_an_existing_benchmark_is_never_rewritten(tmp_path):
+    data = tmp_path / "data"
+    generate(data, n_images=10, seed=0, size=112, workers=1)
+    before = {path.name: path.stat().st_mtime_ns for path in data.iterdir()}
+    args = ablate.parse_args(["--data", str(data), "--images", "10", "--image-size", "112"])
+    assert ablate.prepare_data(args, tmp_path / "study") == data
+    for flags, named in ((["--images", "12", "--image-size", "112"], "--images 12 (written with 10)"),
+                         (["--images", "10"], "--image-size 224 (written with 112)")):
+        with pytest.raises(SystemExit, match=re.escape(named)):
+            ablate.prepare_data(ablate.parse_args(["--data", str(data), *flags]), tmp_path / "study")
+    assert {path.name: path.stat().st_mtime_ns for path in data.iterdir()} == before
 
 
 @pytest.mark.slow
