@@ -1,6 +1,8 @@
 """``VisionFeatureCache``: cached encodings equal fresh ones exactly, only unseen images are encoded, and a trainable
 tower is refused."""
 
+import json
+
 import pytest
 import torch
 from factories.mfrsvlm import make_model
@@ -88,6 +90,13 @@ def test_map_safetensors_reads_every_dtype_as_safetensors_does_and_names_bad_fil
     assert set(mapped) == set(reference)
     for name, tensor in reference.items():
         assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor), name
+
+    values = torch.tensor([1.5, -2.0])  # an F32 tensor one byte into the data: read through a copy of its bytes
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (tmp_path / "unaligned.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\x00"
+                                                     + values.numpy().tobytes())
+    assert torch.equal(map_safetensors(tmp_path / "unaligned.safetensors")["a"], values)
 
     (tmp_path / "short.safetensors").write_bytes(b"\x10\x00")
     with pytest.raises(ValueError, match=r"short\.safetensors: not a safetensors file"):

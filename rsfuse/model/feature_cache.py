@@ -158,7 +158,7 @@ def map_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
             raise ValueError(f"{path}: tensor {name!r} has dtype {entry.get('dtype')!r} and byte range "
                              f"{entry['data_offsets']}; expected one of {sorted(SAFETENSORS_DTYPES)} inside the file")
         raw = mapped[begin:end]
-        if begin % raw.new_empty((), dtype=dtype).element_size():
+        if begin % dtype.itemsize:
             raw = raw.clone()  # unaligned for its dtype: copy these bytes
         tensors[name] = raw.view(dtype).view(entry["shape"])
     return tensors
