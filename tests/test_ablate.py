@@ -117,10 +117,11 @@ def test_an_existing_benchmark_is_never_rewritten(tmp_path):
 @pytest.mark.slow
 def test_micro_study_end_to_end(tmp_path):
     data = tmp_path / "data"
-    generate(data, n_images=10, seed=0, size=112, workers=1)
+    generate(data, n_images=20, seed=0, size=112, workers=1)
     report = tmp_path / "ABLATIONS.md"
     argv = ["--variants", "global_only,mf_rsvlm", "--seeds", "1", "--steps", "2", "--batch-size", "2",
-            "--jobs", "2", "--out", str(tmp_path / "study"), "--data", str(data), "--vocab-size", "330",
+            "--jobs", "2", "--out", str(tmp_path / "study"), "--data", str(data), "--images", "20",
+            "--image-size", "112", "--vocab-size", "330",
             "--eval-limit", "4", "--max-new-tokens", "2", "--report", str(report),
             "--tower-steps", "3", "--extra", "data.max_length=400"]
     assert ablate.main(argv) == 0
