@@ -581,6 +581,33 @@ def job_order(names: list[str], seeds: list[int], order: str) -> list[tuple[str,
     return goal + [job for job in seed_major if job[0] not in GOAL_PAIR]
 
 
+class JobQueue:
+    """Hands the study's jobs to parallel workers in order, except that a variant's later seeds wait while its first
+    seed runs: that run encodes every training image and writes the shared feature store when it ends, so a second
+    seed started beside it would encode them all again. A waiting job goes anyway when nothing else is pending."""
+
+    def __init__(self, jobs: list[tuple[str, int]]) -> None:
+        self.pending = list(jobs)
+        self.running: list[tuple[str, int]] = []
+        self.finished: set[str] = set()
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[str, int] | None:
+        with self.lock:
+            if not self.pending:
+                return None
+            encoding = {name for name, _ in self.running if name not in self.finished}
+            job = next((job for job in self.pending if job[0] not in encoding), self.pending[0])
+            self.pending.remove(job)
+            self.running.append(job)
+            return job
+
+    def done(self, job: tuple[str, int]) -> None:
+        with self.lock:
+            self.running.remove(job)
+            self.finished.add(job[0])
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -612,7 +639,7 @@ def main(argv=None) -> int:
     tokenizer = prepare_tokenizer(args, data, out)
     args.train_json = prepare_train_json(args, data, out)
     tower = prepare_tower(args, data, out)
-    jobs = job_order(args.variant_names, args.seed_list, args.order)
+    queue = JobQueue(job_order(args.variant_names, args.seed_list, args.order))
     started = time.time()
     lock = threading.Lock()
     failures = []
@@ -628,8 +655,16 @@ def main(argv=None) -> int:
                       f"overall {100 * row['overall']:.1f} ({(time.time() - started) / 60:.1f} min)", flush=True)
             write_report(args, out, command, time.time() - started)
 
+    def worker():
+        while (job := queue.take()) is not None:
+            try:
+                work(job)
+            finally:
+                queue.done(job)
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(work, jobs))
+        for future in [pool.submit(worker) for _ in range(args.jobs)]:
+            future.result()
     print(write_report(args, out, command, time.time() - started))
     if failures:
         print(f"[ablate] failed runs: {failures}", file=sys.stderr)

@@ -52,6 +52,20 @@ def test_job_order_and_arguments():
         ablate.parse_args(["--variants", "global_only,bogus"])
 
 
+def test_job_queue_keeps_a_variants_later_seeds_from_encoding_beside_its_first():
+    queue = ablate.JobQueue(ablate.job_order(["global_only", "mf_rsvlm"], [0, 1, 2], "goal-first"))
+    assert [queue.take(), queue.take()] == [("global_only", 0), ("mf_rsvlm", 0)]
+    queue.done(("global_only", 0))
+    assert queue.take() == ("global_only", 1)  # mf_rsvlm 1 waits: mf_rsvlm 0 is still writing the store
+    queue.done(("global_only", 1))
+    assert queue.take() == ("global_only", 2)
+    queue.done(("global_only", 2))
+    assert queue.take() == ("mf_rsvlm", 1)  # nothing else is pending: it goes anyway
+    queue.done(("mf_rsvlm", 0))
+    assert queue.take() == ("mf_rsvlm", 2)
+    assert queue.take() is None and queue.running == [("mf_rsvlm", 1), ("mf_rsvlm", 2)]
+
+
 def test_every_variant_builds_a_model_config():
     from rsfuse.model import MFRSVLM
     from rsfuse.recipes.config import load_config
