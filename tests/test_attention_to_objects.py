@@ -1,0 +1,84 @@
+"""``bench/attention_to_objects.py``: object cells by hand, the attention recorder against the attention it wraps, and
+the diagnostic end to end on a tiny benchmark and model."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from factories.mfrsvlm import make_model
+from factories.tokenizer import tiny_tokenizer_dir
+from rsfuse.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("attention_to_objects", REPO / "bench" / "attention_to_objects.py")
+probe = importlib.util.module_from_spec(spec)
+sys.modules.setdefault("attention_to_objects", probe)
+spec.loader.exec_module(probe)
+
+
+def test_object_cells_by_hand():
+    assert probe.object_cells([{"bbox": [10, 10, 14, 12]}], 224, 8) == [0]
+    # 28-px cells: x 20..39 spans columns 0-1, y 20..29 rows 0-1; a second object in the last cell.
+    assert probe.object_cells([{"bbox": [20, 20, 40, 30]}, {"bbox": [220, 220, 224, 224]}], 224, 8) == [0, 1, 8, 9, 63]
+
+
+def test_recorded_weights_reproduce_the_wrapped_attention():
+    import rsfuse.llm.layers as layers
+
+    generator = torch.Generator().manual_seed(0)
+    queries, keys, values = (torch.randn(1, 7, heads, 16, generator=generator) for heads in (4, 2, 2))
+    records = []
+    with probe.causal_attention_weights(records):
+        attended = layers.attention(queries, keys, values, causal=True, mask=None, backend="sdpa")
+    assert layers.attention is not None and len(records) == 1
+    weights = records[0]  # [heads, queries, keys]
+    assert weights.shape == (4, 7, 7) and torch.all(weights.triu(1) == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4, 7))
+    values_per_head = values[0].repeat_interleave(2, dim=1)  # query head h reads key/value head h // 2
+    torch.testing.assert_close(torch.einsum("hmn,nhd->mhd", weights, values_per_head), attended[0])
+
+
+def test_recorder_leaves_the_model_output_unchanged():
+    model = make_model(seed=3)
+    pixels = torch.rand(1, 3, model.config.input_size, model.config.input_size)
+    ids = torch.tensor([[1, 20, 30, -200, 40, 50]])
+    with torch.no_grad():
+        plain = model(pixels, ids).logits
+        records = []
+        with probe.causal_attention_weights(records):
+            recorded = model(pixels, ids).logits
+    torch.testing.assert_close(recorded, plain)
+    assert len(records) == model.config.llm.num_hidden_layers
+
+
+def test_sequence_layout_finds_the_prompt_token_that_predicts_the_answer():
+    for placement in ("prefix", "token"):
+        model = make_model(seed=4, image_placement=placement)
+        pixels = torch.rand(1, 3, model.config.input_size, model.config.input_size)
+        ids = [1, 20, 30, -200, 40, 50]
+        with torch.no_grad():
+            logits = model(pixels, torch.tensor([ids])).logits[0]
+            first_new = model.generate(pixels, torch.tensor([ids]), max_new_tokens=1)[0, 0]
+        first, visual_count, last = probe.sequence_layout(placement, ids, logits.shape[0])
+        assert visual_count == model.config.num_visual_tokens
+        assert first == (0 if placement == "prefix" else 3)
+        assert logits[last].argmax() == first_new
+
+
+def test_end_to_end_on_a_tiny_benchmark(tmp_path):
+    data = tmp_path / "data"
+    generate(data, n_images=40, seed=0, size=112, workers=1)
+    model_dir = tmp_path / "model"
+    make_model(seed=5).save_pretrained(model_dir, tokenizer=tiny_tokenizer_dir())
+    out = tmp_path / "attention.json"
+    assert probe.main(["--model", str(model_dir), "--data", str(data), "--limit", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["by_type"]) <= {"colour", "position", "count"} and result["by_type"]
+    for layers in result["by_type"].values():
+        assert list(layers) == [f"layer {index}" for index in range(1, 5)]
+        for figures in layers.values():
+            assert 1 <= figures["questions"] <= 3
+            assert 0 < figures["image_mass"] <= 1 and figures["object_lift"] > 0
