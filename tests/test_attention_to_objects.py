@@ -70,15 +70,32 @@ def test_sequence_layout_finds_the_prompt_token_that_predicts_the_answer():
 
 def test_end_to_end_on_a_tiny_benchmark(tmp_path):
     data = tmp_path / "data"
-    generate(data, n_images=40, seed=0, size=112, workers=1)
+    generate(data, n_images=100, seed=0, size=112, workers=1)
     model_dir = tmp_path / "model"
     make_model(seed=5).save_pretrained(model_dir, tokenizer=tiny_tokenizer_dir())
     out = tmp_path / "attention.json"
-    assert probe.main(["--model", str(model_dir), "--data", str(data), "--limit", "3", "--out", str(out)]) == 0
+    assert probe.main(["--model", str(model_dir), "--data", str(data), "--limit", "3", "--read-questions", "12",
+                       "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["by_type"]) <= {"colour", "position", "count"} and result["by_type"]
-    for layers in result["by_type"].values():
+    assert set(result["find"]) <= {"colour", "position", "count"} and result["find"]
+    for layers in result["find"].values():
         assert list(layers) == [f"layer {index}" for index in range(1, 5)]
         for figures in layers.values():
             assert 1 <= figures["questions"] <= 3
             assert 0 < figures["image_mass"] <= 1 and figures["object_lift"] > 0
+    assert result["read"]["colour"]["questions"] == 12
+    for figures in result["read"].values():
+        assert 10 <= figures["questions"] <= 12
+        assert list(figures["held_out_accuracy"]) == [f"layer {index}" for index in range(1, 5)]
+        for accuracies in figures["held_out_accuracy"].values():
+            assert all(0 <= accuracies[key] <= 1 for key in ("object_token", "answer_position", "majority"))
+
+
+def test_held_out_accuracy_reads_a_linear_label_and_not_noise():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 6, generator=generator)
+    readable = (features[:, 2] > 0).long() + 2 * (features[:, 4] > 0).long()  # four classes, linearly separable
+    accuracy, majority = probe.held_out_accuracy(features, readable)
+    assert accuracy > 0.95 and majority < 0.4
+    noise = torch.randint(0, 4, (400,), generator=generator)
+    assert probe.held_out_accuracy(features, noise)[0] < 0.45
