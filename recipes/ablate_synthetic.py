@@ -584,7 +584,7 @@ def job_order(names: list[str], seeds: list[int], order: str) -> list[tuple[str,
 class JobQueue:
     """Hands the study's jobs to parallel workers in order, except that a variant's later seeds wait while its first
     seed runs: that run encodes every training image and writes the shared feature store when it ends, so a second
-    seed started beside it would encode them all again. A waiting job goes anyway when nothing else is pending."""
+    seed started beside it would encode them all again. When every pending job waits, the first one goes anyway."""
 
     def __init__(self, jobs: list[tuple[str, int]]) -> None:
         self.pending = list(jobs)
