@@ -30,10 +30,10 @@ def test_recorded_weights_reproduce_the_wrapped_attention():
 
     generator = torch.Generator().manual_seed(0)
     queries, keys, values = (torch.randn(1, 7, heads, 16, generator=generator) for heads in (4, 2, 2))
-    records = []
+    records, original = [], layers.attention
     with probe.causal_attention_weights(records):
         attended = layers.attention(queries, keys, values, causal=True, mask=None, backend="sdpa")
-    assert layers.attention is not None and len(records) == 1
+    assert layers.attention is original and len(records) == 1  # restored on exit
     weights = records[0]  # [heads, queries, keys]
     assert weights.shape == (4, 7, 7) and torch.all(weights.triu(1) == 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(4, 7))
