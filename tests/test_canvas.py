@@ -35,6 +35,17 @@ class PatchMeanTower(nn.Module):
         return [(means @ self.mixing) * (index + 1) + index for index in indices]
 
 
+def hand_blend_weights(side: int, blend: str) -> torch.Tensor:
+    """DESIGN §1.6 written out by hand: Hann h[n] = 0.5 − 0.5·cos(2πn / (side − 1)), weights h[i]·h[j]; mean = ones.
+
+    Independent of the library: plain Python loops over the formula (never ``rsfuse``'s ``blend_weights``).
+    """
+    if blend == "mean":
+        return torch.ones(side, side)
+    h = [0.5 - 0.5 * math.cos(2 * math.pi * n / (side - 1)) for n in range(side)]
+    return torch.tensor([[h[i] * h[j] for j in range(side)] for i in range(side)], dtype=torch.float32)
+
+
 def loop_canvas(tower, pixels, *, canvas_size, base_window, scales, layers, blend, layout):
     """Slow, independent reference: one window at a time, windows' planes picked by hand for the reference layout."""
     patch = tower.config.patch_size
@@ -51,7 +62,7 @@ def loop_canvas(tower, pixels, *, canvas_size, base_window, scales, layers, blen
         per_side = (canvas_size - window) // stride + 1
         side = window // patch
         stride_tokens = side // 2
-        weight = blend_weights(side, blend)
+        weight = hand_blend_weights(side, blend)
         out = torch.zeros(batch, len(layers), tokens, tokens, tower.config.hidden_size)
         total_weight = torch.zeros(tokens, tokens)
         for b in range(batch):
@@ -272,7 +283,7 @@ def test_stitching_a_constant_gives_the_constant_where_weighted_and_zero_on_the_
     canvas_side = (per_side - 1) * stride + side
     windows = torch.full((1, 2, per_side * per_side, side, side, 3), value)
     out = stitch_windows(windows, per_side=per_side, stride=stride, canvas_side=canvas_side, blend=blend)
-    weight = blend_weights(side, blend)
+    weight = hand_blend_weights(side, blend)
     coverage = torch.zeros(canvas_side, canvas_side)
     for row in range(per_side):
         for col in range(per_side):
@@ -286,6 +297,53 @@ def test_stitching_a_constant_gives_the_constant_where_weighted_and_zero_on_the_
             assert torch.equal(out[:, :, :, edge], torch.zeros_like(out[:, :, :, edge]))
     else:
         assert bool(positive.all())
+
+
+@pytest.mark.parametrize("side", [4, 5, 8, 12, 24])
+def test_blend_weight_values_follow_the_hann_formula(side):
+    hann = blend_weights(side, "hann")
+    expected = hand_blend_weights(side, "hann")
+    torch.testing.assert_close(hann, expected, rtol=0, atol=1e-6)
+    # The same numbers from torch.hann_window(periodic=False), as DESIGN §1.6 states them.
+    profile = torch.hann_window(side, periodic=False, dtype=torch.float64)
+    torch.testing.assert_close(hann.double(), torch.outer(profile, profile), rtol=0, atol=1e-6)
+    # Spot values worked by hand: zero ends, symmetric, peak 1 at the centre of an odd window.
+    assert hann[0].abs().max() == 0 and hann[:, -1].abs().max() == 0
+    if side == 5:  # h = [0, 0.5, 1, 0.5, 0]
+        assert hann[1, 1] == 0.25 and hann[2, 2] == 1.0 and hann[1, 2] == 0.5
+    if side == 4:  # h = [0, 0.75, 0.75, 0]
+        torch.testing.assert_close(hann[1, 2], torch.tensor(0.5625))
+    torch.testing.assert_close(blend_weights(side, "mean"), torch.ones(side, side), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("side", "per_side", "blend"),
+    [(4, 3, "hann"), (8, 2, "hann"), (12, 3, "hann"), (24, 3, "hann"), (6, 4, "mean")],
+)
+def test_stitched_random_windows_equal_a_hand_weighted_average(side, per_side, blend):
+    """Random (non-constant) windows, so the result depends on the weights' values; expected side by plain loops.
+
+    (Sides 4 and 6 overlap only positions of equal weight, so any symmetric zero-ended window passes them; sides 8, 12
+    and 24 — the paper's 1.0 scale — do not.)"""
+    stride = side // 2
+    canvas_side = (per_side - 1) * stride + side
+    generator = torch.Generator().manual_seed(side * 10 + per_side)
+    windows = torch.randn(2, 2, per_side * per_side, side, side, 3, generator=generator)
+    out = stitch_windows(windows, per_side=per_side, stride=stride, canvas_side=canvas_side, blend=blend)
+    h = hand_blend_weights(side, blend).tolist()
+    expected = torch.zeros(2, 2, canvas_side, canvas_side, 3)
+    for y in range(canvas_side):
+        for x in range(canvas_side):
+            numerator = torch.zeros(2, 2, 3)
+            denominator = 0.0
+            for k in range(per_side * per_side):
+                row, col = divmod(k, per_side)
+                i, j = y - row * stride, x - col * stride
+                if 0 <= i < side and 0 <= j < side:
+                    numerator += h[i][j] * windows[:, :, k, i, j]
+                    denominator += h[i][j]
+            expected[:, :, y, x] = numerator / max(denominator, 1e-6)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_stitch_rejects_a_window_count_that_does_not_tile():
