@@ -2,13 +2,15 @@
 
 Precedence: schema defaults < ``--config FILE`` (nested YAML mappings or dotted keys) < ``key=value`` arguments, in
 order. Every key is checked against the schema: an unknown key raises `ConfigError` naming it (with close matches), a
-value of the wrong type raises naming key, value and expected type. Command-line values are parsed as YAML scalars
+value of the wrong type or outside the key's declared range (``Field(..., ge=1)``; every float must be finite) raises
+naming key, value and what is allowed. Command-line values are parsed as YAML scalars
 (``train.lr=2e-5``, ``data.skip_bad=true``, ``train.vit_lr=null``) and then coerced to the key's type (an int where a
 float is expected is accepted). The open ``model.*`` namespace carries `MFRSVLMConfig` fields; it is collected as
 is here and checked against the model's configuration by the recipe (``model=tiny`` is short for ``model.preset=tiny``).
 """
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,70 +29,91 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    """One schema entry: its type, default, optional allowed values, and whether null (None) is allowed."""
+    """One schema entry: its type, default, optional allowed values, whether null (None) is allowed, and for numbers
+    the allowed range (``ge``/``gt``: lower bound inclusive/exclusive, ``le``/``lt``: upper bound). A float value must
+    also be finite."""
 
     type: type
     default: Any
     help: str
     choices: tuple = ()
     nullable: bool = False
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def bounds(self) -> str:
+        """The declared range as text (``">= 1"``, ``"> 0 and < 1"``); ``""`` when there is none."""
+        parts = [f"{op} {value:g}" for op, value in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if value is not None]
+        return " and ".join(parts)
+
+    def check_range(self, value: int | float) -> str | None:
+        """Why ``value`` is outside the range (None when it is inside)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        inside = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                  and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return None if inside else f"must be {self.bounds()}"
 
 
 TRAINABLE = ("frozen", "full", "lora")
 
 SCHEMA: dict[str, Field] = {
     "output_dir": Field(str, "runs/mf_rsvlm_tiny", "where metrics, checkpoints, final/ and plots go"),
-    "seed": Field(int, 0, "seed of initialisation, data order and every RNG"),
-    "max_steps": Field(int, 640, "optimizer steps to run; 0 = train.epochs full epochs"),
-    "save_every": Field(int, 160, "checkpoint every N optimizer steps (0 = only at the end)"),
-    "keep_last": Field(int, 2, "keep the newest K checkpoints (0 = all)"),
+    "seed": Field(int, 0, "seed of initialisation, data order and every RNG", ge=0),
+    "max_steps": Field(int, 640, "optimizer steps to run; 0 = train.epochs full epochs", ge=0),
+    "save_every": Field(int, 160, "checkpoint every N optimizer steps (0 = only at the end)", ge=0),
+    "keep_last": Field(int, 2, "keep the newest K checkpoints (0 = all)", ge=0),
     "resume": Field(str, "auto", "auto (newest complete checkpoint, if any) | none | PATH of a step_N folder"),
     "device": Field(str, "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
-    "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)"),
+    "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)", ge=0),
     "data.json": Field(str, "data/synthetic/train.json", "LLaVA-format training JSON"),
     "data.image_root": Field(str, "data/synthetic", "root folder of the image paths"),
     "data.val_json": Field(str, "data/synthetic/val.json", "validation JSON ('' = none)"),
     "data.test_json": Field(str, "data/synthetic/test.json", "test JSON for the after-training evaluation ('' = none)"),
     "data.skip_bad": Field(bool, False, "skip unreadable images / malformed samples instead of failing"),
-    "data.max_length": Field(int, 128, "maximum text tokens per sample (longer samples are truncated)"),
+    "data.max_length": Field(int, 128, "maximum text tokens per sample (longer samples are truncated; at most the "
+                                         "decoder's max_position_embeddings)", ge=1),
     "data.template": Field(str, "vicuna_v1", "conversation template: plain | vicuna_v1 | ..."),
     "data.tokenizer": Field(str, "", "tokenizer folder; '' = <output_dir>/tokenizer, trained on the data if missing"),
-    "data.vocab_size": Field(int, 512, "vocabulary size when a sentencepiece tokenizer is trained"),
+    "data.vocab_size": Field(int, 512, "vocabulary size when a sentencepiece tokenizer is trained", ge=8),
     "data.synthetic": Field(bool, True, "create the synthetic benchmark at data.image_root when data.json is missing"),
-    "data.synthetic_images": Field(int, 1200, "number of synthetic images to create"),
+    "data.synthetic_images": Field(int, 1200, "number of synthetic images to create", ge=1),
     "data.num_workers": Field(int, 0, "DataLoader worker processes for training batches (0 = load in the main "
-                                      "process)"),
+                                      "process)", ge=0),
     "data.group_by_length": Field(bool, False, "group samples of similar length into batches"),
-    "train.lr": Field(float, 3e-3, "peak learning rate"),
-    "train.vit_lr": Field(float, None, "learning rate of the vision tower (null = train.lr)", nullable=True),
-    "train.batch_size": Field(int, 16, "samples per micro-batch per process"),
-    "train.grad_accum": Field(int, 1, "micro-batches per optimizer step"),
-    "train.weight_decay": Field(float, 0.0, "AdamW weight decay (matrices only)"),
-    "train.warmup_ratio": Field(float, 0.05, "fraction of steps with linear warmup"),
-    "train.max_grad_norm": Field(float, 1.0, "gradient clipping norm (0 = off)"),
-    "train.epochs": Field(int, 1, "epochs when max_steps is 0"),
+    "train.lr": Field(float, 3e-3, "peak learning rate", gt=0),
+    "train.vit_lr": Field(float, None, "learning rate of the vision tower (null = train.lr)", nullable=True, gt=0),
+    "train.batch_size": Field(int, 16, "samples per micro-batch per process", ge=1),
+    "train.grad_accum": Field(int, 1, "micro-batches per optimizer step", ge=1),
+    "train.weight_decay": Field(float, 0.0, "AdamW weight decay (matrices only)", ge=0),
+    "train.warmup_ratio": Field(float, 0.05, "fraction of steps with linear warmup", ge=0, lt=1),
+    "train.max_grad_norm": Field(float, 1.0, "gradient clipping norm (0 = off)", ge=0),
+    "train.epochs": Field(int, 1, "epochs when max_steps is 0", ge=1),
     "train.gradient_checkpointing": Field(bool, False, "recompute decoder activations in backward"),
     "train.dtype": Field(str, "auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
                          choices=("auto", "fp32", "bf16")),
-    "train.val_every": Field(int, 160, "validation loss every N steps (0 = only at the end)"),
-    "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)"),
+    "train.val_every": Field(int, 160, "validation loss every N steps (0 = only at the end)", ge=0),
+    "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)", ge=0),
     "train.cache_vision_features": Field(bool, False, "reuse the frozen tower's features of images seen before "
                                                   "(needs train.trainable.vit=frozen)"),
     "train.feature_cache_dir": Field(str, "", "folder where cached tower features persist between runs that share a "
                                               "tower and canvas settings ('' = this run only)"),
-    "train.log_every": Field(int, 1, "progress-bar refresh every N steps"),
+    "train.log_every": Field(int, 1, "progress-bar refresh every N steps", ge=1),
     "train.trainable.vit": Field(str, "full", "vision tower: frozen | full | lora", choices=TRAINABLE),
     "train.trainable.projector": Field(str, "full", "projector: frozen | full | lora", choices=TRAINABLE),
     "train.trainable.injector": Field(str, "full", "injectors/routers: frozen | full | lora", choices=TRAINABLE),
     "train.trainable.llm": Field(str, "full", "decoder: frozen | full | lora (peft on its linear layers)",
                                  choices=TRAINABLE),
-    "train.lora.r": Field(int, 8, "LoRA rank"),
-    "train.lora.alpha": Field(int, 16, "LoRA alpha"),
-    "train.lora.dropout": Field(float, 0.0, "LoRA dropout"),
+    "train.lora.r": Field(int, 8, "LoRA rank", ge=1),
+    "train.lora.alpha": Field(int, 16, "LoRA alpha", ge=1),
+    "train.lora.dropout": Field(float, 0.0, "LoRA dropout", ge=0, lt=1),
     "eval.after_train": Field(bool, True, "evaluate on data.test_json by generation after training"),
-    "eval.max_new_tokens": Field(int, 16, "generation budget per answer"),
-    "eval.batch_size": Field(int, 32, "batch size of the generation evaluation"),
-    "eval.max_samples": Field(int, 0, "evaluate at most N test samples (0 = all)"),
+    "eval.max_new_tokens": Field(int, 16, "generation budget per answer", ge=1),
+    "eval.batch_size": Field(int, 32, "batch size of the generation evaluation", ge=1),
+    "eval.max_samples": Field(int, 0, "evaluate at most N test samples (0 = all)", ge=0),
     "model.preset": Field(str, "tiny_cpu", "MFRSVLMConfig preset: tiny_cpu (the CPU default) | tiny | paper"),
     "model.init_from": Field(str, "", "checkpoint folder to initialise from (MFRSVLM.from_pretrained layout)"),
     "model.vision_from": Field(str, "", "HF CLIP folder to initialise the tower from (MFRSVLM.from_parts)"),
@@ -161,6 +184,10 @@ def _coerce(key: str, value: Any, field: Field, origin: str) -> Any:
         result = str(value)
     else:
         raise ConfigError(f"config key {key!r}: unsupported schema type {expected}")
+    if expected in (int, float):
+        problem = field.check_range(result)
+        if problem is not None:
+            raise ConfigError(f"config key {key!r}{where}: {problem}, got {value!r}")
     if field.choices and result not in field.choices:
         raise ConfigError(f"config key {key!r}{where}: {result!r} is not one of {', '.join(map(str, field.choices))}")
     return result
@@ -252,7 +279,8 @@ generation evaluation on the synthetic test split). Keys (dotted; model.* takes 
 def help_text() -> str:
     lines = [USAGE]
     for key, field in SCHEMA.items():
-        lines.append(f"  {key:32s} {field.help} [default: {field.default!r}]")
+        allowed = f"; {field.bounds()}" if field.bounds() else ""
+        lines.append(f"  {key:32s} {field.help} [default: {field.default!r}{allowed}]")
     return "\n".join(lines)
 
 
