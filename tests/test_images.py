@@ -238,3 +238,70 @@ def test_processor_resized_then_normalize_is_the_call_exactly(tmp_path):
     assert torch.equal(processor.normalize(stored), processor(path))
     batch = torch.stack([stored, stored.flip(-1)])  # a batch normalises row by row
     assert torch.equal(processor.normalize(batch)[1], processor.normalize(stored.flip(-1)))
+
+
+# ---------------------------------------------------------------------------------------- 16-bit / float multi-band
+
+
+def _twelve_bit_rgb() -> np.ndarray:
+    rng = np.random.default_rng(12)
+    array = rng.integers(0, 4096, (9, 11, 3)).astype(np.uint16)
+    array[..., 2] //= 4  # a dimmer blue band: a joint stretch keeps it dimmer
+    return array
+
+
+def _write_png16(path, array: np.ndarray, *, alpha: np.ndarray | None = None) -> None:
+    import png
+
+    planes = array if alpha is None else np.concatenate([array, alpha[..., None]], axis=-1)
+    height, width, channels = planes.shape
+    writer = png.Writer(width, height, greyscale=False, alpha=alpha is not None, bitdepth=16)
+    with open(path, "wb") as handle:
+        writer.write(handle, planes.reshape(height, width * channels).tolist())
+
+
+@pytest.mark.parametrize("kind", ["tiff", "png", "tiff_float"])
+def test_16bit_and_float_rgb_are_stretched_jointly_not_cut_to_the_high_byte(tmp_path, kind):
+    """Defect: 12-bit data in a 16-bit RGB file came out as values 1-15 of 255 (PIL keeps the high byte)."""
+    array = _twelve_bit_rgb()
+    path = tmp_path / ("a.png" if kind == "png" else "a.tif")
+    if kind == "png":
+        _write_png16(path, array)
+    elif kind == "tiff":
+        tifffile.imwrite(path, array, photometric="rgb")
+    else:
+        array = array.astype(np.float32) / 4095.0
+        tifffile.imwrite(path, array, photometric="rgb")
+    out = _rgb(path)
+    assert np.array_equal(out, stretch_to_uint8(array))  # one stretch over all three bands
+    assert out.max() == 255 and out[..., 2].mean() < out[..., 0].mean() / 2  # colour balance kept
+
+
+def test_16bit_rgba_png_is_stretched_then_composited(tmp_path):
+    array = _twelve_bit_rgb()
+    alpha = np.full(array.shape[:2], 65535, dtype=np.uint16)
+    alpha[0] = 0
+    path = tmp_path / "rgba16.png"
+    _write_png16(path, array, alpha=alpha)
+    out = _rgb(path)
+    assert np.array_equal(out[1:], stretch_to_uint8(array)[1:])
+    assert np.array_equal(out[0, 0], MEAN_RGB)
+
+
+def test_16bit_grey_alpha_png_keeps_its_stretch(tmp_path):
+    import png
+
+    grey = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 40).astype(np.uint16)
+    path = tmp_path / "la16.png"
+    planes = np.stack([grey, np.full_like(grey, 65535)], axis=-1)
+    with open(path, "wb") as handle:
+        png.Writer(10, 10, greyscale=True, alpha=True, bitdepth=16).write(handle, planes.reshape(10, 20).tolist())
+    out = _rgb(path)
+    assert np.array_equal(out[..., 0], stretch_to_uint8(grey)) and np.array_equal(out[..., 0], out[..., 1])
+
+
+def test_16bit_multiband_with_bands_is_the_same_joint_stretch(tmp_path):
+    array = _twelve_bit_rgb()
+    path = tmp_path / "rgb16.tif"
+    tifffile.imwrite(path, array, photometric="rgb")
+    assert np.array_equal(_rgb(path, bands=(2, 1, 0)), stretch_to_uint8(array[..., [2, 1, 0]]))

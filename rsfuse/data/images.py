@@ -5,17 +5,24 @@
 ======================  ==========================================================================================
 mode / file             conversion
 ======================  ==========================================================================================
-RGB                     as is
+RGB (8 bits)            as is
 RGBX, L, 1, CMYK,       PIL's conversion to RGB (grey is replicated; RGBX drops its padding byte)
 YCbCr, P                (a palette with a transparent entry is treated like RGBA)
 RGBA, LA, PA, RGBa, La  alpha-composited on the CLIP mean colour (0.48145466, 0.4578275, 0.40821073) * 255
 I;16, I;16L, I;16B,     stretched to 8 bits between the image's 2nd and 98th percentiles (NaN/inf -> 0),
 I;16N, I, F             then replicated to grey RGB
+16-bit RGB / RGBA /     read with all their bits (PNG: ``pypng``; TIFF: ``tifffile``) and stretched like one band:
+grey+alpha PNG, TIFF    one 2-98 % stretch taken jointly over the colour bands (their balance is kept); alpha is
+of > 8 bits or float    scaled to 8 bits and composited as above
+with 2-3 colour bands
 TIFF with > 3 bands     refused unless ``bands=(r, g, b)`` names the bands to show (read with ``tifffile``,
 (alpha excepted)        an optional dependency: ``pip install rsfuse[tiff]``); uint8 bands are used as is,
                         others stretched jointly by the 2-98 % percentiles of the three chosen bands
 anything else           refused, naming the mode
 ======================  ==========================================================================================
+
+Every image of more than 8 bits per sample or of floats therefore goes through the same stretch
+(`stretch_to_uint8`): for one band over that band, for several over all colour bands together.
 
 Missing, truncated or corrupt files and images over ``max_pixels`` (decompression bombs; PIL's own
 ``DecompressionBombWarning`` is turned into an error as well) raise :class:`ImageLoadError` naming the file.
@@ -57,6 +64,10 @@ ALPHA_EXTRA_SAMPLES = frozenset({1, 2})  # TIFF ExtraSamples: associated / unass
 TIFF_SAMPLES_PER_PIXEL = 277
 TIFF_EXTRA_SAMPLES = 338
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_BITS_PER_SAMPLE = 258
+TIFF_SAMPLE_FORMAT = 339
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_16BIT_COLOUR_TYPES = frozenset({2, 4, 6})  # RGB, grey + alpha, RGBA
 
 
 class ImageLoadError(ValueError):
@@ -102,6 +113,17 @@ def _is_multiband_tiff(image: Image.Image) -> bool:
     return color_samples > 3
 
 
+def _is_deep_multisample_tiff(image: Image.Image) -> bool:
+    """Several samples per pixel of more than 8 bits or floats (PIL would keep only 8 bits of each)."""
+    tags = getattr(image, "tag_v2", {})
+    samples = int(tags.get(TIFF_SAMPLES_PER_PIXEL, len(image.getbands())))
+    bits = tags.get(TIFF_BITS_PER_SAMPLE, 8)
+    bits = (bits,) if isinstance(bits, int) else tuple(bits)
+    formats = tags.get(TIFF_SAMPLE_FORMAT, 1)
+    formats = (formats,) if isinstance(formats, int) else tuple(formats)
+    return samples > 1 and (max(bits, default=8) > 8 or any(int(kind) == 3 for kind in formats))
+
+
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageLoadError(
@@ -121,8 +143,9 @@ def _select_bands(path: Path, array: np.ndarray, bands: Sequence[int]) -> Image.
     return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
 
 
-def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -> Image.Image:
-    """Multi-band TIFF through ``tifffile``: refuse without ``bands``, else pick them."""
+def _read_tiff_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+    """A TIFF through ``tifffile``: its first series as ``[H, W]`` or ``[H, W, C]`` and how many of the last bands
+    are alpha (TIFF ExtraSamples 1/2)."""
     try:
         import tifffile
     except ImportError:
@@ -136,6 +159,7 @@ def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -
             if "Y" not in axes or "X" not in axes:
                 raise ImageLoadError(path, f"TIFF series with axes {axes!r} has no Y/X plane")
             _check_pixels(path, shape[axes.index("X")], shape[axes.index("Y")], max_pixels)
+            extra = tuple(tiff.pages[0].extrasamples or ())
             array = series.asarray()
     except ImageLoadError:
         raise
@@ -149,14 +173,78 @@ def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -
     order = keep + [index for index in range(len(shape)) if index not in keep]  # the rest have size 1
     array = np.transpose(np.reshape(array, shape), order)
     array = np.reshape(array, array.shape[: len(keep)])
-    count = array.shape[2] if array.ndim == 3 else 1
-    if bands is None:
-        raise ImageLoadError(
-            path, f"{count}-band TIFF ({array.dtype}); pass bands=(r, g, b) to choose which bands are red, green, blue"
-        )
+    alphas = sum(1 for kind in extra if int(kind) in ALPHA_EXTRA_SAMPLES) if array.ndim == 3 else 0
+    return array, alphas
+
+
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file, None for other files."""
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or not head.startswith(PNG_MAGIC) or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _read_png16(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+    """A 16-bit colour or grey+alpha PNG with all its bits (``pypng``; PIL keeps only the high byte of these):
+    ``[H, W, C]`` uint16 and how many of the last bands are alpha."""
+    try:
+        import png
+    except ImportError:
+        raise ImageLoadError(path, "a 16-bit colour PNG needs pypng to keep its bits: pip install pypng") from None
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        _check_pixels(path, width, height, max_pixels)
+        planes = int(info["planes"])
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    except ImageLoadError:
+        raise
+    except Exception as error:  # png.FormatError, png.ChunkError, zlib.error, ValueError, ...
+        raise ImageLoadError(path, f"truncated or corrupt 16-bit PNG ({type(error).__name__}: {error})") from None
+    return array, int(bool(info.get("alpha")))
+
+
+def _alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
+    if alpha.dtype == np.uint8:
+        return alpha
+    if np.issubdtype(alpha.dtype, np.integer):
+        scaled = alpha.astype(np.float64) * (255.0 / np.iinfo(alpha.dtype).max)
+    else:
+        scaled = np.nan_to_num(alpha.astype(np.float64), nan=0.0) * 255.0
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def _from_array(path: Path, array: np.ndarray, bands: Sequence[int] | None, alphas: int, kind: str) -> Image.Image:
+    """An image read as ``[H, W]`` / ``[H, W, C]`` (the last ``alphas`` bands alpha) to 8-bit RGB: ``bands`` picked
+    if given; else 1 or 3 colour bands, uint8 as is, anything else through one joint 2-98 % stretch."""
+    if bands is not None:
+        if array.ndim == 2:
+            raise ImageLoadError(path, f"bands={tuple(bands)} given for a single-band {kind}")
+        return _select_bands(path, array, bands)
     if array.ndim == 2:
-        raise ImageLoadError(path, f"bands={tuple(bands)} given for a single-band TIFF")
-    return _select_bands(path, array, bands)
+        array = array[..., None]
+    colour_count = array.shape[-1] - alphas
+    if colour_count not in (1, 3) or alphas > 1:
+        raise ImageLoadError(
+            path, f"{array.shape[-1]}-band {kind} ({array.dtype}); pass bands=(r, g, b) to choose which bands are "
+                  "red, green, blue"
+        )
+    colour = array[..., :colour_count]
+    colour = colour if colour.dtype == np.uint8 else stretch_to_uint8(colour)
+    if colour_count == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    rgb = Image.fromarray(np.ascontiguousarray(colour), mode="RGB")
+    if not alphas:
+        return rgb
+    rgba = np.concatenate([colour, _alpha_to_uint8(array[..., -1])[..., None]], axis=-1)
+    return _composite(Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA"))
+
+
+def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -> Image.Image:
+    """A TIFF PIL cannot read faithfully (more than 3 bands, more than 8 bits per colour sample, floats)."""
+    array, alphas = _read_tiff_array(path, max_pixels)
+    return _from_array(path, array, bands, alphas, "TIFF")
 
 
 def _to_rgb(path: Path, image: Image.Image) -> Image.Image:
@@ -204,8 +292,12 @@ def load_image(
         raise ImageLoadError(path, f"cannot open ({error})") from None
     with image:
         _check_pixels(path, image.width, image.height, max_pixels)
-        if tiff and _is_multiband_tiff(image):
+        if tiff and (_is_multiband_tiff(image) or _is_deep_multisample_tiff(image)):
             return _read_tiff_bands(path, bands, max_pixels)
+        header = _png_header(path) if image.format == "PNG" else None
+        if header is not None and header[0] == 16 and header[1] in PNG_16BIT_COLOUR_TYPES:
+            array, alphas = _read_png16(path, max_pixels)
+            return _from_array(path, array, bands, alphas, "PNG")
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as error:  # PIL's truncated/corrupt-data errors
