@@ -141,3 +141,101 @@ def test_decode_steps_never_call_the_vision_tower():
     counter.calls = 0
     model.generate(_pixels(), ids, mask, max_new_tokens=2, eos_token_id=[], use_cache=False)
     assert counter.calls == 2 * per_forward, "the reference path re-encodes every view for each new token"
+
+
+# ----- generation tied to the public forward (not to itself) -------------------------------------------------------
+
+
+def _greedy_by_public_forward(model, pixels, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding the slow way: ``model(pixels, prompt + generated).logits[:, -1].argmax()`` at every step."""
+    ids = prompt[None]
+    tokens = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = model(pixels, ids).logits[0, -1].argmax()
+            tokens.append(int(token))
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    return torch.tensor(tokens)
+
+
+def _without_injection(model):
+    """A copy whose injectors add nothing (residual scales 0): what the model would be if injection were dropped."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, parameter in plain.named_parameters():
+            if name.endswith("residual_scale"):
+                parameter.zero_()
+    return plain
+
+
+def test_cached_greedy_equals_argmax_of_the_public_forward_step_by_step(model):
+    prompts = [_prompt(7, 21), _prompt(4, 22)]
+    pixels = _pixels(2, seed=21)
+    ids, mask = _left_padded(prompts)
+    steps = 6
+    cached = model.generate(pixels, ids, mask, max_new_tokens=steps, eos_token_id=[])
+    plain = _without_injection(model)
+    differs = False
+    for row, prompt in enumerate(prompts):
+        expected = _greedy_by_public_forward(model, pixels[row : row + 1], prompt, steps)
+        assert cached[row].tolist() == expected.tolist(), row
+        differs |= expected.tolist() != _greedy_by_public_forward(plain, pixels[row : row + 1], prompt, steps).tolist()
+    # The detail injection decides tokens here, so a generate that skipped it could not pass the comparison above.
+    assert differs
+
+
+def test_cached_greedy_equals_public_forward_for_each_batch_layout(model):
+    """Right padding and the image placeholder give the same tokens as the public forward of each prompt alone."""
+    prompts = [_prompt(5, 23), _prompt(8, 24), _prompt(3, 25)]
+    pixels = _pixels(3, seed=22)
+    right_ids, right_mask = _right_padded(prompts)
+    cached = model.generate(pixels, right_ids, right_mask, max_new_tokens=4, eos_token_id=[])
+    for row, prompt in enumerate(prompts):
+        assert cached[row].tolist() == _greedy_by_public_forward(model, pixels[row : row + 1], prompt, 4).tolist()
+
+
+def _one_step_frequencies(model, prompt: torch.Tensor, *, samples: int, temperature: float, top_p: float = 1.0):
+    tokens = model.generate(
+        None,
+        prompt[None].expand(samples, -1),
+        max_new_tokens=1,
+        temperature=temperature,
+        top_p=top_p,
+        generator=torch.Generator().manual_seed(1234),
+        eos_token_id=[],
+    )
+    return torch.bincount(tokens[:, 0], minlength=model.config.llm.vocab_size).double() / samples
+
+
+def test_sampling_follows_the_softmax_of_the_logits_at_the_temperature(model):
+    prompt = _prompt(6, 8)
+    samples, temperature = 16000, 0.5
+    with torch.no_grad():
+        logits = model(None, prompt[None]).logits[0, -1].double()
+    expected = torch.softmax(logits / temperature, dim=-1)
+    observed = _one_step_frequencies(model, prompt, samples=samples, temperature=temperature)
+    sigma = (expected * (1 - expected) / samples).sqrt()
+    top = expected.topk(10).indices
+    assert bool(((observed[top] - expected[top]).abs() < 5 * sigma[top]).all()), (observed[top], expected[top])
+    assert (observed - expected).abs().sum() / 2 < 0.08  # total variation; sampling noise alone is about 0.05
+    # The check has power: sampling at temperature 1 (no division) or 2T would put the top token 10σ or more away.
+    for wrong in (1.0, 2 * temperature):
+        assert (torch.softmax(logits / wrong, dim=-1)[top[0]] - expected[top[0]]).abs() > 10 * sigma[top[0]]
+
+
+def test_nucleus_sampling_draws_only_from_the_top_p_set_in_proportion(model):
+    prompt = _prompt(6, 8)
+    samples, temperature, top_p = 8000, 0.5, 0.3
+    with torch.no_grad():
+        probs = torch.softmax(model(None, prompt[None]).logits[0, -1].double() / temperature, dim=-1)
+    order = probs.argsort(descending=True)
+    cumulative = probs[order].cumsum(0)
+    kept = order[: int((cumulative < top_p).sum()) + 1]  # smallest prefix whose mass reaches top_p
+    expected = torch.zeros_like(probs)
+    expected[kept] = probs[kept] / probs[kept].sum()
+    observed = _one_step_frequencies(model, prompt, samples=samples, temperature=temperature, top_p=top_p)
+    assert set(observed.nonzero().flatten().tolist()) <= set(kept.tolist())
+    sigma = (expected * (1 - expected) / samples).sqrt()
+    assert bool(((observed[kept] - expected[kept]).abs() < 5 * sigma[kept] + 1e-9).all()), (observed[kept], expected[kept])
