@@ -24,6 +24,9 @@ anything else           refused, naming the mode
 Every image of more than 8 bits per sample or of floats therefore goes through the same stretch
 (`stretch_to_uint8`): for one band over that band, for several over all colour bands together.
 
+`probe_image` checks a file cheaply (exists, header readable, size within ``max_pixels``; a multi-band TIFF needs
+``bands``) without decoding its pixels: the training recipe runs it over every sample before the first step.
+
 Missing, truncated or corrupt files and images over ``max_pixels`` (decompression bombs; PIL's own
 ``DecompressionBombWarning`` is turned into an error as well) raise :class:`ImageLoadError` naming the file.
 """
@@ -47,6 +50,7 @@ __all__ = [
     "ImageLoadError",
     "ImageProcessor",
     "load_image",
+    "probe_image",
     "stretch_to_uint8",
 ]
 
@@ -308,6 +312,68 @@ def load_image(
                 raise ImageLoadError(path, f"bands={tuple(bands)} given for a single-band {image.mode!r} image")
             return _select_bands(path, array, bands)
         return _to_rgb(path, image)
+
+
+def probe_image(
+    path: "str | Path", *, bands: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """``(width, height)`` of ``path`` from its header, without decoding the pixels; raises `ImageLoadError` for a
+    missing file, an unreadable header, an empty or over-``max_pixels`` image, or a multi-band TIFF without
+    ``bands``. Data corrupt beyond the header is only found by `load_image`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "file not found")
+    tiff = _is_tiff(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
+    except UnidentifiedImageError:
+        if not tiff:
+            raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
+        image = None
+    except OSError as error:
+        raise ImageLoadError(path, f"cannot open ({error})") from None
+    if image is not None:
+        with image:
+            width, height = image.size
+            deep = tiff and (_is_multiband_tiff(image) or _is_deep_multisample_tiff(image))
+        if width < 1 or height < 1:
+            raise ImageLoadError(path, f"empty image ({width}x{height})")
+        _check_pixels(path, width, height, max_pixels)
+        if not deep:
+            return width, height
+    return _probe_tiff(path, bands, max_pixels)
+
+
+def _probe_tiff(path: Path, bands: Sequence[int] | None, max_pixels: int) -> tuple[int, int]:
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageLoadError(path, "a TIFF PIL cannot read as RGB needs tifffile: pip install tifffile") from None
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            axes, shape = series.axes, series.shape
+            extra = tuple(tiff.pages[0].extrasamples or ())
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+        raise ImageLoadError(path, f"unreadable TIFF ({type(error).__name__}: {error})") from None
+    if "Y" not in axes or "X" not in axes:
+        raise ImageLoadError(path, f"TIFF series with axes {axes!r} has no Y/X plane")
+    width, height = shape[axes.index("X")], shape[axes.index("Y")]
+    _check_pixels(path, width, height, max_pixels)
+    count = 1
+    for axis, size in zip(axes, shape):
+        if axis not in "YX":
+            count *= size
+    colour = count - sum(1 for kind in extra if int(kind) in ALPHA_EXTRA_SAMPLES)
+    if bands is None and colour not in (1, 3):
+        raise ImageLoadError(path, f"{count}-band TIFF; pass bands=(r, g, b) to choose which bands are red, green, blue")
+    if bands is not None and not all(isinstance(b, (int, np.integer)) and 0 <= b < count for b in bands):
+        raise ImageLoadError(path, f"bands {tuple(bands)} out of range for an image with {count} bands")
+    return width, height
 
 
 class ImageProcessor:

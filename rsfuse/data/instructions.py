@@ -9,7 +9,12 @@ raises :class:`InstructionDataError` naming its index, id and reason; with ``ski
 (structure errors at construction; later errors by serving the next good sample in order) and counted per reason.
 Independently of ``skip_bad``, a sample cut at ``max_length`` so that no answer token is left is never trained on: it is
 dropped the same way and counted. ``report()`` summarises all of this; call ``scan()`` to check every sample up front
-(counts made inside DataLoader worker processes stay in those processes).
+(counts made inside DataLoader worker processes stay in those processes), or ``preflight()`` for the training recipe's
+cheap check before the first step (tokenization plus every image's existence, header and size, with a progress bar;
+the samples it finds bad are removed from the dataset with ``skip_bad``, else the first one raises).
+
+Image paths must stay inside ``image_root``: an absolute path or one whose ``..`` climbs out of the root is a bad
+sample (reason ``image_outside_root``) unless ``allow_outside_root=True``.
 """
 
 import json
@@ -26,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from rsfuse._typing import Float, Tensor
-from rsfuse.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from rsfuse.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, probe_image
 from rsfuse.llm.templates import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -49,6 +54,7 @@ UNREADABLE_IMAGE = "unreadable_image"
 MISMATCH = "tokenization_mismatch"
 NOTHING_TO_TRAIN = "truncated_to_nothing"
 IMAGE_CUT = "image_truncated"
+OUTSIDE_ROOT = "image_outside_root"
 
 
 def merge_turns_by_image(records: Sequence[dict], *, shuffle_seed: int | None = None) -> list[dict]:
@@ -119,6 +125,7 @@ class InstructionDataset(Dataset):
         bands: Sequence[int] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         image_length: int = 576,
+        allow_outside_root: bool = False,
     ) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be positive, got {max_length}")
@@ -132,6 +139,7 @@ class InstructionDataset(Dataset):
         self.bands = bands
         self.max_pixels = max_pixels
         self.image_length = image_length
+        self.allow_outside_root = allow_outside_root
         self._skipped: dict[int, str] = {}  # record position in the file -> reason
         self._examples: dict[str, str] = {}  # reason -> first message
         self._truncated: set[int] = set()
@@ -146,6 +154,14 @@ class InstructionDataset(Dataset):
                 self.positions.append(position)
             except ConversationError as error:
                 self._bad(position, record, MALFORMED, str(error))
+                continue
+            outside = None if self.allow_outside_root or "image" not in record else self._outside_root(record)
+            if outside is not None:
+                self.records.pop()
+                self.positions.pop()
+                self._bad(position, record, OUTSIDE_ROOT,
+                          f"image path {outside!r} leaves image_root {str(self.image_root)!r} (absolute or '..'; "
+                          "set data.allow_outside_root=true to allow it)")
 
     # ------------------------------------------------------------------ construction-time checks
     def _read_json(self) -> list:
@@ -177,6 +193,15 @@ class InstructionDataset(Dataset):
             record = dict(record, conversations=[first, *conversations[1:]])
             self._image_token_added += 1
         return record
+
+    @staticmethod
+    def _outside_root(record: dict) -> str | None:
+        """The offending relative path when the record's image path is absolute or climbs out of the root."""
+        parts = [record["image"]] if "source_dataset" not in record else [record["source_dataset"], record["image"]]
+        for part in (os.path.join(*parts), record["image"]):
+            if os.path.isabs(part) or os.path.normpath(part).split(os.sep)[0] == os.pardir:
+                return part
+        return None
 
     def _bad(self, position: int, record: object, reason: str, detail: str) -> None:
         sample_id = record.get("id") if isinstance(record, dict) else None
@@ -274,6 +299,37 @@ class InstructionDataset(Dataset):
                 self._load(index)
             else:
                 self._tokenize(index)
+        return self.report()
+
+    def preflight(self, *, progress: bool = False) -> dict:
+        """The cheap check before training: tokenize every sample and probe every image (exists, header, size;
+        `probe_image`), with a progress bar when ``progress``. A bad sample raises :class:`InstructionDataError`
+        naming it, or with ``skip_bad`` is counted and removed from the dataset (indices shift; nothing is served
+        twice). Returns :meth:`report`."""
+        indices = range(len(self.records))
+        if progress:
+            from tqdm import tqdm
+
+            indices = tqdm(indices, desc=f"check {self.json_path.name}", dynamic_ncols=True, leave=False)
+        for index in indices:
+            if self._tokenize(index) is None:
+                continue
+            record = self.records[index]
+            if "image" in record:
+                path = self.image_path(record)
+                if not path.is_file():
+                    self._bad(self.positions[index], record, MISSING_IMAGE, f"{path} not found")
+                    continue
+                try:
+                    probe_image(path, bands=self.bands, max_pixels=self.max_pixels)
+                except ImageLoadError as error:
+                    self._bad(self.positions[index], record, UNREADABLE_IMAGE, str(error))
+        keep = [index for index, position in enumerate(self.positions) if position not in self._skipped]
+        if len(keep) < len(self.records):
+            self.records = [self.records[index] for index in keep]
+            self.positions = [self.positions[index] for index in keep]
+        if not self.records:
+            raise InstructionDataError(f"{self.json_path}: no usable sample left ({self.report()['skipped']})")
         return self.report()
 
     def report(self) -> dict:

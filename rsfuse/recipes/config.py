@@ -42,6 +42,7 @@ class Field:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    length: int | None = None
 
     def bounds(self) -> str:
         """The declared range as text (``">= 1"``, ``"> 0 and < 1"``); ``""`` when there is none."""
@@ -74,6 +75,9 @@ SCHEMA: dict[str, Field] = {
     "data.val_json": Field(str, "data/synthetic/val.json", "validation JSON ('' = none)"),
     "data.test_json": Field(str, "data/synthetic/test.json", "test JSON for the after-training evaluation ('' = none)"),
     "data.skip_bad": Field(bool, False, "skip unreadable images / malformed samples instead of failing"),
+    "data.bands": Field(list, None, "band indices shown as red, green, blue for multi-band TIFFs, e.g. [3,2,1] "
+                                    "(null = refuse images of more than 3 colour bands)", nullable=True, ge=0, length=3),
+    "data.allow_outside_root": Field(bool, False, "allow image paths outside data.image_root (absolute or '..')"),
     "data.max_length": Field(int, 128, "maximum text tokens per sample (longer samples are truncated; at most the "
                                          "decoder's max_position_embeddings)", ge=1),
     "data.template": Field(str, "vicuna_v1", "conversation template: plain | vicuna_v1 | ..."),
@@ -178,6 +182,21 @@ def _coerce(key: str, value: Any, field: Field, origin: str) -> Any:
             result = float(value)
         except ValueError:
             raise ConfigError(f"config key {key!r}{where}: expected a number, got {value!r}") from None
+    elif expected is list:  # a list of integers: YAML [3, 2, 1] or "3,2,1"
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"config key {key!r}{where}: expected a list of integers, got {value!r}")
+        try:
+            result = [int(str(item).strip()) for item in items if not isinstance(item, (bool, float))]
+        except ValueError:
+            raise ConfigError(f"config key {key!r}{where}: expected a list of integers, got {value!r}") from None
+        if len(result) != len(items) or (field.length is not None and len(result) != field.length):
+            size = f"{field.length} integers" if field.length is not None else "integers"
+            raise ConfigError(f"config key {key!r}{where}: expected a list of {size}, got {value!r}")
+        for item in result:
+            problem = field.check_range(item)
+            if problem is not None:
+                raise ConfigError(f"config key {key!r}{where}: every entry {problem}, got {value!r}")
     elif expected is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key {key!r}{where}: expected a string, got {value!r}")
@@ -269,7 +288,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return RecipeConfig(values=values, model=model)
 
 
-USAGE = """usage: mf_rsvlm_train.py [--config FILE] [key=value ...]
+USAGE = """usage: mf_rsvlm_train.py [--config FILE] [--debug] [key=value ...]
+
+--debug (or RSFUSE_DEBUG=1) shows the traceback of an expected error (bad data, configuration or checkpoint), which
+otherwise is one line naming the file, sample or key, with exit status 2.
 
 Without arguments: the embedded default (synthetic data, sentencepiece tokenizer, tiny MF-RSVLM on the CPU, then a
 generation evaluation on the synthetic test split). Keys (dotted; model.* takes MFRSVLMConfig fields):

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from rsfuse.recipes.config import ConfigError, RecipeConfig, flatten, parse_args
-from rsfuse.train.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint
+from rsfuse.train.checkpointing import CheckpointSaveError, find_latest_checkpoint, list_checkpoints, save_checkpoint
 from rsfuse.train.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -55,6 +55,7 @@ from rsfuse.train.distributed import (
     save_sharded_state,
     shard_model,
 )
+from rsfuse.train.lock import RunLock, RunLockedError
 from rsfuse.train.metrics import MetricsWriter, plot_loss
 from rsfuse.train.optim import build_optimizer, clip_and_step, cosine_with_warmup, warmup_steps_for
 from rsfuse.train.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -63,6 +64,7 @@ __all__ = [
     "main",
     "run",
     "NonFiniteLossError",
+    "CheckpointReadError",
     "LoopOptions",
     "TrainState",
     "Trainer",
@@ -86,6 +88,21 @@ class NonFiniteLossError(RuntimeError):
         kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
         super().__init__(f"non-finite loss ({loss}) at step {step}; training stopped before that update; {kept}")
         self.step = step
+
+
+class CheckpointReadError(ValueError):
+    """A file of a training checkpoint cannot be read (corrupt, truncated, not what it should be); names the file."""
+
+
+def _load_state_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file."""
+    if not path.is_file():
+        raise CheckpointReadError(f"{path}: missing")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointReadError(f"{path}: unreadable ({type(error).__name__}: {reason[:200]})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- data order
@@ -216,10 +233,14 @@ class Trainer:
             )
         self.checkpoint_root = Path(options.output_dir) / "checkpoints"
         self.metrics: MetricsWriter | None = None
+        self._rng_at_step_start: dict | None = None
+        self.data_report: dict = {}  # set by the recipe: per split the data check's counts (skipped, truncated)
+        self._data_logged = False
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
-        """Write ``checkpoints/step_N`` atomically (every rank calls this)."""
+    def save(self, *, rng_state: dict | None = None) -> Path:
+        """Write ``checkpoints/step_N`` atomically (every rank calls this); ``rng_state`` replaces the current RNG
+        state (the state at the start of a step that failed)."""
         context = self.context
 
         def write(folder: Path) -> None:
@@ -231,7 +252,7 @@ class Trainer:
                 state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
                 save_file(state, str(folder / MODEL_FILE))
                 torch.save(self.optimizer.state_dict(), folder / OPTIMIZER_FILE)
-            torch.save(capture_rng_state(), folder / f"rng_rank{context.rank}.pt")
+            torch.save(rng_state or capture_rng_state(), folder / f"rng_rank{context.rank}.pt")
             if context.is_main:
                 trainer_state = {
                     "step": self.state.step,
@@ -255,14 +276,25 @@ class Trainer:
         )
 
     def load_checkpoint(self, folder: str | os.PathLike) -> None:
-        """Restore model, optimizer, scheduler, data position and this rank's RNG from ``folder``."""
+        """Restore model, optimizer, scheduler, data position and this rank's RNG from ``folder``. Every file of a
+        single-process checkpoint is read before anything is changed; an unreadable one raises `CheckpointReadError`
+        naming it (the run's state is then untouched)."""
         folder = Path(folder)
-        trainer_state = torch.load(folder / TRAINER_STATE_FILE, weights_only=True)
+        trainer_state = _load_state_file(folder / TRAINER_STATE_FILE)
+        if not isinstance(trainer_state, dict) or not {"global_batch", "step", "epoch", "step_in_epoch",
+                                                        "scheduler"} <= set(trainer_state):
+            raise CheckpointReadError(f"{folder / TRAINER_STATE_FILE}: not a trainer state (keys missing)")
         if trainer_state["global_batch"] != self.global_batch:
             raise ConfigError(
                 f"{folder}: checkpoint was written with a global batch of {trainer_state['global_batch']} samples, "
                 f"this run uses {self.global_batch}; resuming exactly needs the same batch_size × grad_accum × processes"
             )
+        rng_file = folder / f"rng_rank{self.context.rank}.pt"
+        if not rng_file.is_file():
+            raise ConfigError(f"{rng_file}: missing (the checkpoint was written by fewer processes)")
+        rng_state = _load_state_file(rng_file)
+        if not isinstance(rng_state, dict) or not {"python", "numpy", "torch_cpu"} <= set(rng_state):
+            raise CheckpointReadError(f"{rng_file}: not an RNG state (entries python, numpy, torch_cpu expected)")
         if self.context.is_distributed:
             if not (folder / DCP_FOLDER).is_dir():
                 raise ConfigError(f"{folder}: no {DCP_FOLDER}/ (written by a single process; resume it with one)")
@@ -272,21 +304,29 @@ class Trainer:
                 raise ConfigError(f"{folder}: no {MODEL_FILE} (written under torchrun; resume it with torchrun)")
             from safetensors.torch import load_file
 
-            state = load_file(str(folder / MODEL_FILE))
+            try:
+                state = load_file(str(folder / MODEL_FILE))
+            except Exception as error:  # SafetensorError, OSError
+                raise CheckpointReadError(f"{folder / MODEL_FILE}: unreadable ({type(error).__name__}: "
+                                          f"{str(error)[:200]})") from None
+            optimizer_state = _load_state_file(folder / OPTIMIZER_FILE)
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ConfigError(
                     f"{folder / MODEL_FILE}: does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
                 )
-            self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+            try:
+                self.optimizer.load_state_dict(optimizer_state)
+            except (ValueError, KeyError, TypeError) as error:
+                raise CheckpointReadError(f"{folder / OPTIMIZER_FILE}: does not match the optimizer ({error})") from None
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.state = TrainState(
             step=trainer_state["step"], epoch=trainer_state["epoch"], step_in_epoch=trainer_state["step_in_epoch"]
         )
-        rng_file = folder / f"rng_rank{self.context.rank}.pt"
-        if not rng_file.is_file():
-            raise ConfigError(f"{rng_file}: missing (the checkpoint was written by fewer processes)")
-        restore_rng_state(torch.load(rng_file, weights_only=True))
+        try:
+            restore_rng_state(rng_state)
+        except Exception as error:
+            raise CheckpointReadError(f"{rng_file}: not an RNG state ({type(error).__name__}: {error})") from None
 
     def epoch_order(self, epoch: int) -> list[int]:
         """Sample order of ``epoch``, a function of (seed, epoch) only; length-grouped when ``lengths`` is given
@@ -389,6 +429,31 @@ class Trainer:
         return float(sums[0] / sums[1]) if float(sums[1]) > 0 else None
 
     # ------------------------------------------------------------------ the run
+    def _save_after_failure(self, error: Exception) -> None:
+        """An unexpected failure inside a step: in a single process, save the state after the last finished step
+        (when it is newer than the last checkpoint) so that ``resume=auto`` loses nothing; under torchrun (the other
+        ranks cannot join a collective save) only name the rank. The step's own changes are not in the saved state:
+        a failure before the optimizer step leaves the weights as the last finished step left them."""
+        context = self.context
+        where = f"rank {context.rank}: " if context.is_distributed else ""
+        note = f"{where}step {self.state.step + 1} failed ({type(error).__name__})"
+        if context.is_distributed or self.state.step == 0:
+            print(f"[rsfuse] {note}; no checkpoint written for it", file=sys.stderr)
+            return
+        latest = find_latest_checkpoint(self.checkpoint_root)
+        if latest is not None and latest.name == f"step_{self.state.step}":
+            print(f"[rsfuse] {note}; the checkpoint {latest} holds every finished step", file=sys.stderr)
+            return
+        self.model.zero_grad(set_to_none=True)
+        rng = self._rng_at_step_start
+        try:
+            folder = self.save(rng_state=rng)
+        except Exception as save_error:  # the original error is what the user must see
+            print(f"[rsfuse] {note}; saving a checkpoint failed too ({save_error})", file=sys.stderr)
+            return
+        print(f"[rsfuse] {note}; saved {folder} with the {self.state.step} finished steps (resume=auto continues "
+              "from it)", file=sys.stderr)
+
     def run(self, *, resume_step: int | None = None) -> TrainState:
         """Train until ``options.total_steps`` optimizer steps are done; returns the final state."""
         options, context = self.options, self.context
@@ -421,8 +486,15 @@ class Trainer:
             loader = iter(self._loader([batch for step in step_batches for batch in step]))
             for _ in step_batches:
                 step_started = time.perf_counter()
-                micro_batches = [next(loader) for _ in range(options.grad_accum)]
-                loss, grad_norm, tokens = self._train_step(micro_batches)
+                self._rng_at_step_start = capture_rng_state() if not context.is_distributed else None
+                try:
+                    micro_batches = [next(loader) for _ in range(options.grad_accum)]
+                    loss, grad_norm, tokens = self._train_step(micro_batches)
+                except NonFiniteLossError:
+                    raise
+                except Exception as error:
+                    self._save_after_failure(error)
+                    raise
                 self.state.step += 1
                 self.state.step_in_epoch += 1
                 seconds = time.perf_counter() - step_started
@@ -439,6 +511,10 @@ class Trainer:
                     "step_s": seconds,
                     "elapsed_s": time.perf_counter() - started,
                 }
+                if self.data_report and not self._data_logged:  # the data check's counts, once per session
+                    record["data_skipped"] = {name: report["skipped"] for name, report in self.data_report.items()}
+                    record["data_truncated"] = {name: report["truncated"] for name, report in self.data_report.items()}
+                    self._data_logged = True
                 tower_lrs = [lr for name, lr in lrs.items() if str(name).startswith("tower")]
                 if tower_lrs:
                     record["vit_lr"] = tower_lrs[0]
@@ -710,10 +786,33 @@ def build_datasets(config: RecipeConfig, tokenizer, model_config):
         max_length=config["data.max_length"],
         skip_bad=config["data.skip_bad"],
         image_length=model_config.num_visual_tokens,
+        bands=tuple(config["data.bands"]) if config["data.bands"] is not None else None,
+        allow_outside_root=config["data.allow_outside_root"],
     )
     train = InstructionDataset(config["data.json"], **common)
     val = InstructionDataset(config["data.val_json"], **common) if config["data.val_json"] else None
     return train, val, functools.partial(collate, pad_id=tokenizer.pad_id)
+
+
+def check_data(train_set, val_set, context: DistributedContext) -> dict:
+    """Before the first step: tokenize every sample and check every image (exists, header, size), with a progress
+    bar and a one-line summary per file; bad samples raise naming file, sample and reason, or with ``data.skip_bad``
+    are removed and counted. Returns ``{"train": report, "val": report}`` (`InstructionDataset.report`)."""
+    reports = {}
+    for name, dataset in (("train", train_set), ("val", val_set)):
+        if dataset is None:
+            continue
+        report = dataset.preflight(progress=context.is_main)
+        reports[name] = {key: report[key] for key in ("file", "records", "kept", "skipped", "truncated")}
+        if context.is_main:
+            skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(report["skipped"].items()))
+            print(f"[rsfuse] checked {report['file']}: {report['kept']} of {report['records']} samples usable"
+                  + (f"; skipped: {skipped}" if skipped else "")
+                  + (f"; {report['truncated']} truncated at data.max_length" if report["truncated"] else ""),
+                  file=sys.stderr)
+            for reason, message in sorted(report["examples"].items()):
+                print(f"[rsfuse]   e.g. {message}", file=sys.stderr)
+    return reports
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -760,6 +859,30 @@ def _autocast_dtype(config: RecipeConfig, device_type: str) -> torch.dtype | Non
     if dtype == "bf16" or (dtype == "auto" and device_type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def check_context_length(config: RecipeConfig, model_config) -> None:
+    """Refuse ``data.max_length`` beyond the decoder's context: an image sample holds the visual tokens in place of
+    its ``<image>`` token, so text + visual tokens - 1 must fit in ``max_position_embeddings``."""
+    context = model_config.llm.max_position_embeddings
+    visual = model_config.num_visual_tokens
+    longest = config["data.max_length"] + max(visual - 1, 0)
+    if longest > context:
+        raise ConfigError(
+            f"config key 'data.max_length': {config['data.max_length']} text tokens (+ {visual} visual tokens in "
+            f"place of <image>) exceed the decoder's context, max_position_embeddings = {context}; "
+            f"use data.max_length <= {context - max(visual - 1, 0)}"
+        )
+
+
+def _resume_candidates(config: RecipeConfig, checkpoint_root: Path) -> list[Path]:
+    """Checkpoints to try, best first: ``resume=auto`` every complete one newest first (a corrupt one falls back to
+    the one before), a PATH just that one, ``none`` nothing."""
+    resume = config["resume"]
+    if resume == "auto":
+        return list(reversed(list_checkpoints(checkpoint_root)))
+    folder = _resume_folder(config, checkpoint_root)
+    return [folder] if folder is not None else []
 
 
 def _resume_folder(config: RecipeConfig, checkpoint_root: Path) -> Path | None:
@@ -809,9 +932,14 @@ def run(config: RecipeConfig) -> dict:
     """Train (and evaluate) as ``config`` says; returns a summary dict. Raises `NonFiniteLossError`, `ConfigError`."""
     device_type = _resolve_device(config)
     context = init_distributed(prefer_cuda=device_type == "cuda")
+    lock = RunLock(config["output_dir"]) if context.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _run(config, context, device_type)
     finally:
+        if lock is not None:
+            lock.release()
         context.close()
 
 
@@ -849,6 +977,7 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
     if model_config.llm.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model vocabulary ({model_config.llm.vocab_size}) is smaller than the tokenizer's "
                           f"({tokenizer.vocab_size})")
+    check_context_length(config, model_config)
     modes = configure_trainable(model, config)
     feature_cache, feature_store = None, None
     if config["train.cache_vision_features"]:
@@ -866,6 +995,7 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         if context.is_main:
             print(f"[rsfuse] reusing {count} images' tower features from {feature_store}", file=sys.stderr)
     train_set, val_set, collate_fn = build_datasets(config, tokenizer, model_config)
+    data_report = check_data(train_set, val_set, context)
     if context.is_distributed:
         shard_model(model, fsdp_units(model), context)
     options = LoopOptions(
@@ -909,21 +1039,33 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         snapshot=snapshot,
         lengths=train_set.lengths if config["data.group_by_length"] else None,
     )
-    resume_from = _resume_folder(config, trainer.checkpoint_root)
-    if resume_from is None and config["resume"] == "none" and list_checkpoints(trainer.checkpoint_root):
+    candidates = _resume_candidates(config, trainer.checkpoint_root)
+    if not candidates and config["resume"] == "none" and list_checkpoints(trainer.checkpoint_root):
         raise ConfigError(f"resume=none but {trainer.checkpoint_root} already holds checkpoints; use resume=auto or "
                           "another output_dir")
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
-        if context.is_main:
-            print(f"[rsfuse] resumed from {resume_from} (step {trainer.state.step})", file=sys.stderr)
+    trainer.data_report = data_report
+    resume_from = None
+    for position, candidate in enumerate(candidates):
+        try:
+            trainer.load_checkpoint(candidate)
+        except CheckpointReadError as error:
+            if position + 1 == len(candidates) or context.is_distributed:
+                raise
+            if context.is_main:
+                print(f"[rsfuse] {error}; falling back to {candidates[position + 1]}", file=sys.stderr)
+            continue
+        resume_from = candidate
+        break
+    if resume_from is not None and context.is_main:
+        print(f"[rsfuse] resumed from {resume_from} (step {trainer.state.step})", file=sys.stderr)
     started = time.perf_counter()
     trainer.run(resume_step=trainer.state.step if resume_from is not None else None)
     train_seconds = time.perf_counter() - started
     if feature_store is not None and context.is_main and feature_cache.misses:
         feature_cache.save(feature_store)
     final = _write_final(model, model_config, tokenizer, config, context, modes, output_dir)
-    summary: dict[str, Any] = {"output_dir": str(output_dir), "steps": trainer.state.step, "final": str(final)}
+    summary: dict[str, Any] = {"output_dir": str(output_dir), "steps": trainer.state.step, "final": str(final),
+                               "data": data_report}
     if not context.is_main:
         return summary
     plot_loss(output_dir / "metrics.jsonl", output_dir / "loss.png")
@@ -947,24 +1089,31 @@ def _run(config: RecipeConfig, context: DistributedContext, device_type: str) ->
         summary["eval"] = {kind: row["exact_accuracy"] for kind, row in result["per_type"].items()}
         summary["overall"] = result["overall"]
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("eval", "data")}))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``[--config FILE] [key=value ...]``; exit status 0, 2 (configuration), 3 (non-finite loss)."""
+    """Command-line entry: ``[--config FILE] [--debug] [key=value ...]``; exit status 0, 2 (an expected error: bad
+    configuration, data, checkpoint, busy output_dir, full disk — one line on stderr naming the file, sample or key;
+    the traceback only with ``--debug`` or ``RSFUSE_DEBUG=1``), 3 (non-finite loss)."""
+    from rsfuse.recipes.errors import debug_requested, expected_errors, report_expected
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [item for item in argv if item != "--debug"]
     try:
         config = parse_args(argv)
         if config is None:
             return 0
         run(config)
     except ConfigError as error:
-        print(f"rsfuse train: configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        return report_expected("rsfuse train", error, debug=debug, prefix="configuration error: ")
     except NonFiniteLossError as error:
         print(f"rsfuse train: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except expected_errors() as error:
+        return report_expected("rsfuse train", error, debug=debug)
     return 0
 
 

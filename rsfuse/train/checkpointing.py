@@ -9,11 +9,16 @@ carry the marker. `prune_checkpoints` keeps the newest ``keep_last``.
 Under several processes every rank writes its share into the same temporary folder (the caller passes a `barrier`), and
 rank 0 alone seals and renames it.
 
+A failed save (any exception while writing or sealing, e.g. a full disk) removes its temporary folder and leaves the
+earlier checkpoints as they were; a full disk (``ENOSPC``) is re-raised as `CheckpointSaveError` ("no space left on
+<folder>", naming the last complete checkpoint kept).
+
 Test hook: when the environment variable ``RSFUSE_CHECKPOINT_SAVE_DELAY`` holds ``SECONDS`` (every save) or
 ``STEP:SECONDS`` (only the save of that step), `save_checkpoint` sleeps that long after the files are written and
 before the folder is sealed, so a test can kill a run mid-save.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -23,6 +28,7 @@ from typing import Callable
 
 __all__ = [
     "COMPLETE_MARKER",
+    "CheckpointSaveError",
     "checkpoint_step",
     "find_latest_checkpoint",
     "fsync_tree",
@@ -36,6 +42,13 @@ SAVE_DELAY_ENV = "RSFUSE_CHECKPOINT_SAVE_DELAY"
 _STEP_NAME = re.compile(r"^step_(\d+)$")
 _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (no space left); the partial folder is gone, earlier checkpoints are kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def checkpoint_step(folder: str | os.PathLike) -> int:
@@ -138,16 +151,30 @@ def save_checkpoint(
         _remove_stale(root)
         temporary.mkdir()
     sync()
-    write(temporary)
-    sync()
+    try:
+        write(temporary)
+        sync()
+        if is_main:
+            delay = _save_delay(step)
+            if delay > 0:
+                time.sleep(delay)
+            fsync_tree(temporary)
+            (temporary / COMPLETE_MARKER).write_text(f"step {step}\n")
+            _fsync_path(temporary / COMPLETE_MARKER)
+            _fsync_path(temporary)
+    except BaseException as error:
+        if is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = find_latest_checkpoint(root)
+            kept_text = f"the last complete checkpoint {kept} is kept" if kept else "no earlier checkpoint exists"
+            raise CheckpointSaveError(
+                errno.ENOSPC,
+                f"no space left on {root} while writing checkpoint {final.name}; the partial folder was removed, "
+                f"{kept_text}",
+            ) from error
+        raise
     if is_main:
-        delay = _save_delay(step)
-        if delay > 0:
-            time.sleep(delay)
-        fsync_tree(temporary)
-        (temporary / COMPLETE_MARKER).write_text(f"step {step}\n")
-        _fsync_path(temporary / COMPLETE_MARKER)
-        _fsync_path(temporary)
         if final.exists():
             trash = root / f"{_TRASH_PREFIX}{final.name}"
             os.replace(final, trash)
