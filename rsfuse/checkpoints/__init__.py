@@ -6,6 +6,7 @@ Nothing in this package imports a model class, so the composed model can call th
 from rsfuse.checkpoints.clip import clip_vision_shapes, openai_to_hf_vision, read_clip_vision, save_clip_vision
 from rsfuse.checkpoints.io import (
     CheckpointError,
+    check_finite_tensors,
     find_weight_files,
     iter_weight_shards,
     load_weights_file,
@@ -21,11 +22,13 @@ from rsfuse.checkpoints.llama import (
     split_llama_state_dict,
 )
 from rsfuse.checkpoints.llava import LlavaParts, read_llava
+from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf
 from rsfuse.checkpoints.mfrsvlm import read_released_mfrsvlm
 from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_folder, write_rsfuse_folder
 
 __all__ = [
     "CheckpointError",
+    "check_finite_tensors",
     "clip_vision_shapes",
     "openai_to_hf_vision",
     "read_clip_vision",
@@ -43,6 +46,8 @@ __all__ = [
     "split_llama_state_dict",
     "LlavaParts",
     "read_llava",
+    "is_llava_hf_config",
+    "read_llava_hf",
     "read_released_mfrsvlm",
     "checkpoint_model_type",
     "read_rsfuse_folder",

@@ -126,11 +126,11 @@ def _keep_key(key: str) -> bool:
     return not key.startswith(IGNORED_PREFIXES)
 
 
-def _load_vision_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+def _load_vision_tensors(files: list[Path], *, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Merge the files' tensors, dropping text-tower and projection keys as each shard is read."""
     merged: dict[str, torch.Tensor] = {}
     for file in files:
-        for key, tensor in load_weights_file(file).items():
+        for key, tensor in load_weights_file(file, check_finite=check_finite).items():
             if _keep_key(key):
                 merged[key] = tensor
     return merged
@@ -285,19 +285,20 @@ def _validate(state_dict: Mapping[str, torch.Tensor], config: CLIPVisionConfig, 
 
 # ----- public entry points -----------------------------------------------------------------------------------------
 def read_clip_vision(
-    path: str | os.PathLike, *, num_attention_heads: int | None = None
+    path: str | os.PathLike, *, num_attention_heads: int | None = None, check_finite: bool = True
 ) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
     """Read a CLIP vision tower from an HF folder (full or vision-only) or an OpenAI/open_clip file or folder.
 
     Returns the config and a state dict keyed like ``CLIPVisionTower`` (tensors keep their stored dtype).
     ``num_attention_heads`` overrides the head count (needed for OpenAI layouts whose head width is not 64).
-    Raises ``CheckpointError`` naming the file and the offending keys or shapes.
+    Raises ``CheckpointError`` naming the file and the offending keys or shapes (or, with ``check_finite``, the
+    tensors holding NaN/inf).
     """
     path = Path(path)
     files = _weight_files(path)
     folder = path if path.is_dir() else path.parent
     source = str(path)
-    raw = _load_vision_tensors(files)
+    raw = _load_vision_tensors(files, check_finite=check_finite)
     layout = _detect_layout(set(raw), source)
     config_path = folder / "config.json"
     if layout == "openai":

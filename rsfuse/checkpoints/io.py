@@ -1,6 +1,8 @@
 """File-level checkpoint I/O: single files, HF shard indices, sharded safetensors writing.
 
 Only safetensors and plain-tensor pickles (``torch.load(weights_only=True)``) are read; anything else is refused.
+Floating tensors are checked for NaN/inf as they are read (``check_finite=True``, the default): a checkpoint holding
+non-finite values is refused with the file and the keys, instead of giving empty answers later.
 """
 
 import json
@@ -14,6 +16,7 @@ from safetensors.torch import save_file as save_safetensors
 
 __all__ = [
     "CheckpointError",
+    "check_finite_tensors",
     "read_json",
     "load_weights_file",
     "find_weight_files",
@@ -45,8 +48,53 @@ def read_json(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load one weights file (``.safetensors``, or a plain-tensor pickle with ``weights_only=True``) onto the CPU."""
+_FINITE_CHUNK = 1 << 24  # elements per isfinite pass: bounds the temporary bool mask to 16 MB
+_LISTED_KEYS = 8
+
+
+def _non_finite_count(tensor: torch.Tensor) -> int:
+    flat = tensor.detach().reshape(-1)
+    bad = 0
+    for start in range(0, flat.numel(), _FINITE_CHUNK):
+        chunk = flat[start : start + _FINITE_CHUNK]
+        finite = torch.isfinite(chunk)
+        if not bool(finite.all()):
+            bad += int(chunk.numel() - finite.sum())
+    return bad
+
+
+def check_finite_tensors(state_dict: dict[str, torch.Tensor], *, source: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` naming ``source`` and every key whose floating tensor holds NaN or inf values.
+
+    One read-only pass over the floating tensors (integer and bool tensors cannot be non-finite).
+    """
+    bad: list[str] = []
+    for key, tensor in state_dict.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+            continue
+        count = _non_finite_count(tensor)
+        if count:
+            bad.append(f"{key!r} ({count} of {tensor.numel()} values)")
+    if bad:
+        shown = ", ".join(bad[:_LISTED_KEYS]) + (f" and {len(bad) - _LISTED_KEYS} more" if len(bad) > _LISTED_KEYS else "")
+        raise CheckpointError(
+            f"{source}: non-finite (NaN/inf) values in tensor(s) {shown}; the checkpoint is damaged "
+            "(pass check_finite=False to load it anyway)"
+        )
+
+
+def load_weights_file(path: str | os.PathLike, *, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Load one weights file (``.safetensors``, or a plain-tensor pickle with ``weights_only=True``) onto the CPU.
+
+    ``check_finite``: refuse a file whose floating tensors hold NaN/inf, naming the file and the keys.
+    """
+    state_dict = _load_weights_file(path)
+    if check_finite:
+        check_finite_tensors(state_dict, source=path)
+    return state_dict
+
+
+def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
@@ -98,14 +146,15 @@ def find_weight_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def iter_weight_shards(
-    folder: str | os.PathLike, rename: Callable[[str], str | None] | None = None
+    folder: str | os.PathLike, rename: Callable[[str], str | None] | None = None, *, check_finite: bool = True
 ) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
     """Yield ``(shard path, state dict)`` one shard at a time, so peak memory stays near one shard.
 
-    ``rename`` maps each key to its new name, or to None to drop it.
+    ``rename`` maps each key to its new name, or to None to drop it. ``check_finite``: see ``load_weights_file``
+    (the error names the stored key).
     """
     for shard_path in find_weight_files(folder):
-        shard = load_weights_file(shard_path)
+        shard = load_weights_file(shard_path, check_finite=check_finite)
         if rename is not None:
             renamed = {}
             for key, tensor in shard.items():

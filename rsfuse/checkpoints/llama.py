@@ -74,22 +74,22 @@ def _compose(rename: Callable[[str], str | None] | None) -> Callable[[str], str 
 
 
 def iter_llama_shards(
-    folder: str | os.PathLike, *, rename: Callable[[str], str | None] | None = None
+    folder: str | os.PathLike, *, rename: Callable[[str], str | None] | None = None, check_finite: bool = True
 ) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
     """Yield ``(shard path, state dict)`` one shard at a time (rotary buffers dropped, then ``rename`` applied:
     it returns the new key, or None to drop the entry)."""
-    yield from iter_weight_shards(folder, _compose(rename))
+    yield from iter_weight_shards(folder, _compose(rename), check_finite=check_finite)
 
 
 def read_llama(
-    folder: str | os.PathLike, *, rename: Callable[[str], str | None] | None = None
+    folder: str | os.PathLike, *, rename: Callable[[str], str | None] | None = None, check_finite: bool = True
 ) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """``(LlamaConfig, full state dict)`` of an HF Llama folder. For LLaVA-style folders pass
     ``rename=keep_llama_keys``, or read everything and ``split_llama_state_dict`` it. Use ``iter_llama_shards``
-    to stream shards instead of holding them all."""
+    to stream shards instead of holding them all. ``check_finite``: refuse NaN/inf tensors, naming file and key."""
     config = read_llama_config(folder)
     state_dict: dict[str, torch.Tensor] = {}
-    for path, shard in iter_llama_shards(folder, rename=rename):
+    for path, shard in iter_llama_shards(folder, rename=rename, check_finite=check_finite):
         duplicated = sorted(set(shard) & set(state_dict))
         if duplicated:
             raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")

@@ -1,8 +1,13 @@
-"""Reader for LLaVA-1.5 folders (``liuhaotian/llava-v1.5-7b``): the decoder and the ``mm_projector``.
+"""Reader for LLaVA-1.5 folders in both layouts; ``read_llava`` picks the layout from ``config.json``.
 
-Keys: the Llama keys plus ``model.mm_projector.{0,2}.{weight,bias}``; ``config.json`` has ``mm_vision_tower``,
-``mm_vision_select_layer`` (−2 for LLaVA-1.5) and ``mm_projector_type`` ("mlp2x_gelu"). Vision-tower keys, if a
-folder stores them, are dropped (the tower comes from its own CLIP folder). Pure functions: no model class here.
+* liuhaotian (``liuhaotian/llava-v1.5-7b``): the Llama keys plus ``model.mm_projector.{0,2}.{weight,bias}``;
+  ``config.json`` has ``mm_vision_tower``, ``mm_vision_select_layer`` (−2 for LLaVA-1.5) and ``mm_projector_type``
+  ("mlp2x_gelu"). Vision-tower keys, if a folder stores them, are dropped (the tower comes from its own CLIP folder).
+* transformers / llava-hf (``llava-hf/llava-1.5-7b-hf``, ``LlavaForConditionalGeneration.save_pretrained``): nested
+  ``text_config`` / ``vision_config``; the tower is in the folder and an in-vocabulary image token is used
+  (see ``rsfuse.checkpoints.llava_hf``).
+
+Pure functions: no model class here.
 """
 
 import os
@@ -14,9 +19,14 @@ import torch
 
 from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key, read_llama_config
+from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf
+from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["LlavaParts", "read_llava"]
+__all__ = ["LlavaParts", "read_llava", "LIUHAOTIAN_LAYOUT", "LLAVA_HF_LAYOUT"]
+
+LIUHAOTIAN_LAYOUT = "liuhaotian"
+LLAVA_HF_LAYOUT = "llava-hf"
 
 _PROJECTOR_KEY = re.compile(r"^model\.mm_projector\.([02])\.(weight|bias)$")
 _TOWER_PREFIX = "model.vision_tower."
@@ -25,20 +35,46 @@ _TOWER_PREFIX = "model.vision_tower."
 @dataclass
 class LlavaParts:
     """A LLaVA folder's decoder config and weights (HF Llama keys), projector weights (``0.*``, ``2.*``) and the
-    vision settings recorded in its config."""
+    vision settings recorded in its config.
+
+    ``layout`` is "liuhaotian" or "llava-hf". A llava-hf folder also carries its tower (``vision_config``,
+    ``vision_state_dict`` with ``CLIPVisionTower`` keys) and its in-vocabulary ``image_token_index``; for a liuhaotian
+    folder these are None (the tower comes from a CLIP folder, the image placeholder is −200).
+    """
 
     llm_config: LlamaConfig
     llm_state_dict: dict[str, torch.Tensor]
     projector_state_dict: dict[str, torch.Tensor]
     vision_select_layer: int
     vision_tower_name: str | None
+    layout: str = LIUHAOTIAN_LAYOUT
+    vision_config: CLIPVisionConfig | None = None
+    vision_state_dict: dict[str, torch.Tensor] | None = None
+    image_token_index: int | None = None
 
 
-def read_llava(folder: str | os.PathLike) -> LlavaParts:
-    """Read a LLaVA-1.5 folder; raises ``CheckpointError`` listing keys that are neither Llama nor projector keys."""
+def read_llava(folder: str | os.PathLike, *, check_finite: bool = True) -> LlavaParts:
+    """Read a LLaVA-1.5 folder (liuhaotian or llava-hf layout, chosen from ``config.json``); raises
+    ``CheckpointError`` listing keys outside the layout, or naming an unsupported setting.
+    ``check_finite``: refuse NaN/inf tensors, naming file and key."""
     folder = Path(folder)
     config_path = folder / "config.json"
     data = read_json(config_path)
+    if is_llava_hf_config(data):
+        parts = read_llava_hf(folder, check_finite=check_finite)
+        tower = data.get("vision_config") or {}
+        name = tower.get("_name_or_path") if isinstance(tower, dict) else None
+        return LlavaParts(
+            llm_config=parts["llm_config"],
+            llm_state_dict=parts["llm_state_dict"],
+            projector_state_dict=parts["projector_state_dict"],
+            vision_select_layer=parts["vision_select_layer"],
+            vision_tower_name=name if isinstance(name, str) and name else None,
+            layout=LLAVA_HF_LAYOUT,
+            vision_config=parts["vision_config"],
+            vision_state_dict=parts["vision_state_dict"],
+            image_token_index=parts["image_token_index"],
+        )
     projector_type = data.get("mm_projector_type", "mlp2x_gelu")
     if projector_type != "mlp2x_gelu":
         raise CheckpointError(f"{config_path}: mm_projector_type {projector_type!r} is not supported (only 'mlp2x_gelu')")
@@ -53,7 +89,7 @@ def read_llava(folder: str | os.PathLike) -> LlavaParts:
     llm_state: dict[str, torch.Tensor] = {}
     projector: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for path, shard in iter_weight_shards(folder):
+    for path, shard in iter_weight_shards(folder, check_finite=check_finite):
         for key, tensor in shard.items():
             match = _PROJECTOR_KEY.match(key)
             if is_llama_key(key):

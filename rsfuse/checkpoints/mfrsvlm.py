@@ -109,11 +109,13 @@ def rename_released_key(key: str, injection_layers: list[int]) -> str | None:
     return None
 
 
-def read_released_mfrsvlm(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_released_mfrsvlm(
+    folder: str | os.PathLike, *, check_finite: bool = True
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(MFRSVLMConfig dict, state dict in MFRSVLM keys)`` of a released MF-RSVLM folder.
 
     Keys the layout does not define are refused, listed by name; the tower in ``vision_tower/`` replaces any tower
-    weights found in the main shards.
+    weights found in the main shards. ``check_finite``: refuse NaN/inf tensors, naming file and key.
     """
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -129,7 +131,7 @@ def read_released_mfrsvlm(folder: str | os.PathLike) -> tuple[dict[str, Any], di
             f"{tower_folder}: the fine-tuned vision tower (HF CLIP config.json + weights) is missing; the released "
             "layout keeps it in the 'vision_tower/' sub-folder"
         )
-    vision, tower_state = read_clip_vision(tower_folder)
+    vision, tower_state = read_clip_vision(tower_folder, check_finite=check_finite)
     try:
         config = released_config(data, vision, path=config_path)
     except ValueError as error:
@@ -138,7 +140,7 @@ def read_released_mfrsvlm(folder: str | os.PathLike) -> tuple[dict[str, Any], di
     state_dict: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     residual_scale: torch.Tensor | None = None
-    for path, shard in iter_weight_shards(folder):
+    for path, shard in iter_weight_shards(folder, check_finite=check_finite):
         for key, tensor in shard.items():
             if key == RESIDUAL_SCALE_KEY:
                 residual_scale = tensor

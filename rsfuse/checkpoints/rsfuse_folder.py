@@ -30,8 +30,10 @@ def checkpoint_model_type(folder: str | os.PathLike) -> str:
     return model_type
 
 
-def read_rsfuse_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder."""
+def read_rsfuse_folder(
+    folder: str | os.PathLike, *, check_finite: bool = True
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors)."""
     folder = Path(folder)
     config_path = folder / "config.json"
     data = read_json(config_path)
@@ -41,7 +43,7 @@ def read_rsfuse_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[
         )
     config = {key: value for key, value in data.items() if key not in ("model_type", "architectures", "torch_dtype")}
     state_dict: dict[str, torch.Tensor] = {}
-    for path, shard in iter_weight_shards(folder):
+    for path, shard in iter_weight_shards(folder, check_finite=check_finite):
         duplicated = sorted(set(shard) & set(state_dict))
         if duplicated:
             raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")

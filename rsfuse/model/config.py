@@ -50,6 +50,9 @@ class MFRSVLMConfig:
     ``detail_layers`` are tower hidden-state indices (HF ``output_hidden_states`` numbering); left as None they are
     derived from ``PAPER_DETAIL_FRACTIONS``. ``global_layer`` uses the same numbering; negative values count from the
     end (−2 = LLaVA-1.5's choice). ``detail=False`` is the plain LLaVA-1.5 baseline (no canvas, no injectors).
+    ``image_token_index`` is the image placeholder in ``input_ids``: −200 (outside the vocabulary, the original LLaVA
+    convention), or an in-vocabulary id such as llava-hf's ``<image>`` (32000), which its processor repeats once per
+    visual token.
     """
 
     vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig.vit_l14_336)
@@ -135,9 +138,11 @@ class MFRSVLMConfig:
             raise ValueError(f"MFRSVLMConfig.detail must be a bool, got {self.detail!r}")
         if isinstance(self.image_token_index, bool) or not isinstance(self.image_token_index, int):
             raise ValueError(f"MFRSVLMConfig.image_token_index must be an int, got {self.image_token_index!r}")
-        if self.image_token_index >= 0:
+        if self.image_token_index >= self.llm.vocab_size:
             raise ValueError(
-                f"MFRSVLMConfig.image_token_index must be negative (outside the vocabulary), got {self.image_token_index}"
+                f"MFRSVLMConfig.image_token_index must be negative (a placeholder outside the vocabulary, LLaVA's -200) "
+                f"or an in-vocabulary id below vocab_size {self.llm.vocab_size} (llava-hf's <image>), "
+                f"got {self.image_token_index}"
             )
 
     # ----- derived sizes -------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """``rsfuse convert SRC DST``: write any readable MF-RSVLM checkpoint layout as an rsfuse folder.
 
-SRC may be an rsfuse folder or a released MF-RSVLM folder (``model_type`` "mfrsvlm" / "vhm"); the layout is read
-from ``SRC/config.json``. With ``--vision CLIP_DIR`` SRC is instead an HF Llama/Vicuna folder (or, with
-``--llava``, a LLaVA-1.5 folder) assembled with that CLIP tower, new modules initialised (``--seed``).
-The tokenizer (``tokenizer.model``) is copied when SRC has one.
+SRC may be an rsfuse folder, a released MF-RSVLM folder (``model_type`` "mfrsvlm" / "vhm") or a transformers
+LLaVA folder (llava-hf layout: ``LlavaForConditionalGeneration.save_pretrained``, ``llava-hf/llava-1.5-7b-hf``),
+which is written as the global-only LLaVA-1.5 model it is (``detail=False``, image spliced at its in-vocabulary image
+token, select layer from ``vision_feature_layer``); the layout is read from ``SRC/config.json``. With
+``--vision CLIP_DIR`` SRC is instead an HF Llama/Vicuna folder (or, with ``--llava``, a LLaVA-1.5 folder) assembled
+with that CLIP tower, new modules initialised (``--seed``). The tokenizer (``tokenizer.model``) is copied when SRC
+has one.
 """
 
 import argparse
@@ -26,13 +29,22 @@ def convert(
     llava: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Load ``source`` with ``MFRSVLM.from_pretrained`` (or ``from_parts`` when ``vision`` is given) and save it."""
-    from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415  (keeps `rsfuse --help` light)
+    """Load ``source`` with ``MFRSVLM.from_pretrained`` (``from_parts`` when ``vision`` is given or ``source`` is a
+    llava-hf folder) and save it."""
+    from rsfuse.checkpoints.io import read_json  # noqa: PLC0415  (keeps `rsfuse --help` light)
+    from rsfuse.checkpoints.llava_hf import is_llava_hf_config  # noqa: PLC0415
+    from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415
 
     source, destination = Path(source), Path(destination)
     if destination.resolve() == source.resolve():
         raise ValueError(f"convert: destination {destination} is the source folder; choose another folder")
-    if vision is None:
+    llava_hf = vision is None and (source / "config.json").is_file() and is_llava_hf_config(read_json(source / "config.json"))
+    if llava_hf:
+        torch.manual_seed(seed)
+        model = MFRSVLM.from_parts(vision=None, llava=source, dtype=dtype)
+    elif vision is None:
+        if llava:
+            raise ValueError(f"convert: {source} is not a llava-hf folder; a liuhaotian LLaVA folder needs --vision CLIP_DIR")
         model = MFRSVLM.from_pretrained(source, dtype=dtype)
     else:
         torch.manual_seed(seed)
@@ -43,15 +55,17 @@ def convert(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsfuse convert", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="checkpoint folder (rsfuse, released MF-RSVLM, or Llama/LLaVA with --vision)")
+    parser.add_argument(
+        "source", help="checkpoint folder (rsfuse, released MF-RSVLM, llava-hf, or Llama/LLaVA with --vision)"
+    )
     parser.add_argument("destination", help="rsfuse folder to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast floating weights (default: keep)")
     parser.add_argument("--vision", default=None, help="HF CLIP folder: assemble SRC (Llama or LLaVA) with this tower")
-    parser.add_argument("--llava", action="store_true", help="with --vision: SRC is a LLaVA-1.5 folder")
+    parser.add_argument(
+        "--llava", action="store_true", help="SRC is a LLaVA-1.5 folder (liuhaotian: needs --vision; llava-hf: optional)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for newly initialised modules (with --vision)")
     args = parser.parse_args(argv)
-    if args.llava and args.vision is None:
-        parser.error("--llava needs --vision CLIP_DIR")
     from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
 
     try:

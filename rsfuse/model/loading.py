@@ -2,12 +2,14 @@
 
 * ``load_pretrained``: the layout is chosen from ``config.json``'s ``model_type`` — "rsfuse_mfrsvlm" (rsfuse folder)
   or "mfrsvlm" / "vhm" (released MF-RSVLM) — never from the folder name.
-* ``load_from_parts``: HF CLIP folder + HF Llama folder and/or LLaVA-1.5 folder; new modules are initialised.
+* ``load_from_parts``: HF CLIP folder + HF Llama folder and/or LLaVA-1.5 folder (liuhaotian or llava-hf layout; a
+  llava-hf folder brings its own tower and gives the LLaVA-1.5 settings by default); new modules are initialised.
 * ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model).
 
 Loading builds the model on the meta device and assigns the checkpoint tensors (no random initialisation, one copy
 of the weights in memory); every key is checked first: missing and unexpected keys are listed, a wrong shape names
-the key and both shapes.
+the key and both shapes. Floating tensors holding NaN/inf are refused as the files are read (``check_finite=True``),
+naming the file and the key.
 """
 
 import os
@@ -19,7 +21,7 @@ import torch
 from rsfuse.checkpoints.clip import read_clip_vision
 from rsfuse.checkpoints.io import CheckpointError
 from rsfuse.checkpoints.llama import read_llama
-from rsfuse.checkpoints.llava import read_llava
+from rsfuse.checkpoints.llava import LLAVA_HF_LAYOUT, LlavaParts, read_llava
 from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, read_released_mfrsvlm
 from rsfuse.checkpoints.rsfuse_folder import (
     RSFUSE_MODEL_TYPE,
@@ -103,17 +105,18 @@ def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: s
         raise CheckpointError(f"{source}: {error}") from None
 
 
-def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", **overrides: Any):
+def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", check_finite: bool = True, **overrides: Any):
     """``MFRSVLM`` from an rsfuse folder or a released MF-RSVLM folder, picked by ``config.json``'s ``model_type``.
 
     ``dtype`` None: the decoder's stored dtype, applied to every weight (one dtype for the whole model).
+    ``check_finite``: refuse a checkpoint with NaN/inf tensors, naming the file and the keys.
     """
     folder = Path(path)
     model_type = checkpoint_model_type(folder)
     if model_type == RSFUSE_MODEL_TYPE:
-        config_data, state_dict = read_rsfuse_folder(folder)
+        config_data, state_dict = read_rsfuse_folder(folder, check_finite=check_finite)
     elif model_type in RELEASED_MODEL_TYPES:
-        config_data, state_dict = read_released_mfrsvlm(folder)
+        config_data, state_dict = read_released_mfrsvlm(folder, check_finite=check_finite)
     else:
         raise CheckpointError(
             f"{folder / 'config.json'}: model_type {model_type!r} is not an MF-RSVLM checkpoint (readable: "
@@ -126,43 +129,78 @@ def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", *
     return model
 
 
+def llava_settings(parts: LlavaParts, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``MFRSVLMConfig`` settings a LLaVA folder implies, ``overrides`` applied last.
+
+    Both layouts: ``global_layer`` = the folder's select layer. llava-hf (the LLaVA-1.5 model as transformers runs
+    it): ``detail=False``, ``image_placement="token"``, ``image_token_index`` = its in-vocabulary image token, and no
+    injection layers unless ``detail=True`` is asked for.
+    """
+    settings: dict[str, Any] = {"global_layer": parts.vision_select_layer}
+    if parts.layout == LLAVA_HF_LAYOUT:
+        settings.update(detail=False, image_placement="token", image_token_index=parts.image_token_index)
+        if overrides.get("detail", False) is False:
+            settings["injection_layers"] = ()
+    settings.update(overrides)
+    return settings
+
+
 def load_from_parts(
     cls,
     *,
-    vision: str | os.PathLike,
+    vision: str | os.PathLike | None = None,
     llm: str | os.PathLike | None = None,
     llava: str | os.PathLike | None = None,
     dtype=None,
     device="cpu",
+    check_finite: bool = True,
     **overrides: Any,
 ):
     """``MFRSVLM`` from an HF CLIP folder + an HF Llama folder and/or a LLaVA-1.5 folder.
 
-    With ``llava`` the decoder and projector come from it (and ``global_layer`` defaults to its
-    ``mm_vision_select_layer``); without it the projector is newly initialised. Injectors are always new.
-    The tokenizer is taken from the LLaVA folder, else the Llama folder.
+    With ``llava`` the decoder and projector come from it (and ``global_layer`` defaults to its select layer);
+    without it the projector is newly initialised. Injectors are always new. A llava-hf folder
+    (``LlavaForConditionalGeneration.save_pretrained``) also gives the tower when ``vision`` is None, and the
+    LLaVA-1.5 settings (``detail=False``, ``image_placement="token"``, its image token) unless ``overrides`` say
+    otherwise. When every weight comes from the files (a LLaVA folder with ``detail=False``) the model is built on
+    the meta device and ``dtype`` None keeps the stored dtype; otherwise new modules are initialised and ``dtype``
+    None leaves float32. The tokenizer is taken from the LLaVA folder, else the Llama folder.
     """
     if llm is None and llava is None:
         raise ValueError("MFRSVLM.from_parts: give an llm folder (HF Llama/Vicuna) or a llava folder (LLaVA-1.5)")
-    vision_config, tower_state = read_clip_vision(vision)
+    parts = read_llava(llava, check_finite=check_finite) if llava is not None else None
+    if vision is not None:
+        vision_config, tower_state = read_clip_vision(vision, check_finite=check_finite)
+    elif parts is not None and parts.vision_state_dict is not None and parts.vision_config is not None:
+        vision_config, tower_state = parts.vision_config, parts.vision_state_dict
+    else:
+        raise ValueError(
+            f"MFRSVLM.from_parts: vision=CLIP_DIR is needed: {llava or llm} holds no vision tower (only a llava-hf "
+            "folder, written by transformers' LlavaForConditionalGeneration, carries one)"
+        )
     projector_state: dict[str, torch.Tensor] | None = None
-    settings: dict[str, Any] = {}
-    if llava is not None:
-        parts = read_llava(llava)
+    if parts is not None:
         llm_config, llm_state = parts.llm_config, parts.llm_state_dict
         projector_state = parts.projector_state_dict
-        settings["global_layer"] = parts.vision_select_layer
+        settings = llava_settings(parts, overrides)
     else:
-        llm_config, llm_state = read_llama(llm)
-    settings.update(overrides)
+        llm_config, llm_state = read_llama(llm, check_finite=check_finite)
+        settings = dict(overrides)
     try:
         config = MFRSVLMConfig(vision=vision_config, llm=llm_config, **settings)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"MFRSVLM.from_parts: {error}") from None
-    model = cls(config)
-    expected = _expected_shapes(model)
+    source = f"from_parts(vision={vision}, llm={llm}, llava={llava})"
     loaded = {"vision_tower." + key: value for key, value in tower_state.items()}
     loaded.update({"llm." + key: value for key, value in llm_state.items()})
+    if projector_state is not None and not config.detail:
+        # Every weight comes from the files (e.g. a llava-hf folder): build on meta and assign, in the stored dtype.
+        loaded.update({"projector." + key: value for key, value in projector_state.items()})
+        model = _build(cls, config, loaded, dtype=dtype, device=device, source=source)
+        model.tokenizer_path = _parts_tokenizer(llava, llm)
+        return model
+    model = cls(config)
+    expected = _expected_shapes(model)
     if config.llm.tie_word_embeddings:
         loaded.pop("llm.lm_head.weight", None)
         expected.pop("llm.lm_head.weight", None)
@@ -171,17 +209,22 @@ def load_from_parts(
     required = {key: shape for key, shape in expected.items() if key.startswith(("vision_tower.", "llm."))}
     if projector_state is not None:
         required.update({key: shape for key, shape in expected.items() if key.startswith("projector.")})
-    check_state_dict(required, loaded, source=f"from_parts(vision={vision}, llm={llm}, llava={llava})")
+    check_state_dict(required, loaded, source=source)
     model.load_state_dict(loaded, strict=False)
     model.llm.tie_weights()
-    for candidate in (llava, llm):
-        if candidate is not None and (Path(candidate) / TOKENIZER_FILE).is_file():
-            model.tokenizer_path = Path(candidate) / TOKENIZER_FILE
-            break
+    model.tokenizer_path = _parts_tokenizer(llava, llm)
     model = model.to(device=device)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model
+
+
+def _parts_tokenizer(*folders: str | os.PathLike | None) -> Path | None:
+    """The first ``tokenizer.model`` among ``folders`` (the LLaVA folder before the Llama one)."""
+    for candidate in folders:
+        if candidate is not None and (Path(candidate) / TOKENIZER_FILE).is_file():
+            return Path(candidate) / TOKENIZER_FILE
+    return None
 
 
 def _tokenizer_file(model, tokenizer: Any, folder: Path) -> Path | None:
@@ -192,8 +235,10 @@ def _tokenizer_file(model, tokenizer: Any, folder: Path) -> Path | None:
         candidate = Path(tokenizer)
         return candidate / TOKENIZER_FILE if candidate.is_dir() else candidate
     if callable(getattr(tokenizer, "save_pretrained", None)):
-        written = tokenizer.save_pretrained(folder)
-        return Path(written) if written is not None else folder / TOKENIZER_FILE
+        # rsfuse's Tokenizer returns the folder, others a file or a tuple of files (transformers): the file written
+        # into ``folder`` is what counts.
+        tokenizer.save_pretrained(folder)
+        return folder / TOKENIZER_FILE
     raise TypeError(f"save_pretrained: tokenizer must be a path or have save_pretrained(), got {type(tokenizer).__name__}")
 
 
