@@ -253,9 +253,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tower):
     for checkpointing in (False, True):
         model = CLIPVisionTower(TINY, gradient_checkpointing=checkpointing).train()
         model.load_state_dict(tower.state_dict())
+        calls = []
+        model.encoder.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
         (out,) = model.forward_intermediates(pixels, [LAYERS - 1])
+        assert len(calls) == 1
         out.square().mean().backward()
+        # Checkpointing is seen to happen: the block body runs a second time, during backward.
+        assert len(calls) == (2 if checkpointing else 1), (checkpointing, calls)
         grads.append(model.encoder.layers[0].mlp.fc1.weight.grad)
+        with torch.no_grad():
+            model.forward_intermediates(pixels, [LAYERS - 1])
+        assert len(calls) == (3 if checkpointing else 2)  # without gradients nothing is recomputed
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 

@@ -243,16 +243,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
 
+    calls = {index: 0 for index in range(len(model.model.layers))}
+    for index, layer in enumerate(model.model.layers):
+        layer.mlp.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+
     def loss_and_grads():
         model.zero_grad()
+        for index in calls:
+            calls[index] = 0
         loss = model(ids, attention_mask=mask, labels=ids).loss
+        assert set(calls.values()) == {1}
         loss.backward()
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
     plain_loss, plain_grads = loss_and_grads()
+    assert set(calls.values()) == {1}  # nothing recomputed
     model.gradient_checkpointing = True
     assert model.gradient_checkpointing
     checkpointed_loss, checkpointed_grads = loss_and_grads()
+    assert set(calls.values()) == {2}, calls  # every layer's body ran again in backward
     torch.testing.assert_close(checkpointed_loss, plain_loss)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)

@@ -206,3 +206,32 @@ def test_training_forward_backward_and_loss_ignores_visual_and_prompt_positions(
                  "vision_tower.encoder.layers.0.mlp.fc1.weight", "llm.model.layers.0.mlp.up_proj.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_enable_recomputes_tower_blocks_and_decoder_layers_in_backward():
+    model = make_model(seed=5).train()
+    counts = {"vision": 0, "llm": 0}
+    # Pre-hooks (not forward hooks): torch's checkpoint stops recomputing as soon as the saved tensors are rebuilt,
+    # possibly before a sub-module returns.
+    vision_mlp = model.vision_tower.encoder.layers[0].mlp
+    vision_mlp.register_forward_pre_hook(lambda *_: counts.__setitem__("vision", counts["vision"] + 1))
+    model.llm.model.layers[0].mlp.register_forward_pre_hook(lambda *_: counts.__setitem__("llm", counts["llm"] + 1))
+    ids = torch.randint(3, 500, (2, 6), generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def forward_backward() -> dict[str, int]:
+        counts.update(vision=0, llm=0)
+        loss = model(pixels, ids, labels=ids).loss
+        forward = dict(counts)
+        loss.backward()
+        return {name: counts[name] - forward[name] for name in counts}  # calls made during backward
+
+    assert forward_backward() == {"vision": 0, "llm": 0}
+    model.gradient_checkpointing_enable()
+    recomputed = forward_backward()
+    # The tower's first block runs once per batched call (global view + one per window scale); each is recomputed.
+    assert recomputed == {"vision": 1 + len(model.config.window_scales), "llm": 1}, recomputed
+    model.gradient_checkpointing_enable(vision=False, llm=True)
+    assert forward_backward() == {"vision": 0, "llm": 1}
+    model.gradient_checkpointing_disable()
+    assert forward_backward() == {"vision": 0, "llm": 0}
