@@ -3,9 +3,9 @@
 ``rsfuse viz --model DIR --image FILE --question TEXT [--out PNG]``: one figure with the image the model sees (padded
 to a square) and its answer; per injection layer, the mean gate value of every visual token as a heat map over the
 image; and per injection layer, the router's weights over the K detail stacks as bars labelled by window scale,
-tower layer and phase (in the model's stack order: scale → layer → phase). The injectors record these on the prefill
-pass when their ``record`` flag is set (``GatedInjector.last_gate_mean [B, N]``, ``last_router_weights [B, K]``,
-or ``[B, N, K]`` for the per-token router, shown averaged over tokens).
+tower layer and phase (in the model's stack order: scale → layer → phase). They come from the prefill pass
+(``MFRSVLM.forward(..., output_injection_stats=True)``: gate mean ``[B, N]``, router weights ``[B, K]``, or
+``[B, N, K]`` for the per-token router, shown averaged over tokens).
 
 ``rsfuse viz loss RUN_DIR [--out PNG]``: the training loss curve (raw, smoothed, validation) and the learning rate
 from ``RUN_DIR/metrics.jsonl``.
@@ -64,32 +64,26 @@ def stack_labels(config) -> list[str]:
 def record_injection(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 16,
                      eos_token_id: int | None = None) -> tuple[list[InjectionRecord], torch.Tensor]:
-    """Run greedy generation for one sample with recording on; returns (one record per injector, new token ids)."""
+    """Run greedy generation for one sample and read the injectors' statistics of its prefill; returns (one record
+    per injector, new token ids)."""
     if not model.config.detail or len(model.injectors) == 0:
         raise ValueError("rsfuse viz: this model has no detail injectors (config.detail is false): "
                          "there are no router weights or gates to show")
     if pixel_values.shape[0] != 1:
         raise ValueError(f"rsfuse viz: one image at a time, got a batch of {pixel_values.shape[0]}")
-    injectors = {int(index): injector for index, injector in model.injectors.items()}
-    for injector in injectors.values():
-        injector.record = True
-        injector.last_gate_mean = None
-        injector.last_router_weights = None
-    try:
-        new_tokens = model.generate(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                    eos_token_id=eos_token_id)
-    finally:
-        for injector in injectors.values():
-            injector.record = False
+    new_tokens = model.generate(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos_token_id)
+    # The injection happens at prefill; the forward over the prompt is that prefill, with its statistics returned.
+    stats = model(pixel_values, input_ids, attention_mask, output_injection_stats=True).injection_stats or {}
     records = []
-    for layer, injector in sorted(injectors.items()):
-        if injector.last_gate_mean is None or injector.last_router_weights is None:
-            raise RuntimeError(f"rsfuse viz: the injector before decoder layer {layer} recorded nothing on prefill")
-        weights = injector.last_router_weights[0].float().cpu()
+    for layer in sorted(int(index) for index in model.injectors.keys()):
+        if layer not in stats or stats[layer].router_weights is None:
+            raise RuntimeError(f"rsfuse viz: the injector before decoder layer {layer} reported nothing on prefill")
+        weights = stats[layer].router_weights[0].float().cpu()
         per_token = weights.ndim == 2
         if per_token:
             weights = reduce(weights, "n k -> k", "mean")
-        records.append(InjectionRecord(layer, weights, injector.last_gate_mean[0].float().cpu(), per_token))
+        records.append(InjectionRecord(layer, weights, stats[layer].gate_mean[0].float().cpu(), per_token))
     return records, new_tokens[0]
 
 

@@ -158,16 +158,16 @@ def test_grafted_transformers_llama_matches_rsfuse_mfrsvlm_with_the_same_weights
     handle = graft(hf, dict(model.injectors.items()), visual_slice=slice(0, model.num_visual_tokens))
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ids = torch.randint(3, 500, (2, 9), generator=torch.Generator().manual_seed(1))
-    sequence, stacks, _ = model.prepare_inputs(pixels, ids)
-    ours = model.run_decoder(sequence, stacks, None).logits
-    with handle.use(stacks):
+    layout, embeds, injection = model.prefill_inputs(pixels, ids)
+    ours = model(pixels, ids).logits
+    with handle.use(injection.context.stacks):
         theirs = hf(
-            inputs_embeds=sequence.inputs_embeds,
-            attention_mask=sequence.attention_mask.long(),
-            position_ids=sequence.position_ids,
+            inputs_embeds=embeds,
+            attention_mask=layout.attention_mask.long(),
+            position_ids=layout.position_ids,
         ).logits
     torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=1e-4)
-    without = hf(inputs_embeds=sequence.inputs_embeds, position_ids=sequence.position_ids).logits
+    without = hf(inputs_embeds=embeds, position_ids=layout.position_ids).logits
     assert not torch.allclose(without, ours, atol=1e-3), "the injectors must change the logits"
 
 

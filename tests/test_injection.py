@@ -152,7 +152,7 @@ def test_zero_residual_scale_returns_hidden_bit_for_bit(shape, seed, with_router
     assert torch.equal(injector(hidden, detail), hidden)
 
 
-def test_injector_keys_record_flag_and_scale_accessor():
+def test_injector_keys_stats_and_scale_accessor():
     plain = GatedInjector(4)
     assert list(plain.state_dict()) == [
         "residual_scale",
@@ -166,13 +166,13 @@ def test_injector_keys_record_flag_and_scale_accessor():
         list(plain.state_dict()) + [f"router.{key}" for key in Router(4).state_dict()]
     )
     hidden, stacks = torch.randn(2, 3, 4), torch.randn(2, 6, 3, 4)
-    routed(hidden, stacks)
-    assert routed.last_gate_mean is None and routed.last_router_weights is None
-    routed.record = True
-    routed(hidden, stacks)
-    assert routed.last_gate_mean.shape == (2, 3) and not routed.last_gate_mean.requires_grad
-    assert routed.last_router_weights.shape == (2, 6)
-    torch.testing.assert_close(routed.last_router_weights, routed.router(hidden, stacks)[1])
+    injected, gate_mean, weights = routed.forward_with_stats(hidden, stacks)
+    torch.testing.assert_close(injected, routed(hidden, stacks), rtol=0, atol=0)
+    mixed = routed.router(hidden, stacks)[0]
+    gate = torch.sigmoid(routed.gate_proj(torch.cat([routed.hidden_norm(hidden), routed.detail_norm(mixed)], dim=-1)))
+    torch.testing.assert_close(gate_mean, gate.mean(dim=-1))
+    assert weights.shape == (2, 6)
+    torch.testing.assert_close(weights, routed.router(hidden, stacks)[1])
     checkpoint_vector = torch.tensor([0.25, -0.5, 0.75])
     routed.set_residual_scale(checkpoint_vector[1])
     assert routed.residual_scale.tolist() == [-0.5] and routed.residual_scale.requires_grad

@@ -174,7 +174,10 @@ def _incremental_logits(model, ids, mask, cache, prefill):
         output = model(ids[:, position : position + 1], attention_mask=mask[:, : position + 1],
                        past_key_values=cache, use_cache=True)
         pieces.append(output.logits)
-    assert cache.seq_length == ids.shape[1]
+    if isinstance(cache, StaticKVCache):  # a fill level per row, on the device
+        assert cache.lengths.tolist() == [ids.shape[1]] * ids.shape[0]
+    else:
+        assert cache.seq_length == ids.shape[1]
     return torch.cat(pieces, dim=1)
 
 

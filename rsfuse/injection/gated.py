@@ -21,8 +21,8 @@ __all__ = ["GatedInjector"]
 class GatedInjector(nn.Module):
     """``forward(hidden [B, N, D], detail [B, N, D] or [B, K, N, D] with a router) -> [B, N, D]``.
 
-    Set ``record = True`` to keep ``last_gate_mean`` ``[B, N]`` (gate averaged over channels) and
-    ``last_router_weights`` (the router's weights) of the latest call, detached, for visualisation.
+    ``forward_with_stats`` also returns what the injection did, for visualisation: the gate averaged over channels
+    ``[B, N]`` and the router's weights (``[B, K]``, ``[B, N, K]`` for a token router, None without a router).
     """
 
     def __init__(self, dim: int, *, router: Router | None = None, residual_scale_init: float = 1.0) -> None:
@@ -38,9 +38,6 @@ class GatedInjector(nn.Module):
         self.gate_proj = nn.Linear(2 * dim, dim)
         self.residual_scale = nn.Parameter(torch.full((1,), float(residual_scale_init)))
         self.router = router
-        self.record = False
-        self.last_gate_mean: Tensor | None = None
-        self.last_router_weights: Tensor | None = None
 
     @torch.no_grad()
     def set_residual_scale(self, value: float | Tensor) -> None:
@@ -69,16 +66,18 @@ class GatedInjector(nn.Module):
     def forward(
         self, hidden: Float[Tensor, "batch tokens dim"], detail: Float[Tensor, "batch *detail_dims"]
     ) -> Float[Tensor, "batch tokens dim"]:
+        return self.forward_with_stats(hidden, detail)[0]
+
+    def forward_with_stats(self, hidden: Tensor, detail: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(injected [B, N, D], gate mean over channels [B, N], router weights or None)``."""
         if hidden.shape[-1] != self.dim:
             raise ValueError(f"GatedInjector: hidden must be [B, N, {self.dim}], got {tuple(hidden.shape)}")
         mixed, weights = self._mixed_detail(hidden, detail)
         hidden_normed = self.hidden_norm(hidden)
         detail_normed = self.detail_norm(mixed.to(hidden.dtype))
         gate = torch.sigmoid(self.gate_proj(torch.cat([hidden_normed, detail_normed], dim=-1)))
-        if self.record:
-            self.last_gate_mean = reduce(gate, "b n d -> b n", "mean").detach()
-            self.last_router_weights = None if weights is None else weights.detach()
-        return hidden + self.residual_scale * gate * self.detail_proj(detail_normed)
+        injected = hidden + self.residual_scale * gate * self.detail_proj(detail_normed)
+        return injected, reduce(gate, "b n d -> b n", "mean"), weights
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

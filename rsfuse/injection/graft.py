@@ -15,14 +15,12 @@ Works with rsfuse's ``LlamaForCausalLM`` and Hugging Face ``LlamaForCausalLM`` /
 """
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import torch
-from einops import repeat
 from torch import nn
 
 from rsfuse._typing import Bool, Float, Int, Tensor
+from rsfuse.injection.visual import VisualContext, inject_visual
 
 __all__ = ["GraftHandle", "graft", "find_decoder_layers"]
 
@@ -38,15 +36,6 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
-@dataclass
-class _ActiveInjection:
-    """What the hooks inject during one ``handle.use`` block."""
-
-    stacks: Tensor
-    visual_positions: Tensor | None
-    sample_mask: Tensor | None
-
-
 class GraftHandle:
     """The result of :func:`graft`: ``use(stacks)`` activates the injectors, ``remove()`` detaches them."""
 
@@ -54,7 +43,7 @@ class GraftHandle:
         self.injectors = injectors
         self.visual_slice = visual_slice
         self._hooks: list[Any] = []
-        self._active: _ActiveInjection | None = None
+        self._active: VisualContext | None = None
         self.removed = False
 
     @property
@@ -79,18 +68,12 @@ class GraftHandle:
             raise RuntimeError("graft handle was removed; graft the injectors again to use them")
         if self._active is not None:
             raise RuntimeError("graft handle is already in use (nested handle.use blocks are not supported)")
-        if visual_positions is not None and visual_positions.shape[-1] != stacks.shape[-2]:
-            raise ValueError(
-                f"graft: visual_positions {tuple(visual_positions.shape)} and stacks {tuple(stacks.shape)} "
-                "disagree on the number of visual tokens"
-            )
-        span = self.visual_slice.stop - self.visual_slice.start
-        if visual_positions is None and span != stacks.shape[-2]:
-            raise ValueError(
-                f"graft: visual_slice {self.visual_slice} covers {span} positions but the stacks hold "
-                f"{stacks.shape[-2]} tokens (stacks shape {tuple(stacks.shape)})"
-            )
-        self._active = _ActiveInjection(stacks=stacks, visual_positions=visual_positions, sample_mask=sample_mask)
+        self._active = VisualContext(
+            stacks=stacks,
+            positions=visual_positions,
+            visual_slice=self.visual_slice if visual_positions is None else None,
+            sample_mask=sample_mask,
+        )
         try:
             yield self
         finally:
@@ -109,25 +92,10 @@ class GraftHandle:
         active = self._active
         if active is None:
             return None
-        tokens = active.stacks.shape[-2]
-        if active.visual_positions is None:
-            if hidden.shape[1] < self.visual_slice.stop:
-                return None  # a decoding step: the visual span lives in the KV cache
-            visual = hidden[:, self.visual_slice]
-        else:
-            if hidden.shape[1] < tokens:
-                return None
-            gather_index = repeat(active.visual_positions, "batch tokens -> batch tokens dim", dim=hidden.shape[-1])
-            visual = torch.gather(hidden, 1, gather_index)
-        injector = self.injectors[str(layer_index)]
-        injected = injector(visual, active.stacks.to(visual.dtype))
-        if active.sample_mask is not None:
-            injected = torch.where(active.sample_mask[:, None, None], injected, visual)
-        if active.visual_positions is None:
-            start, stop = self.visual_slice.start, self.visual_slice.stop
-            return torch.cat([hidden[:, :start], injected, hidden[:, stop:]], dim=1)
-        return hidden.scatter(1, gather_index, injected)
-
+        span = active.stacks.shape[-2] if active.positions is not None else self.visual_slice.stop
+        if hidden.shape[1] < span:
+            return None  # a decoding step: the visual span lives in the KV cache
+        return inject_visual(self.injectors[str(layer_index)], hidden, active)[0]
 
 
 class _LayerHook:

@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,14 @@ from einops import rearrange
 from torch import nn
 
 from rsfuse._typing import Float, Int, Shaped, Tensor, typecheck
-from rsfuse.llm.cache import DynamicKVCache, KVCache
+from rsfuse.llm.cache import DynamicKVCache, KVCache, StaticKVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.layers import AttentionMask, LlamaDecoderLayer, RMSNorm
 from rsfuse.llm.rope import RotaryEmbedding
 
 __all__ = [
     "IGNORE_INDEX",
+    "LayerInjection",
     "LlamaForCausalLM",
     "LlamaModel",
     "LlamaOutput",
@@ -82,6 +83,17 @@ def default_position_ids(
     return positions[:, -new_tokens:]
 
 
+@runtime_checkable
+class LayerInjection(Protocol):
+    """What a decoder forward may be given to edit the hidden states just before some of its layers (rsfuse's
+    ``DecoderInjection`` is one): ``injection(layer_index, hidden) -> hidden`` for each index in ``layer_indices``."""
+
+    @property
+    def layer_indices(self) -> frozenset[int]: ...
+
+    def __call__(self, layer_index: int, hidden: Tensor) -> Tensor: ...
+
+
 class LlamaModel(nn.Module):
     """Embeddings, decoder layers and final norm; ``forward`` returns the normed hidden states."""
 
@@ -104,18 +116,38 @@ class LlamaModel(nn.Module):
         attention_mask: Shaped[Tensor, "batch total"] | None = None,
         position_ids: Int[Tensor, "#batch new"] | None = None,
         cache: KVCache | None = None,
+        injection: LayerInjection | None = None,
     ) -> Float[Tensor, "batch new dim"]:
+        """Normed hidden states of the new positions. ``injection`` (a prefill's visual context bound to injectors)
+        edits the hidden states just before the layers it names; decoding steps pass none."""
         new_tokens = inputs_embeds.shape[1]
-        past_tokens = cache.seq_length if cache is not None else 0
         device = inputs_embeds.device
-        if position_ids is None:
-            position_ids = default_position_ids(
-                attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device
-            )
-        mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device)
+        if isinstance(cache, StaticKVCache):
+            buffer_mask = cache.begin(new_tokens, attention_mask)
+            if buffer_mask is None:  # prefill into an empty cache: attend over the new positions only
+                new_mask = None if attention_mask is None else attention_mask[:, -new_tokens:]
+                mask = build_attention_mask(new_mask, new_tokens=new_tokens, past_tokens=0, device=device)
+            else:
+                mask = AttentionMask(mask=buffer_mask, causal=False)
+            if position_ids is None:
+                if attention_mask is not None:
+                    position_ids = default_position_ids(attention_mask, new_tokens=new_tokens, past_tokens=0, device=device)
+                else:
+                    offsets = rearrange(torch.arange(new_tokens, device=device), "m -> 1 m")
+                    position_ids = rearrange(cache.lengths, "b -> b 1") + offsets
+        else:
+            past_tokens = cache.seq_length if cache is not None else 0
+            if position_ids is None:
+                position_ids = default_position_ids(
+                    attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device
+                )
+            mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device)
         position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        injected = frozenset() if injection is None else injection.layer_indices
         hidden_states = inputs_embeds
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if index in injected:
+                hidden_states = injection(index, hidden_states)
             hidden_states = layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
@@ -123,6 +155,8 @@ class LlamaModel(nn.Module):
                 position_ids=position_ids,
                 cache=cache,
             )
+        if isinstance(cache, StaticKVCache):
+            cache.end(new_tokens)
         return self.norm(hidden_states)
 
 
@@ -194,6 +228,7 @@ class LlamaForCausalLM(nn.Module):
         use_cache: bool = False,
         labels: Int[Tensor, "batch new"] | None = None,
         logits_to_keep: int = 0,
+        injection: LayerInjection | None = None,
     ) -> LlamaOutput:
         """Logits for the new positions (``logits_to_keep > 0``: only the last that many); loss when ``labels`` given.
 
@@ -208,7 +243,7 @@ class LlamaForCausalLM(nn.Module):
         if use_cache and cache is None:
             cache = DynamicKVCache()
         hidden_states = self.model(
-            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, injection=injection
         )
         if logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]

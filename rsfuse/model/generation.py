@@ -1,20 +1,26 @@
-"""Autoregressive generation for ``MFRSVLM`` (DESIGN §1.11).
+"""Generation for ``MFRSVLM`` (DESIGN §1.11): a step-wise, batched API and ``generate`` built on it.
 
-With the KV cache (default; a ``StaticKVCache`` sized for prompt + new tokens): one prefill over ``[visual][left padding][prompt]`` with the detail injectors active,
-then one decoder call per new token that reads the cache (the vision tower and the canvas are never called again;
-the injected visual keys/values are in the cache). Prompts may arrive left- or right-padded (and with or without
-the −200 image placeholder): they are re-laid out left-padded first.
+``GenerationSession`` holds a ``StaticKVCache`` of ``max_batch`` rows (the pytorch-labs/gpt-fast pattern):
 
-``use_cache=False`` reproduces the reference implementation's cost: every step re-runs the full model, re-encoding
-all views (59 tower passes per image in the paper configuration) — useful as a benchmark baseline only.
+* ``add(pixel_values, input_ids, ..., params)`` prefills new prompts (images encoded once, detail injected at
+  prefill) into free rows and samples each row's first token;
+* ``step()`` decodes one token for every row at once: fixed shapes, per-row temperature and top-p, sampling
+  without a host sync (greedy rows take the argmax; sampled rows race exponential noise, ``argmax(p / q)``), EOS
+  and token limits tracked on the device;
+* ``poll()`` synchronises once and returns each row's new tokens and whether it finished (EOS, length, a stop
+  string, or ``cancel``); a finished row's slot takes the next ``add`` while the others keep decoding.
 
-Decoding: greedy at ``temperature == 0``, otherwise temperature + nucleus (``top_p``) sampling drawn with
-``generator``. A sample stops at its first EOS; later positions hold ``pad_token_id``; the loop ends when every
-sample is done (one host sync per step).
+``compile=True`` compiles the decode step with ``torch.compile`` (``mode="reduce-overhead"``, i.e. CUDA graphs, on a
+GPU). ``generate`` = one ``add`` for the whole batch, then ``step`` with a ``poll`` every ``sync_every`` steps; the
+server (``rsfuse serve``) drives the same session, so there is one decoding loop.
+
+``generate(..., use_cache=False)`` reproduces the reference implementation's cost instead: every step re-runs the
+full model, re-encoding all views (59 tower passes per image in the paper configuration) — a benchmark baseline.
 """
 
-import dataclasses
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from einops import rearrange
@@ -25,44 +31,298 @@ from rsfuse.llm.cache import StaticKVCache
 if TYPE_CHECKING:
     from rsfuse.model.mfrsvlm import MFRSVLM
 
-__all__ = ["generate", "next_token"]
+__all__ = ["GenerationSession", "RowUpdate", "SamplingParams", "generate", "sample_tokens"]
 
 
-def _eos_ids(model: "MFRSVLM", eos_token_id: int | list[int] | None) -> list[int]:
-    if eos_token_id is None:
-        eos_token_id = model.config.llm.eos_token_id
-    if eos_token_id is None:
-        return []
-    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(token) for token in eos_token_id]
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one row is decoded and when it stops. ``temperature == 0`` is greedy; ``eos_token_ids`` None = the
+    model's; ``stop_strings`` need the session's ``decode``."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    eos_token_ids: tuple[int, ...] | None = None
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"generate: max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"generate: temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"generate: top_p must be in (0, 1], got {self.top_p!r}")
 
 
-def next_token(
+@dataclass
+class RowUpdate:
+    """What ``poll`` reports for one row: tokens produced since the last poll, and the finish reason once done
+    (``"eos"``, ``"length"``, ``"stop"``, ``"cancelled"``; None while running)."""
+
+    row: int
+    new_tokens: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class _Row:
+    params: SamplingParams
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def sample_tokens(
     logits: Float[Tensor, "batch vocab"],
+    temperature: Float[Tensor, " batch"],
+    top_p: Float[Tensor, " batch"],
     *,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None = None,
 ) -> Int[Tensor, " batch"]:
-    """Greedy (``temperature == 0``) or temperature + top-p sampling of one token per row."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, sorted_ids, sorted_probs)
-    choice = torch.multinomial(probs, num_samples=1, generator=generator)
-    return rearrange(choice, "b 1 -> b")
+    """One token per row: the argmax where ``temperature == 0``, else a draw from ``softmax(logits / T)`` restricted
+    to the smallest set of top tokens whose probability reaches ``top_p`` (no host synchronisation)."""
+    greedy = logits.argmax(dim=-1)
+    scaled = logits.float() / rearrange(temperature.clamp_min(1e-6), "b -> b 1")
+    probs, ids = torch.softmax(scaled, dim=-1).sort(dim=-1, descending=True)
+    before = probs.cumsum(dim=-1) - probs
+    probs = probs.masked_fill(before >= rearrange(top_p, "b -> b 1"), 0.0)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    choice = (probs / noise).argmax(dim=-1, keepdim=True)
+    sampled = rearrange(ids.gather(-1, choice), "b 1 -> b")
+    return torch.where(temperature == 0, greedy, sampled)
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"generate: max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not temperature >= 0.0:
-        raise ValueError(f"generate: temperature must be >= 0, got {temperature!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+class GenerationSession:
+    """Step-wise batched generation for one model over ``max_batch`` rows of ``max_length`` positions."""
+
+    def __init__(
+        self,
+        model: "MFRSVLM",
+        *,
+        max_batch: int,
+        max_length: int,
+        compile: bool = False,
+        generator: torch.Generator | None = None,
+        decode: Callable[[list[int]], str] | None = None,
+        pad_token_id: int | None = None,
+    ) -> None:
+        context = model.config.llm.max_position_embeddings
+        if max_length > context:
+            raise ValueError(
+                f"generate: {max_length} positions (prompt + max_new_tokens) exceed the model's context "
+                f"max_position_embeddings = {context}"
+            )
+        self.model = model
+        self.max_batch, self.max_length = max_batch, max_length
+        self.generator = generator
+        self.decode = decode
+        self.pad_token_id = model.pad_token_id if pad_token_id is None else int(pad_token_id)
+        device, dtype = model.device, model.dtype
+        self.cache = StaticKVCache.for_model(
+            model.config.llm, batch_size=max_batch, max_length=max_length, dtype=dtype, device=device
+        )
+        self.cache.active.fill_(False)
+        self.rows: list[_Row | None] = [None] * max_batch
+        # Per-row device state: the token to feed next, its rotary position, sampling settings, EOS ids, limits.
+        self.last_token = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.position = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.temperature = torch.zeros(max_batch, dtype=torch.float32, device=device)
+        self.top_p = torch.ones(max_batch, dtype=torch.float32, device=device)
+        self.limit = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.eos = torch.full((max_batch, 1), -1, dtype=torch.long, device=device)
+        self.done = torch.ones(max_batch, dtype=torch.bool, device=device)
+        self.count = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.generated = torch.zeros(max_batch, max_length, dtype=torch.long, device=device)
+        self._seen = [0] * max_batch
+        self._step = self._decode_logits
+        if compile:
+            self.cache.mark_static_addresses() if device.type == "cuda" else None
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self._step = torch.compile(self._decode_logits, mode=mode, dynamic=False)
+
+    # ----- rows ----------------------------------------------------------------------------------------------------
+    @property
+    def free_rows(self) -> list[int]:
+        return [index for index, row in enumerate(self.rows) if row is None]
+
+    @property
+    def active_rows(self) -> list[int]:
+        return [index for index, row in enumerate(self.rows) if row is not None and row.finish_reason is None]
+
+    def tokens(self, row: int) -> list[int]:
+        """Every token row ``row`` produced so far (up to the last ``poll``)."""
+        state = self.rows[row]
+        if state is None:
+            raise ValueError(f"GenerationSession: row {row} holds no request")
+        return list(state.tokens)
+
+    def release(self, row: int) -> None:
+        """Free a finished (or cancelled) row's slot for the next ``add``."""
+        self.cancel(row)
+        self.rows[row] = None
+
+    def cancel(self, row: int) -> None:
+        """Stop row ``row`` now; its tokens so far stay readable until ``release``."""
+        state = self.rows[row]
+        if state is not None and state.finish_reason is None:
+            state.finish_reason = "cancelled"
+        self.done[row] = True
+        self.cache.reset_row(row)
+
+    def _eos_ids(self, params: SamplingParams) -> list[int]:
+        if params.eos_token_ids is not None:
+            return [int(token) for token in params.eos_token_ids]
+        eos = self.model.config.llm.eos_token_id
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(token) for token in eos]
+
+    # ----- prefill -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def add(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        params: SamplingParams | Sequence[SamplingParams],
+        image_mask: Tensor | None = None,
+    ) -> list[int]:
+        """Prefill a batch of prompts into free rows (returned, in order) and sample their first tokens."""
+        batch = input_ids.shape[0]
+        params = [params] * batch if isinstance(params, SamplingParams) else list(params)
+        if len(params) != batch:
+            raise ValueError(f"GenerationSession.add: {len(params)} SamplingParams for {batch} prompts")
+        free = self.free_rows
+        if len(free) < batch:
+            raise ValueError(f"GenerationSession.add: {batch} prompts but only {len(free)} free rows")
+        model = self.model
+        layout, embeds, injection = model.prefill_inputs(
+            pixel_values, input_ids, attention_mask, image_mask=image_mask, padding_side="left"
+        )
+        length = embeds.shape[1]
+        for item in params:
+            if length + item.max_new_tokens > self.max_length:
+                raise ValueError(
+                    f"generate: prompt of {length} positions + max_new_tokens {item.max_new_tokens} exceeds "
+                    f"{self.max_length} (the context is max_position_embeddings = "
+                    f"{model.config.llm.max_position_embeddings})"
+                )
+        rows = free[:batch]
+        direct = self.cache.is_empty and rows == list(range(self.max_batch))
+        cache = self.cache if direct else StaticKVCache.for_model(
+            model.config.llm, batch_size=batch, max_length=length, dtype=embeds.dtype, device=embeds.device
+        )
+        if direct:
+            self.cache.active.fill_(True)
+        # Without padding or masked visual slots no mask is needed at all (the decoder's causal fast path).
+        mask = None if bool(layout.attention_mask.all()) else layout.attention_mask
+        logits = model.llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=layout.position_ids,
+            past_key_values=cache,
+            injection=injection,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                "generate: the prefill produced non-finite logits (NaN/inf in the weights or in pixel_values?)"
+            )
+        index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
+        if not direct:
+            for source_row, row in enumerate(rows):
+                self.cache.write_row(row, cache, source_row)
+        self.cache.track_fill = False
+        eos_lists = [self._eos_ids(item) for item in params]
+        width = max([self.eos.shape[1], *(len(ids) for ids in eos_lists)])
+        if width > self.eos.shape[1]:
+            pad = torch.full((self.max_batch, width - self.eos.shape[1]), -1, dtype=torch.long, device=self.eos.device)
+            self.eos = torch.cat([self.eos, pad], dim=1)
+        eos_rows = torch.full((batch, width), -1, dtype=torch.long)
+        for position, ids in enumerate(eos_lists):
+            eos_rows[position, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.eos[index] = eos_rows.to(self.eos.device)
+        self.temperature[index] = torch.tensor([float(p.temperature) for p in params], device=index.device)
+        self.top_p[index] = torch.tensor([float(p.top_p) for p in params], device=index.device)
+        self.limit[index] = torch.tensor([p.max_new_tokens for p in params], device=index.device)
+        self.position[index] = layout.position_ids[:, -1] + 1
+        self.count[index] = 0
+        self.done[index] = False
+        for row, item in zip(rows, params):
+            self.rows[row] = _Row(params=item)
+            self._seen[row] = 0
+        self._record(self._sample(logits, index), index)
+        return rows
+
+    # ----- decoding ------------------------------------------------------------------------------------------------
+    def _decode_logits(self, token: Tensor, position: Tensor) -> Tensor:
+        output = self.model.llm(
+            rearrange(token, "b -> b 1"),
+            position_ids=rearrange(position, "b -> b 1"),
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1]
+
+    def _sample(self, logits: Tensor, index: Tensor) -> Tensor:
+        rows = [self.rows[int(i)] for i in index.tolist()] if index.numel() != self.max_batch else self.rows
+        if all(row is None or row.params.temperature == 0 for row in rows):
+            return logits.argmax(dim=-1)
+        return sample_tokens(logits, self.temperature[index], self.top_p[index], generator=self.generator)
+
+    def _record(self, token: Tensor, index: Tensor) -> None:
+        """Store each still-running row's new token; mark rows that hit EOS or their token limit (on the device)."""
+        running = ~self.done[index]
+        token = torch.where(running, token, self.pad_token_id)
+        count = self.count[index]
+        slot = count.clamp_max(self.max_length - 1)
+        self.generated[index, slot] = torch.where(running, token, self.generated[index, slot])
+        count = count + running.long()
+        self.count[index] = count
+        is_eos = (rearrange(token, "b -> b 1") == self.eos[index]).any(dim=-1)
+        self.done[index] = self.done[index] | (running & is_eos) | (count >= self.limit[index])
+        self.last_token[index] = token
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Decode one token for every running row (no host synchronisation)."""
+        everything = torch.arange(self.max_batch, device=self.last_token.device)
+        logits = self._step(self.last_token, self.position)
+        self.position += (~self.done).long()
+        self._record(self._sample(logits, everything), everything)
+
+    def poll(self) -> list[RowUpdate]:
+        """Synchronise once: each running row's new tokens since the last poll and its finish reason."""
+        counts = self.count.tolist()
+        done = self.done.tolist()
+        longest = max([counts[row] for row in self.active_rows], default=0)
+        generated = self.generated[:, :longest].tolist() if longest else [[] for _ in range(self.max_batch)]
+        updates = []
+        for row in self.active_rows:
+            state = self.rows[row]
+            new = generated[row][self._seen[row] : counts[row]]
+            self._seen[row] = counts[row]
+            state.tokens.extend(new)
+            eos = set(self._eos_ids(state.params))
+            if state.tokens and state.tokens[-1] in eos:
+                state.finish_reason = "eos"
+            elif len(state.tokens) >= state.params.max_new_tokens:
+                state.finish_reason = "length"
+            elif state.params.stop_strings and self.decode is not None:
+                text = self.decode(state.tokens)
+                if any(stop in text for stop in state.params.stop_strings):
+                    state.finish_reason = "stop"
+            elif done[row]:
+                state.finish_reason = "length"
+            if state.finish_reason is not None:
+                self.done[row] = True
+                self.cache.reset_row(row)
+            updates.append(RowUpdate(row=row, new_tokens=new, finish_reason=state.finish_reason))
+        return updates
+
+    @property
+    def all_done(self) -> bool:
+        return not self.active_rows
 
 
 @torch.no_grad()
@@ -80,61 +340,76 @@ def generate(
     image_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compile: bool = False,
+    sync_every: int = 8,
 ) -> Int[Tensor, "batch new"]:
-    """New token ids ``[B, T]``, ``T <= max_new_tokens`` (fewer when every sample hit EOS early)."""
-    _check_sampling(max_new_tokens, temperature, top_p)
-    eos = torch.tensor(_eos_ids(model, eos_token_id), dtype=torch.long, device=input_ids.device)
+    """New token ids ``[B, T]``, ``T <= max_new_tokens`` (fewer when every sample hit EOS early); each row stops at
+    its first EOS (kept) and holds ``pad_token_id`` after it. EOS is checked on the host every ``sync_every`` steps."""
+    eos = None if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_token_ids=eos)
     pad = model.pad_token_id if pad_token_id is None else int(pad_token_id)
+    if not use_cache:
+        return _generate_without_cache(model, pixel_values, input_ids, attention_mask, params, pad, image_mask, generator)
     batch = input_ids.shape[0]
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    generated: list[Tensor] = []
-    if use_cache:
-        sequence, stacks, selected = model.prepare_inputs(
-            pixel_values, input_ids, attention_mask, image_mask=image_mask, pad_left=True
+    visual = model.config.num_visual_tokens if pixel_values is not None else 0
+    needed = input_ids.shape[1] + visual + max_new_tokens  # an upper bound: the layout drops placeholders
+    session = GenerationSession(
+        model,
+        max_batch=batch,
+        max_length=min(needed, model.config.llm.max_position_embeddings),
+        compile=compile,
+        generator=generator,
+        pad_token_id=pad,
+    )
+    rows = session.add(pixel_values, input_ids, attention_mask, params=params, image_mask=image_mask)
+    for step in range(1, max_new_tokens):
+        if step % sync_every == 0:
+            session.poll()
+            if session.all_done:
+                break
+        session.step()
+    session.poll()
+    tokens = [session.tokens(row) for row in rows]
+    width = max(len(row) for row in tokens)
+    out = torch.full((batch, width), pad, dtype=torch.long)
+    for index, row in enumerate(tokens):
+        out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out.to(input_ids.device)
+
+
+def _generate_without_cache(model, pixel_values, input_ids, attention_mask, params, pad, image_mask, generator):
+    """The reference way: append each token and re-run the whole model, images included."""
+    eos = torch.tensor(
+        list(params.eos_token_ids) if params.eos_token_ids is not None else _model_eos(model), dtype=torch.long,
+        device=input_ids.device,
+    )
+    ids = input_ids
+    mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+    batch = ids.shape[0]
+    temperature = torch.full((batch,), float(params.temperature), device=ids.device)
+    top_p = torch.full((batch,), float(params.top_p), device=ids.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    generated = []
+    for _ in range(params.max_new_tokens):
+        layout, embeds, injection = model.prefill_inputs(
+            pixel_values, ids, mask, image_mask=image_mask, padding_side="left"
         )
-        cache = StaticKVCache.for_model(
-            model.config.llm,
-            batch_size=batch,
-            max_length=sequence.inputs_embeds.shape[1] + max_new_tokens,
-            dtype=sequence.inputs_embeds.dtype,
-            device=sequence.inputs_embeds.device,
-        )
-        mask = sequence.attention_mask
-        position = sequence.position_ids[:, -1:]
-        # Without padding or masked visual positions no mask is needed at all (the decoder's causal fast path).
-        unpadded = bool(mask.all())
-        prefill = dataclasses.replace(sequence, attention_mask=None) if unpadded else sequence
-        output = model.run_decoder(prefill, stacks, selected, cache=cache, logits_to_keep=1)
-    else:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        ids, mask = input_ids, attention_mask.to(torch.bool)
-        sequence, stacks, selected = model.prepare_inputs(pixel_values, ids, mask, image_mask=image_mask, pad_left=True)
-        output = model.run_decoder(sequence, stacks, selected, logits_to_keep=1)
-    for step in range(max_new_tokens):
-        token = next_token(output.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
-        token = torch.where(done, pad, token)
+        logits = model.llm(
+            inputs_embeds=embeds, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+            injection=injection, logits_to_keep=1,
+        ).logits[:, -1]
+        token = torch.where(done, pad, sample_tokens(logits, temperature, top_p, generator=generator))
         generated.append(token)
         done = done | torch.isin(token, eos)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        if bool(done.all()):
             break
-        column = rearrange(token, "b -> b 1")
-        if use_cache:
-            mask = torch.cat([mask, torch.ones_like(column, dtype=torch.bool)], dim=1)
-            position = position + 1
-            output = model.llm(
-                column,
-                attention_mask=None if unpadded else mask,
-                position_ids=position,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        else:
-            # The reference way: append the token and re-run everything, images included.
-            ids = torch.cat([ids, column], dim=1)
-            mask = torch.cat([mask, torch.ones_like(column, dtype=torch.bool)], dim=1)
-            sequence, stacks, selected = model.prepare_inputs(
-                pixel_values, ids, mask, image_mask=image_mask, pad_left=True
-            )
-            output = model.run_decoder(sequence, stacks, selected, logits_to_keep=1)
+        ids = torch.cat([ids, rearrange(token, "b -> b 1")], dim=1)
+        mask = torch.cat([mask, torch.ones_like(rearrange(token, "b -> b 1"), dtype=torch.bool)], dim=1)
     return torch.stack(generated, dim=1)
+
+
+def _model_eos(model) -> list[int]:
+    eos = model.config.llm.eos_token_id
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(token) for token in eos]

@@ -1,5 +1,10 @@
 """``MFRSVLM``: the composed model (DESIGN §1): CLIP tower, multi-scale canvas, detail stacks, one shared projector,
-Llama decoder with gated injectors grafted before the configured layers.
+Llama decoder with gated injectors run before the configured layers.
+
+The decoder receives the prefill's visual context explicitly (``LlamaForCausalLM(..., injection=...)``: projected
+stacks, visual positions, which samples have an image) and runs each injector just before its layer; decoding steps
+pass nothing and attend to the injected visual keys/values in the cache. No hooks on our own modules (``graft`` is
+the adapter for decoders we do not own). The sequence layout is ``rsfuse.model.layout`` (shared with the processor).
 
 Module tree and state-dict keys (the rsfuse folder format):
 
@@ -9,7 +14,7 @@ Module tree and state-dict keys (the rsfuse folder format):
 * ``llm.*`` — ``LlamaForCausalLM`` with HF keys (``llm.model.layers.3.self_attn.q_proj.weight``, ``llm.lm_head.weight``);
 * ``injectors.{i}.*`` — one ``GatedInjector`` with a ``Router`` per injection layer, ``i`` the 0-based decoder index.
 
-Logits cover the whole assembled sequence, visual positions included (``[B, N + L, V]`` in prefix mode); the
+Logits cover the whole laid-out sequence, visual positions included (``[B, N + L, V]`` in prefix mode); the
 output also carries the assembled ``attention_mask``, ``position_ids`` and ``labels`` (−100 at visual, padding and
 unlabelled positions), so every logit row can be aligned with its target. The loss ignores visual positions.
 """
@@ -21,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import repeat
 from torch import nn
 
 from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
@@ -30,13 +35,13 @@ from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
 from rsfuse.fusion.sampler import DetailStackSampler
 from rsfuse.injection.gated import GatedInjector
-from rsfuse.injection.graft import graft
 from rsfuse.injection.router import Router
-from rsfuse.llm.cache import KVCache
+from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualContext
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.sequence import AssembledSequence, assemble_sequence, compact_text
+from rsfuse.model.generation import generate
+from rsfuse.model.layout import SequenceLayout, layout_sequence
 
 __all__ = ["MFRSVLM", "MFRSVLMOutput"]
 
@@ -50,9 +55,10 @@ class MFRSVLMOutput:
     attention_mask: Tensor
     position_ids: Tensor
     labels: Tensor | None
-    past_key_values: KVCache | None = None
     visual_positions: Tensor | None = None
     """``[B, N]`` sequence indices of the visual tokens (None for a text-only batch)."""
+    injection_stats: dict[int, InjectionStats] | None = None
+    """With ``output_injection_stats=True``: per 0-based injection layer, gate mean ``[B, N]`` and router weights."""
 
 
 class MFRSVLM(nn.Module):
@@ -91,8 +97,6 @@ class MFRSVLM(nn.Module):
                 canvas = self._build_canvas(config)
         # Not registered: the canvas's only weights are the tower's, already registered as ``vision_tower``.
         object.__setattr__(self, "canvas", canvas)
-        handle = graft(self.llm, self.injectors, visual_slice=slice(0, config.num_visual_tokens)) if config.detail else None
-        object.__setattr__(self, "graft_handle", handle)
         self.tokenizer_path: Path | None = None
         object.__setattr__(self, "vision_feature_cache", None)
 
@@ -214,7 +218,73 @@ class MFRSVLM(nn.Module):
             pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
         return int(pad)
 
-    def prepare_inputs(
+    def layout(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        image_mask: Tensor | None,
+        padding_side: str,
+    ) -> SequenceLayout:
+        """Lay out ``input_ids`` (raw or already laid out by ``MFRSVLMProcessor``) for this model's placement; rows
+        of ``image_mask`` (None: a text-only batch) get the visual slots."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        self._check_token_ids(input_ids, attention_mask)
+        return layout_sequence(
+            input_ids,
+            attention_mask,
+            labels,
+            image_mask=image_mask,
+            num_visual_tokens=self.config.num_visual_tokens,
+            image_token_id=self.config.image_token_index,
+            pad_token_id=self.pad_token_id,
+            placement=self.config.image_placement,
+            padding_side=padding_side,
+        )
+
+    def _check_token_ids(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
+        """A ValueError naming the first id outside the vocabulary (one host sync)."""
+        vocab = self.config.llm.vocab_size
+        text = input_ids != self.config.image_token_index
+        if attention_mask is not None:
+            text = text & attention_mask.to(torch.bool)
+        bad = text & ((input_ids < 0) | (input_ids >= vocab))
+        if bool(bad.any()):
+            row, column = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(
+                f"MFRSVLM: input_ids[{row}, {column}] = {int(input_ids[row, column])} is outside the vocabulary "
+                f"(vocab_size {vocab}; the image placeholder is {self.config.image_token_index})"
+            )
+
+    def embed(self, layout: SequenceLayout, global_tokens: Tensor | None) -> Tensor:
+        """Text embeddings with the projected global tokens ``[B, N, D]`` scattered into the visual slots."""
+        ids = layout.input_ids
+        is_image = ids == self.config.image_token_index
+        embeds = self.llm.get_input_embeddings()(ids.masked_fill(is_image, self.pad_token_id))
+        if global_tokens is None or layout.visual_positions is None:
+            return embeds
+        index = repeat(layout.visual_positions, "b n -> b n d", d=embeds.shape[-1])
+        return embeds.scatter(1, index, global_tokens.to(embeds.dtype))
+
+    def injection(
+        self, stacks: Tensor | None, layout: SequenceLayout, image_mask: Tensor | None, *, keep_stats: bool = False
+    ) -> DecoderInjection | None:
+        """The prefill's visual context bound to the injectors (None without detail stacks)."""
+        if stacks is None or not self.config.detail or layout.visual_positions is None:
+            return None
+        tokens = self.config.num_visual_tokens
+        prefix = self.config.image_placement == "prefix"
+        context = VisualContext(
+            stacks=stacks,
+            positions=None if prefix else layout.visual_positions,
+            visual_slice=slice(0, tokens) if prefix else None,
+            sample_mask=image_mask,
+        )
+        return DecoderInjection(self.injectors, context, keep_stats=keep_stats)
+
+    def prefill_inputs(
         self,
         pixel_values: Tensor | None,
         input_ids: Tensor,
@@ -222,56 +292,23 @@ class MFRSVLM(nn.Module):
         labels: Tensor | None = None,
         *,
         image_mask: Tensor | None = None,
-        pad_left: bool = False,
-    ) -> tuple[AssembledSequence, Tensor | None, Tensor | None]:
-        """Encode the images and assemble the decoder input: ``(sequence, stacks or None, image mask or None)``."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        padding_side: str = "right",
+        keep_stats: bool = False,
+    ) -> tuple[SequenceLayout, Tensor, DecoderInjection | None]:
+        """Encode the images, lay out the ids and embed them: ``(layout, inputs_embeds, injection or None)``."""
         if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"MFRSVLM: pixel_values has {pixel_values.shape[0]} samples but input_ids has {input_ids.shape[0]}"
             )
         global_tokens, stacks, image_mask = self._encode_selected(pixel_values, image_mask)
-        text = compact_text(
-            input_ids,
-            attention_mask,
-            labels,
-            image_token_index=self.config.image_token_index,
-            pad_token_id=self.pad_token_id,
-            pad_left=pad_left,
+        if global_tokens is not None and image_mask is None:
+            image_mask = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        layout = self.layout(
+            input_ids, attention_mask, labels,
+            image_mask=None if global_tokens is None else image_mask, padding_side=padding_side,
         )
-        text_embeds = self.llm.get_input_embeddings()(text.input_ids)
-        sequence = assemble_sequence(
-            text, text_embeds, global_tokens, image_mask, placement=self.config.image_placement
-        )
-        return sequence, stacks, image_mask
-
-    def run_decoder(
-        self,
-        sequence: AssembledSequence,
-        stacks: Tensor | None,
-        image_mask: Tensor | None,
-        *,
-        use_cache: bool = False,
-        cache: KVCache | None = None,
-        logits_to_keep: int = 0,
-    ):
-        """Run the decoder over an assembled sequence, injecting ``stacks`` at the visual positions (prefill).
-
-        ``cache`` (e.g. a ``StaticKVCache`` sized for prefill + new tokens) receives the keys/values when given.
-        """
-        kwargs: dict[str, Any] = {
-            "inputs_embeds": sequence.inputs_embeds,
-            "attention_mask": sequence.attention_mask,
-            "position_ids": sequence.position_ids,
-            "past_key_values": cache,
-            "use_cache": use_cache or cache is not None,
-            "logits_to_keep": logits_to_keep,
-        }
-        if stacks is None or self.graft_handle is None:
-            return self.llm(**kwargs)
-        with self.graft_handle.use(stacks, visual_positions=sequence.visual_positions, sample_mask=image_mask):
-            return self.llm(**kwargs)
+        embeds = self.embed(layout, global_tokens)
+        return layout, embeds, self.injection(stacks, layout, image_mask, keep_stats=keep_stats)
 
     # ----- forward -------------------------------------------------------------------------------------------------
     @typecheck
@@ -283,20 +320,30 @@ class MFRSVLM(nn.Module):
         labels: Int[Tensor, "batch text"] | None = None,
         *,
         image_mask: Bool[Tensor, " batch"] | None = None,
+        output_injection_stats: bool = False,
     ) -> MFRSVLMOutput:
-        """Training / scoring forward (right padding). ``labels`` align with ``input_ids`` (HF style, −100 ignored)."""
-        sequence, stacks, image_mask = self.prepare_inputs(
-            pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, pad_left=False
+        """Training / scoring forward (right padding). ``labels`` align with ``input_ids`` (HF style, −100 ignored).
+
+        ``output_injection_stats``: also return each injector's gate mean and router weights (``injection_stats``).
+        """
+        layout, embeds, injection = self.prefill_inputs(
+            pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, keep_stats=output_injection_stats
         )
-        output = self.run_decoder(sequence, stacks, image_mask)
-        loss = None if sequence.labels is None else causal_lm_loss(output.logits, sequence.labels)
+        output = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=layout.attention_mask,
+            position_ids=layout.position_ids,
+            injection=injection,
+        )
+        loss = None if layout.labels is None else causal_lm_loss(output.logits, layout.labels)
         return MFRSVLMOutput(
             loss=loss,
             logits=output.logits,
-            attention_mask=sequence.attention_mask,
-            position_ids=sequence.position_ids,
-            labels=sequence.labels,
-            visual_positions=_visual_positions(sequence),
+            attention_mask=layout.attention_mask,
+            position_ids=layout.position_ids,
+            labels=layout.labels,
+            visual_positions=layout.visual_positions,
+            injection_stats=None if injection is None or not output_injection_stats else injection.stats,
         )
 
     # ----- generation ----------------------------------------------------------------------------------------------
@@ -314,10 +361,11 @@ class MFRSVLM(nn.Module):
         image_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        compile: bool = False,
     ) -> Tensor:
-        """New token ids ``[B, T]`` (``T <= max_new_tokens``), pad after each sample's EOS; see ``rsfuse.model.generation``."""
-        from rsfuse.model.generation import generate  # noqa: PLC0415  (generation builds on this class's methods)
+        """New token ids ``[B, T]`` (``T <= max_new_tokens``), pad after each sample's EOS; see ``rsfuse.model.generation``.
 
+        ``compile=True`` compiles the decode step (``torch.compile``; CUDA graphs on a GPU)."""
         return generate(
             self,
             pixel_values,
@@ -331,6 +379,7 @@ class MFRSVLM(nn.Module):
             image_mask=image_mask,
             generator=generator,
             use_cache=use_cache,
+            compile=compile,
         )
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
@@ -381,13 +430,3 @@ class MFRSVLM(nn.Module):
         from rsfuse.model.loading import save_pretrained  # noqa: PLC0415
 
         return save_pretrained(self, path, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
-
-
-def _visual_positions(sequence: AssembledSequence) -> Tensor | None:
-    if sequence.visual_positions is not None:
-        return sequence.visual_positions
-    if sequence.visual_slice is None:
-        return None
-    batch = sequence.inputs_embeds.shape[0]
-    span = torch.arange(sequence.visual_slice.start, sequence.visual_slice.stop, device=sequence.inputs_embeds.device)
-    return rearrange(span, "n -> 1 n").expand(batch, -1)
