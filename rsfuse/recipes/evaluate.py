@@ -6,10 +6,15 @@ What it supports:
   ``lenient``), ``vrsbench_cap`` and ``caption`` (protocol ``coco`` or ``compat``; ``auto`` = coco when Java runs,
   else compat), ``cls``, ``rsvqa_lr``, ``grounding``, ``synthetic``. Every number in ``metrics.json`` /
   ``metrics.md`` sits under the protocol that produced it.
-- **Generation**: batched, greedy, KV-cached (`MFRSVLM.generate`), prompts left-padded; a tqdm progress bar.
-- **Resume**: each batch's predictions are appended to ``output_dir/predictions.jsonl`` and flushed; a rerun skips
-  the ids already there. A file written for another task, model or data file is refused (the error names the file
-  and the differing field); a torn last line (a kill mid-write) is dropped.
+- **Generation**: greedy, KV-cached (`MFRSVLM.generate`), prompts batched by token length (longest first, left-padded)
+  and answers put back in record order; a tqdm progress bar.
+- **Several processes**: under ``torchrun --nproc_per_node N`` (a gloo group for the bookkeeping, one GPU per process
+  when there are GPUs) the pending records are dealt round-robin by length to the processes; each appends to
+  ``predictions.rank{r}.jsonl`` and rank 0 folds them into one ``predictions.jsonl`` in record order.
+- **Resume**: each batch's predictions are appended and flushed; a rerun (with any number of processes) skips the ids
+  already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files. A file written for another
+  task, model or data file is refused (the error names the file and the differing field); a torn last line (a kill
+  mid-write) is dropped.
 - **Outputs**: ``predictions.jsonl``, ``metrics.json`` (task, model, data, sample count and the scorer's result with
   its ``protocol``), ``metrics.md`` (the same as a markdown table, also printed).
 - **In-process use**: `evaluate(model, tokenizer, task, records, ...)` (what the training recipe can call after
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 
 # The training recipe's config machinery: same key=value parsing and type coercion rules.
+from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, read_predictions
 from rsfuse.recipes.config import ConfigError, Field, _coerce, config_entries, split_config_argv
 
 __all__ = [
@@ -45,7 +51,6 @@ __all__ = [
     "main",
 ]
 
-PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
 EXIT_CONFIG = 2
@@ -80,10 +85,6 @@ EVAL_SCHEMA: dict[str, Field] = {
     "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)"),
     "progress": Field(bool, True, "show a progress bar"),
 }
-
-
-class PredictionsMismatchError(ValueError):
-    """An existing predictions file was written for another task / model / data file."""
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -193,6 +194,22 @@ def _check_ids(records: Sequence[Mapping[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------------------- generation
 
 
+def encode_prompt(record: Mapping[str, Any], tokenizer, template: str) -> list[int]:
+    """Token ids of the generation prompt of one record (BOS first, -200 where the image goes).
+
+    The only place the recipe turns a record into model input ids: the processor replaces this function.
+    """
+    from rsfuse.llm.templates import build_prompt, tokenize_prompt
+
+    return tokenize_prompt(build_prompt(template, str(record["prompt"])), tokenizer)
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Positions sorted longest first (ties keep their order): batches of similar lengths waste little padding, and a
+    run that runs out of memory does so in its first batch."""
+    return sorted(range(len(lengths)), key=lambda position: (-lengths[position], position))
+
+
 def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(prompt) for prompt in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -209,6 +226,46 @@ def _decode(tokens: list[int], tokenizer, eos_id: int) -> str:
     return tokenizer.decode(tokens).strip()
 
 
+def _generate_batches(
+    model,
+    tokenizer,
+    items: Sequence[tuple[Mapping[str, Any], list[int]]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool,
+) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
+    """``items`` are ``(record, prompt ids)`` in the order to batch them; one list of answers per batch."""
+    from rsfuse.data import ImageProcessor, load_image
+
+    processor = ImageProcessor(model.config.input_size)
+    device = model.device
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="eval", unit="q", file=sys.stderr)
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            input_ids, attention_mask = _left_padded([prompt for _, prompt in chunk], tokenizer.pad_id)
+            pixels = torch.stack([processor(load_image(record["image_path"])) for record, _ in chunk])
+            new_tokens = model.generate(
+                pixels.to(device=device, dtype=model.dtype),
+                input_ids.to(device),
+                attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_id,
+            )
+            yield [(record, _decode(tokens, tokenizer, tokenizer.eos_id))
+                   for (record, _), tokens in zip(chunk, new_tokens.tolist())]
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 @torch.no_grad()
 def generate_predictions(
     model,
@@ -220,37 +277,12 @@ def generate_predictions(
     template: str = "vicuna_v1",
     progress: bool = False,
 ) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
-    """Yield ``[(record, prediction), ...]`` one batch at a time: greedy, KV-cached, left-padded prompts."""
-    from rsfuse.data import ImageProcessor, load_image
-    from rsfuse.llm.templates import build_prompt, tokenize_prompt
-
-    processor = ImageProcessor(model.config.input_size)
-    device = model.device
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(records), desc="eval", unit="q", file=sys.stderr)
-    try:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            prompts = [tokenize_prompt(build_prompt(template, str(record["prompt"])), tokenizer) for record in chunk]
-            input_ids, attention_mask = _left_padded(prompts, tokenizer.pad_id)
-            pixels = torch.stack([processor(load_image(record["image_path"])) for record in chunk])
-            new_tokens = model.generate(
-                pixels.to(device=device, dtype=model.dtype),
-                input_ids.to(device),
-                attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_id,
-            )
-            yield [(record, _decode(tokens, tokenizer, tokenizer.eos_id))
-                   for record, tokens in zip(chunk, new_tokens.tolist())]
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    """Yield ``[(record, prediction), ...]`` one batch at a time: greedy, KV-cached, left-padded prompts, batched by
+    prompt length (longest first), so batches do not come in the order of ``records``."""
+    prompts = [encode_prompt(record, tokenizer, template) for record in records]
+    order = length_order([len(prompt) for prompt in prompts])
+    yield from _generate_batches(model, tokenizer, [(records[i], prompts[i]) for i in order],
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -290,41 +322,11 @@ def score(task: str, records: Sequence[Mapping[str, Any]], *, protocol: str | No
     raise ValueError(f"unknown task {task!r}")
 
 
-# ---------------------------------------------------------------------------------------------------- predictions file
+# ---------------------------------------------------------------------------------------------------- evaluation
 
 
 def _identity(task: str, model_name: str, data_name: str) -> dict[str, str]:
     return {"task": task, "model": model_name, "data": data_name}
-
-
-def read_predictions(path: Path, identity: Mapping[str, str]) -> dict[str, str]:
-    """id -> prediction from an existing ``predictions.jsonl``; refuses a file written for another identity.
-
-    A last line without its newline (a kill mid-write) is dropped and the file truncated to the last whole line.
-    """
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    keep = raw.rfind(b"\n") + 1
-    if keep < len(raw):
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
-    predictions: dict[str, str] = {}
-    for number, line in enumerate(raw[:keep].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
-        for field, expected in identity.items():
-            if entry.get(field) != expected:
-                raise PredictionsMismatchError(
-                    f"{path}: line {number} was written for {field} {entry.get(field)!r}, but this run evaluates "
-                    f"{field} {expected!r}; use another output_dir or delete the file"
-                )
-        predictions[str(entry["id"])] = str(entry["prediction"])
-    return predictions
 
 
 def _json_ready(value: Any) -> Any:
@@ -335,6 +337,70 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): _json_ready(item) for key, item in value.items()}
     return value
+
+
+class _Group:
+    """The processes sharing an evaluation: this one is ``rank`` of ``world_size`` (a started process group when
+    more than one). Collectives are object all-gathers over whatever backend the group runs."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"evaluate: rank {rank} of world_size {world_size} is not a valid shard")
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                raise ValueError("evaluate: world_size > 1 needs a started torch.distributed process group")
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order (also a barrier)."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def raise_first(self, errors: Sequence[BaseException | None]) -> None:
+        """Raise the first rank's error on every process (its type kept when it is one the CLI reports)."""
+        for rank, error in enumerate(errors):
+            if error is None:
+                continue
+            if rank == self.rank:
+                raise error
+            kind = type(error) if isinstance(error, (ConfigError, PredictionsMismatchError)) else RuntimeError
+            raise kind(f"rank {rank}: {error}")
+
+
+def _capture(action: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    try:
+        return action(), None
+    except Exception as error:  # noqa: BLE001 (handed to every rank, then raised)
+        return None, error
+
+
+def _picklable(error: BaseException | None) -> BaseException | None:
+    """The error as sent to the other ranks: its type when the CLI reports that type, else a RuntimeError."""
+    if error is None:
+        return None
+    kind = type(error) if isinstance(error, (ConfigError, PredictionsMismatchError)) else RuntimeError
+    return kind(str(error))
 
 
 def evaluate(
@@ -351,14 +417,29 @@ def evaluate(
     identity: Mapping[str, str] | None = None,
     progress: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    report: dict | None = None,
 ) -> dict:
     """Generate answers for ``records`` (reader output) and score them; returns the scorer's result.
 
+    Prompts are batched by token length (longest first); answers are put back in the order of ``records``.
     With ``predictions_path`` every batch is appended to that JSONL file and flushed, and ids already in it are not
     generated again (their stored predictions are used). ``identity`` (task / model / data names stored on each line)
     guards against mixing runs: a file written for another identity raises `PredictionsMismatchError`.
     ``on_batch(n_done)`` is called after each batch (progress hooks, tests).
+
+    Sharded (``world_size`` > 1, a started process group, every rank calling with the same records): the pending
+    records, sorted by length, are dealt round-robin to the ranks; rank ``r`` appends to ``predictions.rank{r}.jsonl``
+    and rank 0 folds the rank files into ``predictions_path`` (record order, each id once) before and after
+    generating, so an interrupted sharded run resumes exactly with any number of processes. Every rank returns the
+    same result. An error on any rank is raised on every rank after the answers finished so far are saved.
+
+    ``report``, when given, is filled with the run's counts: ``reused`` (answers found in the file), ``generated``
+    and ``generated_per_rank``.
     """
+    from rsfuse.eval.predictions import PredictionWriter, consolidate, rank_file
+
     if task not in TASK_PROTOCOLS:
         raise ValueError(f"unknown task {task!r} (known: {', '.join(TASK_PROTOCOLS)})")
     records = list(records)
@@ -366,44 +447,107 @@ def evaluate(
         raise ValueError(f"evaluate: no records for task {task!r}")
     _check_ids(records)
     protocol = _resolve_protocol(task, protocol)
+    group = _Group(rank, world_size)
     identity = dict(identity or _identity(task, "<in-memory model>", "<records>"))
+    ids = [str(record["id"]) for record in records]
+    path = Path(predictions_path) if predictions_path is not None else None
+
+    # 1. What is answered already (rank 0 folds an interrupted sharded run's rank files in first).
     done: dict[str, str] = {}
-    handle = None
-    if predictions_path is not None:
-        path = Path(predictions_path)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        done = read_predictions(path, identity)
-        handle = path.open("a", encoding="utf-8")
+        done, error = _capture(lambda: consolidate(path, identity, ids)) if group.is_main else ({}, None)
+        group.raise_first(group.gather(_picklable(error)))
+        if not group.is_main:
+            done = read_predictions(path, identity, repair=False)
+
+    # 2. This process's share of the rest, batched by prompt length.
     pending = [record for record in records if str(record["id"]) not in done]
+    prompts = [encode_prompt(record, tokenizer, template) for record in pending]
+    order = length_order([len(prompt) for prompt in prompts])[group.rank :: group.world_size]
+    items = [(pending[i], prompts[i]) for i in order]
+
+    # 3. Generate, appending each batch to this process's file.
+    answers: dict[str, str] = {}
+    writer = None
+    if path is not None:
+        writer = PredictionWriter(path if group.world_size == 1 else rank_file(path, group.rank), identity)
     was_training = model.training
     model.eval()
+
+    def generate_all() -> None:
+        with torch.no_grad():
+            for batch in _generate_batches(model, tokenizer, items, batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens, progress=progress and group.is_main):
+                finished = [(str(record["id"]), prediction) for record, prediction in batch]
+                answers.update(finished)
+                if writer is not None:
+                    writer.write(finished)
+                if on_batch is not None:
+                    on_batch(len(done) + len(answers))
+
     try:
-        for batch in generate_predictions(model, tokenizer, pending, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, template=template, progress=progress):
-            for record, prediction in batch:
-                done[str(record["id"])] = prediction
-                if handle is not None:
-                    handle.write(json.dumps({**identity, "id": str(record["id"]), "prediction": prediction}) + "\n")
-            if handle is not None:
-                handle.flush()
-                os.fsync(handle.fileno())
-            if on_batch is not None:
-                on_batch(len(done))
+        _, error = _capture(generate_all)
     finally:
-        if handle is not None:
-            handle.close()
+        if writer is not None:
+            writer.close()
         model.train(was_training)
+
+    # 4. Every rank's answers to every rank; rank 0 leaves one file in record order; errors raised after that.
+    reused = len(done)
+    gathered = group.gather((answers, _picklable(error)))
+    for rank_answers, _ in gathered:
+        done.update(rank_answers)
+    if report is not None:
+        per_rank = [len(rank_answers) for rank_answers, _ in gathered]
+        report.update(reused=reused, generated=sum(per_rank), generated_per_rank=per_rank)
+    errors = [rank_error for _, rank_error in gathered]
+    errors[group.rank] = error
+    if path is not None:
+        _, merge_error = _capture(lambda: consolidate(path, identity, ids)) if group.is_main else (None, None)
+        merged = group.gather(_picklable(merge_error))
+        errors = [first or second for first, second in zip(errors, merged)]
+    group.raise_first(errors)
+
+    # 5. Score once, in record order.
     scored = [{**record, "prediction": done[str(record["id"])]} for record in records]
-    return score(task, scored, protocol=protocol)
+    result, error = _capture(lambda: score(task, scored, protocol=protocol)) if group.is_main else (None, None)
+    shared = group.broadcast((result, _picklable(error)))
+    if error is not None:
+        raise error
+    result, error = shared
+    if error is not None:
+        raise error
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- the recipe
 
 
-def _device(choice: str) -> torch.device:
+def _device(choice: str, local_rank: int = 0) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'device': cuda asked but no CUDA device is available")
-    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _launch() -> tuple[int, int, int, bool]:
+    """``(rank, world_size, local_rank, started)`` from torchrun's environment; with more than one process a gloo
+    group is started here unless one runs already (evaluation only gathers small objects, so gloo serves GPUs too)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1:
+        return 0, 1, 0, False
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return rank, world_size, local_rank, False
+    dist.init_process_group(backend="gloo", timeout=datetime.timedelta(minutes=60))
+    return rank, world_size, local_rank, True
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -433,31 +577,48 @@ def run(config: EvalConfig) -> dict:
     output_dir = Path(config["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
     identity = _identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve()))
-    device = _device(config["device"])
-    model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
-    model.requires_grad_(False)
-    model.enable_vision_feature_cache()  # questions about the same image encode it once
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    result = evaluate(
-        model,
-        tokenizer,
-        task,
-        records,
-        protocol=config["protocol"] or None,
-        batch_size=config["batch_size"],
-        max_new_tokens=config["max_new_tokens"],
-        template=config["template"],
-        predictions_path=output_dir / PREDICTIONS_FILE,
-        identity=identity,
-        progress=config["progress"],
-    )
-    summary = {**identity, "samples": len(records), "template": config["template"], "result": _json_ready(result)}
+    rank, world_size, local_rank, started = _launch()
+    counts: dict[str, Any] = {}
+    try:
+        device = _device(config["device"], local_rank)
+        model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
+        model.requires_grad_(False)
+        model.enable_vision_feature_cache()  # questions about the same image encode it once
+        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+        result = evaluate(
+            model,
+            tokenizer,
+            task,
+            records,
+            protocol=config["protocol"] or None,
+            batch_size=config["batch_size"],
+            max_new_tokens=config["max_new_tokens"],
+            template=config["template"],
+            predictions_path=output_dir / PREDICTIONS_FILE,
+            identity=identity,
+            progress=config["progress"],
+            rank=rank,
+            world_size=world_size,
+            report=counts,
+        )
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    summary = {**identity, "samples": len(records), "template": config["template"], "processes": world_size,
+               "result": _json_ready(result)}
+    if rank != 0:
+        return {**summary, "run": counts}
+    per_rank = f" ({', '.join(map(str, counts['generated_per_rank']))} per process)" if world_size > 1 else ""
+    print(f"[rsfuse eval] {counts['reused']} answers reused from {output_dir / PREDICTIONS_FILE}, "
+          f"{counts['generated']} generated{per_rank}", file=sys.stderr)
     (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
     title = f"{task}: {model_dir.name} ({len(records)} samples)"
     table = metrics_to_markdown(result, title=title)
     (output_dir / METRICS_MARKDOWN).write_text(table)
     print(table)
-    return summary
+    return {**summary, "run": counts}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

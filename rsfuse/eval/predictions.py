@@ -1,0 +1,157 @@
+"""The predictions file of an evaluation run: ``predictions.jsonl``, one JSON object per answered record.
+
+Every line carries the run's identity (task, model, data) next to ``id`` and ``prediction``, so a file can be checked
+line by line against the run that wants to reuse it. Writers append and flush each batch (a killed run loses at most
+the batch in flight); a last line without its newline (a kill mid-write) is dropped when the file is read.
+
+Several processes (``torchrun``) never write one file: process ``r`` appends to ``predictions.rank{r}.jsonl`` and
+`consolidate` folds every rank file into ``predictions.jsonl`` (records in their original order, each id once) and
+deletes the rank files. It runs before a run starts (so a resumed run sees the work of an interrupted sharded one,
+whatever its number of processes) and after the last batch.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PREDICTIONS_FILE",
+    "PredictionsMismatchError",
+    "PredictionWriter",
+    "consolidate",
+    "rank_file",
+    "rank_files",
+    "read_predictions",
+]
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+class PredictionsMismatchError(ValueError):
+    """An existing predictions file was written by a run that would answer differently (another task, model, data
+    file or setting); the message names the file and every field that differs."""
+
+
+def rank_file(path: str | os.PathLike, rank: int) -> Path:
+    """``predictions.rank{rank}.jsonl`` beside ``path`` (the file process ``rank`` appends to under torchrun)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def rank_files(path: str | os.PathLike) -> list[Path]:
+    """Every rank file beside ``path``, whatever the world size that wrote them, in rank order."""
+    path = Path(path)
+    found = []
+    for candidate in path.parent.glob(f"{path.stem}.rank*{path.suffix}"):
+        rank = candidate.name[len(path.stem) + len(".rank"): -len(path.suffix) or None]
+        if rank.isdigit():
+            found.append((int(rank), candidate))
+    return [candidate for _, candidate in sorted(found)]
+
+
+def _whole_lines(path: Path, *, repair: bool) -> list[str]:
+    raw = path.read_bytes()
+    keep = raw.rfind(b"\n") + 1
+    if keep < len(raw) and repair:
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+    return raw[:keep].decode("utf-8").splitlines()
+
+
+def _differences(entry: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+    return [f"{field} {entry.get(field)!r} (this run: {expected!r})" for field, expected in identity.items()
+            if entry.get(field) != expected]
+
+
+def read_predictions(path: str | os.PathLike, identity: Mapping[str, Any], *, repair: bool = True) -> dict[str, str]:
+    """id -> prediction from an existing predictions (or rank) file; {} when there is none.
+
+    Every line must carry ``identity`` (field by field); otherwise `PredictionsMismatchError` names the file, the line
+    and each differing field. A torn last line is dropped (and, with ``repair``, cut from the file). The first line of
+    an id wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    predictions: dict[str, str] = {}
+    for number, line in enumerate(_whole_lines(path, repair=repair), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+        if not isinstance(entry, dict) or "id" not in entry or "prediction" not in entry:
+            raise ValueError(f"{path}: line {number} is not an object with 'id' and 'prediction'")
+        differences = _differences(entry, identity)
+        if differences:
+            raise PredictionsMismatchError(
+                f"{path}: line {number} was written by another run: {'; '.join(differences)}; "
+                "use another output_dir or delete the file"
+            )
+        predictions.setdefault(str(entry["id"]), str(entry["prediction"]))
+    return predictions
+
+
+def _line(identity: Mapping[str, Any], identifier: str, prediction: str) -> str:
+    return json.dumps({**identity, "id": identifier, "prediction": prediction}) + "\n"
+
+
+def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def consolidate(path: str | os.PathLike, identity: Mapping[str, Any], order: Sequence[str] = ()) -> dict[str, str]:
+    """Fold the rank files into ``path`` and return id -> prediction of everything answered so far.
+
+    The file is rewritten (atomically) when rank files exist or ``order`` differs from the file's order: ids of
+    ``order`` first in that order, then any other ids in the order they were found (answers to records outside this
+    run, e.g. after a smaller ``limit``, are kept). Each id appears once. The rank files are deleted afterwards.
+    Call it from one process only.
+    """
+    path = Path(path)
+    done = read_predictions(path, identity)
+    in_file = list(done)
+    extra = rank_files(path)
+    for source in extra:
+        for identifier, prediction in read_predictions(source, identity).items():
+            done.setdefault(identifier, prediction)
+    wanted = [identifier for identifier in order if identifier in done]
+    wanted_set = set(wanted)
+    ordered = wanted + [identifier for identifier in done if identifier not in wanted_set]
+    if extra or ordered != in_file:
+        _write_atomic(path, (_line(identity, identifier, done[identifier]) for identifier in ordered))
+    for source in extra:
+        source.unlink()
+    return {identifier: done[identifier] for identifier in ordered}
+
+
+class PredictionWriter:
+    """Append ``(id, prediction)`` lines with the run's identity; each `write` is flushed and fsynced."""
+
+    def __init__(self, path: str | os.PathLike, identity: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.identity = dict(identity)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, answers: Iterable[tuple[str, str]]) -> None:
+        self._handle.writelines(_line(self.identity, identifier, prediction) for identifier, prediction in answers)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
