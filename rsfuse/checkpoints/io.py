@@ -53,13 +53,16 @@ _LISTED_KEYS = 8
 
 
 def _non_finite_count(tensor: torch.Tensor) -> int:
+    """NaN/inf values in ``tensor``. Fast path: a chunk whose sum is finite holds no NaN/inf (NaN and inf propagate
+    through a sum; ~10x faster than ``isfinite`` on bf16 on the CPU); only a chunk with a non-finite sum (a bad value,
+    or finite values whose sum overflows) is counted exactly."""
     flat = tensor.detach().reshape(-1)
     bad = 0
     for start in range(0, flat.numel(), _FINITE_CHUNK):
         chunk = flat[start : start + _FINITE_CHUNK]
-        finite = torch.isfinite(chunk)
-        if not bool(finite.all()):
-            bad += int(chunk.numel() - finite.sum())
+        if bool(torch.isfinite(chunk.sum())):
+            continue
+        bad += int(chunk.numel() - torch.isfinite(chunk).sum())
     return bad
 
 
