@@ -1,30 +1,89 @@
-"""The ``rsfuse`` console script: ``rsfuse {train,eval,convert,synth,predict,viz} ...``.
+"""The ``rsfuse`` console script: ``rsfuse [--debug] {train,eval,convert,synth,predict,viz} ...``.
 
 Each subcommand forwards its remaining arguments to the module that implements it, imported only when used.
+The error path is shared: an expected error (bad data, configuration, checkpoint, generation limits) prints one
+line naming the file, sample or key with exit status 2; ``--debug`` (anywhere on the line) or ``RSFUSE_DEBUG=1``
+adds the traceback. ``rsfuse predict`` also takes ``--bands R,G,B`` for multi-band TIFFs.
 """
 
 import importlib
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+from rsfuse.recipes.errors import DEBUG_ENV, EXIT_EXPECTED, debug_requested, expected_errors, report_expected
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rsfuse.recipes.train", "train MF-RSVLM: [--config FILE] [key=value ...] (no arguments = the embedded default)"),
     "eval": ("rsfuse.recipes.evaluate", "evaluate a model: [--config FILE] task=... model=DIR data=... output_dir=..."),
     "convert": ("rsfuse.model.convert", "convert any readable checkpoint layout to an rsfuse folder: SRC DST"),
     "synth": ("rsfuse.data.synthetic", "write the synthetic remote-sensing benchmark: OUT --n N --seed S"),
-    "predict": ("rsfuse.model.predict", "answer one question about one image: --model DIR --image FILE --question TEXT"),
+    "predict": ("rsfuse.model.predict", "answer one question about one image: --model DIR --image FILE --question TEXT "
+                                        "[--bands R,G,B]"),
     "viz": ("rsfuse.viz", "router weights / gate heat map for one image, or the loss curve of a run"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: rsfuse COMMAND [ARGS ...]", "", "commands:"]
+    lines = ["usage: rsfuse [--debug] COMMAND [ARGS ...]", "", "commands:"]
     lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "Run 'rsfuse COMMAND --help' for the arguments of one command."]
+    lines += ["", "Run 'rsfuse COMMAND --help' for the arguments of one command.",
+              "--debug (or RSFUSE_DEBUG=1): show the traceback of an expected error (otherwise one line, exit 2)."]
     return "\n".join(lines)
+
+
+def _option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Remove ``name VALUE`` / ``name=VALUE`` from ``argv``; returns (VALUE or None, the rest)."""
+    rest, value, index = [], None, 0
+    while index < len(argv):
+        item = argv[index]
+        if item == name and index + 1 < len(argv):
+            value, index = argv[index + 1], index + 2
+            continue
+        if item.startswith(name + "="):
+            value = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+        index += 1
+    return value, rest
+
+
+def _parse_bands(text: str) -> tuple[int, int, int]:
+    from rsfuse.recipes.config import ConfigError
+
+    try:
+        bands = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 0:
+        raise ConfigError(f"--bands {text!r}: expected three band indices R,G,B (0-based, e.g. --bands 3,2,1)")
+    return bands  # type: ignore[return-value]
+
+
+def _predict(module, argv: list[str], debug: bool) -> int:
+    """``rsfuse predict`` with ``--bands``: the chosen bands of the image are brought to 8-bit RGB (`load_image`)
+    and handed to the predictor as a lossless PNG. The predictor's own one-line errors exit with status 2."""
+    bands_text, argv = _option(argv, "--bands")
+    with tempfile.TemporaryDirectory(prefix="rsfuse-predict-") as scratch:
+        if bands_text is not None:
+            from rsfuse.data.images import load_image
+
+            bands = _parse_bands(bands_text)
+            image, argv = _option(argv, "--image")
+            if image is None:
+                raise SystemExit(module.main(argv))  # argparse names the missing --image
+            rgb = Path(scratch) / (Path(image).stem + ".png")
+            load_image(image, bands=bands).save(rgb)
+            argv = [*argv, "--image", str(rgb)]
+        result = int(module.main(argv) or 0)
+    return EXIT_EXPECTED if result == 1 else result  # 1 = an error it reported in one line
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [item for item in argv if item != "--debug"]
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(usage())
         return 0 if argv else 2
@@ -32,9 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"rsfuse: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    result = module.main(rest)
-    return int(result or 0)
+    previous = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the subcommand's own error path shows tracebacks too
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        if command == "predict":
+            return _predict(module, rest, debug)
+        result = module.main(rest)
+        return int(result or 0)
+    except expected_errors() as error:
+        return report_expected(f"rsfuse {command}", error, debug=debug)
+    except ValueError as error:
+        if command != "predict":
+            raise
+        return report_expected(f"rsfuse {command}", error, debug=debug)  # generation limits (prompt too long, ...)
+    finally:
+        if debug:
+            if previous is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = previous
 
 
 if __name__ == "__main__":

@@ -245,9 +245,13 @@ def _from_array(path: Path, array: np.ndarray, bands: Sequence[int] | None, alph
     return _composite(Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA"))
 
 
-def _read_tiff_bands(path: Path, bands: Sequence[int] | None, max_pixels: int) -> Image.Image:
+def _read_tiff_bands(
+    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None
+) -> Image.Image:
     """A TIFF PIL cannot read faithfully (more than 3 bands, more than 8 bits per colour sample, floats)."""
     array, alphas = _read_tiff_array(path, max_pixels)
+    if bands is None and multiband_bands is not None and array.ndim == 3 and array.shape[-1] - alphas > 3:
+        bands = multiband_bands
     return _from_array(path, array, bands, alphas, "TIFF")
 
 
@@ -274,10 +278,15 @@ def _composite(rgba: Image.Image) -> Image.Image:
 
 
 def load_image(
-    path: "str | Path", *, bands: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: "str | Path",
+    *,
+    bands: Sequence[int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    multiband_bands: Sequence[int] | None = None,
 ) -> Image.Image:
     """Load ``path`` as an 8-bit RGB image; see the module docstring for every mode. ``bands=(r, g, b)`` picks
-    bands of a multi-band file (required for TIFFs with more than 3 colour bands)."""
+    bands of a multi-band file (required for TIFFs with more than 3 colour bands). ``multiband_bands`` is used only
+    for images with more than 3 colour bands, the others load as usual (a data set mixing both: ``data.bands``)."""
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, "file not found")
@@ -290,14 +299,14 @@ def load_image(
         raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
     except UnidentifiedImageError:
         if tiff:
-            return _read_tiff_bands(path, bands, max_pixels)
+            return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
         raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
     except OSError as error:
         raise ImageLoadError(path, f"cannot open ({error})") from None
     with image:
         _check_pixels(path, image.width, image.height, max_pixels)
         if tiff and (_is_multiband_tiff(image) or _is_deep_multisample_tiff(image)):
-            return _read_tiff_bands(path, bands, max_pixels)
+            return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
         header = _png_header(path) if image.format == "PNG" else None
         if header is not None and header[0] == 16 and header[1] in PNG_16BIT_COLOUR_TYPES:
             array, alphas = _read_png16(path, max_pixels)
@@ -315,7 +324,11 @@ def load_image(
 
 
 def probe_image(
-    path: "str | Path", *, bands: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: "str | Path",
+    *,
+    bands: Sequence[int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    multiband_bands: Sequence[int] | None = None,
 ) -> tuple[int, int]:
     """``(width, height)`` of ``path`` from its header, without decoding the pixels; raises `ImageLoadError` for a
     missing file, an unreadable header, an empty or over-``max_pixels`` image, or a multi-band TIFF without
@@ -345,10 +358,12 @@ def probe_image(
         _check_pixels(path, width, height, max_pixels)
         if not deep:
             return width, height
-    return _probe_tiff(path, bands, max_pixels)
+    return _probe_tiff(path, bands, max_pixels, multiband_bands)
 
 
-def _probe_tiff(path: Path, bands: Sequence[int] | None, max_pixels: int) -> tuple[int, int]:
+def _probe_tiff(
+    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None
+) -> tuple[int, int]:
     try:
         import tifffile
     except ImportError:
@@ -369,6 +384,8 @@ def _probe_tiff(path: Path, bands: Sequence[int] | None, max_pixels: int) -> tup
         if axis not in "YX":
             count *= size
     colour = count - sum(1 for kind in extra if int(kind) in ALPHA_EXTRA_SAMPLES)
+    if bands is None and colour > 3:
+        bands = multiband_bands
     if bands is None and colour not in (1, 3):
         raise ImageLoadError(path, f"{count}-band TIFF; pass bands=(r, g, b) to choose which bands are red, green, blue")
     if bands is not None and not all(isinstance(b, (int, np.integer)) and 0 <= b < count for b in bands):

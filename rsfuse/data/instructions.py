@@ -266,7 +266,7 @@ class InstructionDataset(Dataset):
             if not path.is_file():
                 return self._bad(position, record, MISSING_IMAGE, f"{path} not found")
             try:
-                pixel_values = self.processor(load_image(path, bands=self.bands, max_pixels=self.max_pixels))
+                pixel_values = self.processor(load_image(path, multiband_bands=self.bands, max_pixels=self.max_pixels))
             except ImageLoadError as error:
                 return self._bad(position, record, UNREADABLE_IMAGE, str(error))
         return InstructionSample(
@@ -321,7 +321,7 @@ class InstructionDataset(Dataset):
                     self._bad(self.positions[index], record, MISSING_IMAGE, f"{path} not found")
                     continue
                 try:
-                    probe_image(path, bands=self.bands, max_pixels=self.max_pixels)
+                    probe_image(path, multiband_bands=self.bands, max_pixels=self.max_pixels)
                 except ImageLoadError as error:
                     self._bad(self.positions[index], record, UNREADABLE_IMAGE, str(error))
         keep = [index for index, position in enumerate(self.positions) if position not in self._skipped]

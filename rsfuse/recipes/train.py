@@ -33,6 +33,7 @@ What it supports:
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -101,8 +102,11 @@ def _load_state_file(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointReadError(f"{path}: unreadable ({type(error).__name__}: {reason[:200]})") from None
+        if isinstance(error, pickle.UnpicklingError):
+            reason = "corrupt, truncated or not a torch file (or it holds objects weights_only refuses)"
+        else:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointReadError(f"{path}: unreadable ({type(error).__name__}: {reason})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- data order
@@ -466,75 +470,77 @@ class Trainer:
 
             progress = tqdm(total=options.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
         started = time.perf_counter()
-        while self.state.step < options.total_steps:
-            if self.state.step_in_epoch >= self.steps_per_epoch:
-                self.state.epoch += 1
-                self.state.step_in_epoch = 0
-            order = self.epoch_order(self.state.epoch)
-            steps_here = min(self.steps_per_epoch, self.state.step_in_epoch + options.total_steps - self.state.step)
-            step_batches = [
-                micro_batches_for_step(
-                    order,
-                    index,
-                    batch_size=options.batch_size,
-                    grad_accum=options.grad_accum,
-                    world_size=context.world_size,
-                    rank=context.rank,
-                )
-                for index in range(self.state.step_in_epoch, steps_here)
-            ]
-            loader = iter(self._loader([batch for step in step_batches for batch in step]))
-            for _ in step_batches:
-                step_started = time.perf_counter()
-                self._rng_at_step_start = capture_rng_state() if not context.is_distributed else None
-                try:
-                    micro_batches = [next(loader) for _ in range(options.grad_accum)]
-                    loss, grad_norm, tokens = self._train_step(micro_batches)
-                except NonFiniteLossError:
-                    raise
-                except Exception as error:
-                    self._save_after_failure(error)
-                    raise
-                self.state.step += 1
-                self.state.step_in_epoch += 1
-                seconds = time.perf_counter() - step_started
-                lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
-                record = {
-                    "step": self.state.step,
-                    "epoch": self.state.epoch,
-                    "loss": loss,
-                    "lr": next((lr for name, lr in lrs.items() if not str(name).startswith("tower")), None)
-                    or next(iter(lrs.values())),
-                    "grad_norm": grad_norm,
-                    "tokens": tokens,
-                    "tokens_per_s": tokens / max(seconds, 1e-9),
-                    "step_s": seconds,
-                    "elapsed_s": time.perf_counter() - started,
-                }
-                if self.data_report and not self._data_logged:  # the data check's counts, once per session
-                    record["data_skipped"] = {name: report["skipped"] for name, report in self.data_report.items()}
-                    record["data_truncated"] = {name: report["truncated"] for name, report in self.data_report.items()}
-                    self._data_logged = True
-                tower_lrs = [lr for name, lr in lrs.items() if str(name).startswith("tower")]
-                if tower_lrs:
-                    record["vit_lr"] = tower_lrs[0]
-                last = self.state.step == options.total_steps
-                if (options.val_every > 0 and self.state.step % options.val_every == 0) or last:
-                    val_loss = self.validation_loss()
-                    if val_loss is not None:
-                        record["val_loss"] = val_loss
-                self.metrics.write(record)
-                if progress is not None:
-                    progress.update(1)
-                    if self.state.step % max(1, options.log_every) == 0 or last:
-                        postfix = {"loss": f"{loss:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}"}
-                        if "val_loss" in record:
-                            postfix["val"] = f"{record['val_loss']:.4f}"
-                        progress.set_postfix(postfix)
-                if (options.save_every > 0 and self.state.step % options.save_every == 0) or last:
-                    self.save()
-        if progress is not None:
-            progress.close()
+        try:
+            while self.state.step < options.total_steps:
+                if self.state.step_in_epoch >= self.steps_per_epoch:
+                    self.state.epoch += 1
+                    self.state.step_in_epoch = 0
+                order = self.epoch_order(self.state.epoch)
+                steps_here = min(self.steps_per_epoch, self.state.step_in_epoch + options.total_steps - self.state.step)
+                step_batches = [
+                    micro_batches_for_step(
+                        order,
+                        index,
+                        batch_size=options.batch_size,
+                        grad_accum=options.grad_accum,
+                        world_size=context.world_size,
+                        rank=context.rank,
+                    )
+                    for index in range(self.state.step_in_epoch, steps_here)
+                ]
+                loader = iter(self._loader([batch for step in step_batches for batch in step]))
+                for _ in step_batches:
+                    step_started = time.perf_counter()
+                    self._rng_at_step_start = capture_rng_state() if not context.is_distributed else None
+                    try:
+                        micro_batches = [next(loader) for _ in range(options.grad_accum)]
+                        loss, grad_norm, tokens = self._train_step(micro_batches)
+                    except NonFiniteLossError:
+                        raise
+                    except Exception as error:
+                        self._save_after_failure(error)
+                        raise
+                    self.state.step += 1
+                    self.state.step_in_epoch += 1
+                    seconds = time.perf_counter() - step_started
+                    lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
+                    record = {
+                        "step": self.state.step,
+                        "epoch": self.state.epoch,
+                        "loss": loss,
+                        "lr": next((lr for name, lr in lrs.items() if not str(name).startswith("tower")), None)
+                        or next(iter(lrs.values())),
+                        "grad_norm": grad_norm,
+                        "tokens": tokens,
+                        "tokens_per_s": tokens / max(seconds, 1e-9),
+                        "step_s": seconds,
+                        "elapsed_s": time.perf_counter() - started,
+                    }
+                    if self.data_report and not self._data_logged:  # the data check's counts, once per session
+                        record["data_skipped"] = {name: report["skipped"] for name, report in self.data_report.items()}
+                        record["data_truncated"] = {name: report["truncated"] for name, report in self.data_report.items()}
+                        self._data_logged = True
+                    tower_lrs = [lr for name, lr in lrs.items() if str(name).startswith("tower")]
+                    if tower_lrs:
+                        record["vit_lr"] = tower_lrs[0]
+                    last = self.state.step == options.total_steps
+                    if (options.val_every > 0 and self.state.step % options.val_every == 0) or last:
+                        val_loss = self.validation_loss()
+                        if val_loss is not None:
+                            record["val_loss"] = val_loss
+                    self.metrics.write(record)
+                    if progress is not None:
+                        progress.update(1)
+                        if self.state.step % max(1, options.log_every) == 0 or last:
+                            postfix = {"loss": f"{loss:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+                            if "val_loss" in record:
+                                postfix["val"] = f"{record['val_loss']:.4f}"
+                            progress.set_postfix(postfix)
+                    if (options.save_every > 0 and self.state.step % options.save_every == 0) or last:
+                        self.save()
+        finally:
+            if progress is not None:
+                progress.close()
         return self.state
 
 

@@ -49,7 +49,7 @@ def tiny_data(folder: Path) -> list[str]:
         f"data.image_root={data}",
         f"data.tokenizer={tokenizer}",
         "data.synthetic=false",
-        "data.max_length=512",
+        "data.max_length=256",
     ]
 
 
