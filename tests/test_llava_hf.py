@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from factories.llava_hf import IMAGE_TOKEN, KEY_STYLES, NUM_VISUAL_TOKENS, VOCAB_SIZE, write_hf_llava
+from factories.mfrsvlm import write_llava_folder
 from rsfuse import MFRSVLM
 from rsfuse.cli import main as rsfuse_main
 from rsfuse.model.convert import main as convert_main
@@ -160,15 +161,23 @@ def test_overrides_win_over_the_llava_1_5_defaults(llava_dir):
     [
         ({"vision_feature_layer": [-2, -1]}, "vision_feature_layer"),
         ({"vision_feature_select_strategy": "full"}, "vision_feature_select_strategy"),
+        ({"vision_feature_layer": -5}, "vision_feature_layer -5"),
     ],
 )
 def test_unsupported_settings_are_refused_by_name(tmp_path, capsys, options, setting):
+    """Several feature layers (a list) and "full" (CLS kept) have no rsfuse counterpart; an index past the tower too."""
     folder, _ = write_hf_llava(tmp_path / "llava", seed=1, **options)
     with pytest.raises(ValueError, match=setting):
         MFRSVLM.from_parts(vision=None, llava=folder)
     assert convert_main([str(folder), str(tmp_path / "out")]) != 0
     assert setting in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_liuhaotian_folder_still_needs_a_tower(tmp_path):
+    folder, _ = write_llava_folder(tmp_path / "liuhaotian")
+    with pytest.raises(ValueError, match="vision=CLIP_DIR"):
+        MFRSVLM.from_parts(vision=None, llava=folder)
 
 
 # ----- rsfuse convert ---------------------------------------------------------------------------------------------

@@ -174,6 +174,12 @@ def read_llava_hf(folder: str | os.PathLike, *, check_finite: bool = True) -> di
     llm_config = _llm_config(data, config_path)
     vision_config = _vision_config(data, config_path)
     image_token = _image_token_id(data, llm_config.vocab_size, config_path)
+    depth = vision_config.num_hidden_layers
+    if not -(depth + 1) <= select_layer <= depth:
+        raise CheckpointError(
+            f"{config_path}: vision_feature_layer {select_layer} does not exist in a {depth}-block vision tower "
+            f"(hidden states 0..{depth}, or negative from the end)"
+        )
     parts: dict[str, dict[str, torch.Tensor]] = {"llm": {}, "vision": {}, "projector": {}}
     origin: dict[tuple[str, str], str] = {}
     unexpected: list[str] = []
