@@ -4,7 +4,8 @@ Metrics: ``caption_scores`` (``coco`` / ``compat``), ``contains_match`` / ``exac
 ``vrsbench_vqa_score`` (``official`` with a pluggable judge / ``lenient``), ``rsvqa_lr_scores``, ``synthetic_scores``,
 ``grounding_scores`` with ``parse_box`` and ``box_iou``; ``metrics_to_markdown`` renders any result.
 Readers (``rsfuse.eval.tasks``): ``vrsbench_vqa``, ``vrsbench_cap``, ``cls``, ``caption``, ``rsvqa_lr``,
-``grounding``, ``synthetic``; all are pure file -> records functions.
+``grounding``, ``synthetic``; all are pure file -> records functions. Each benchmark is an ``EvalTask`` (reader,
+protocols, scorer) in the registry ``TASKS`` (``get_task``, ``register_task``), which the evaluation recipe uses.
 """
 
 from rsfuse.eval.captions import CAPTION_METRICS, caption_scores, java_available, wordnet_available
@@ -13,6 +14,10 @@ from rsfuse.eval.matching import classification_scores, contains_match, exact_ma
 from rsfuse.eval.report import metrics_to_markdown
 from rsfuse.eval.tasks import (
     TASK_READERS,
+    TASKS,
+    EvalTask,
+    get_task,
+    register_task,
     caption,
     cls,
     grounding,
@@ -31,6 +36,8 @@ from rsfuse.eval.vqa import (
 
 __all__ = [
     "CAPTION_METRICS",
+    "EvalTask",
+    "TASKS",
     "TASK_READERS",
     "VRSBENCH_REFERENCE_TYPE_ALIASES",
     "box_iou",
@@ -40,12 +47,14 @@ __all__ = [
     "cls",
     "contains_match",
     "exact_match",
+    "get_task",
     "grounding",
     "grounding_scores",
     "java_available",
     "lenient_match",
     "metrics_to_markdown",
     "parse_box",
+    "register_task",
     "rsvqa_lr",
     "rsvqa_lr_scores",
     "synthetic",

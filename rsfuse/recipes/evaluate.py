@@ -2,7 +2,8 @@
 
 What it supports:
 
-- **Tasks** (readers in `rsfuse.eval.tasks`, scorers in `rsfuse.eval`): ``vrsbench_vqa`` (protocol ``official`` or
+- **Tasks**: the registry of `rsfuse.eval.tasks.EvalTask` objects (reader, protocols, scorer; `register_task` adds
+  one without touching this recipe). Built in: ``vrsbench_vqa`` (protocol ``official`` or
   ``lenient``), ``vrsbench_cap`` and ``caption`` (protocol ``coco`` or ``compat``; ``auto`` = coco when Java runs,
   else compat), ``cls``, ``rsvqa_lr``, ``grounding``, ``synthetic``. Every number in ``metrics.json`` /
   ``metrics.md`` sits under the protocol that produced it.
@@ -34,6 +35,7 @@ import torch
 
 # The training recipe's config machinery: same key=value parsing and type coercion rules.
 from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, read_predictions
+from rsfuse.eval.tasks import EvalTask, get_task, task_protocols
 from rsfuse.recipes.config import ConfigError, Field, _coerce, config_entries, split_config_argv
 
 __all__ = [
@@ -56,19 +58,11 @@ METRICS_MARKDOWN = "metrics.md"
 EXIT_CONFIG = 2
 EXIT_MISMATCH = 4
 
-# Protocols a task can be scored under; the first is the default ("auto" is resolved at scoring time).
-TASK_PROTOCOLS: dict[str, tuple[str, ...]] = {
-    "vrsbench_vqa": ("official", "lenient"),
-    "vrsbench_cap": ("auto", "coco", "compat"),
-    "caption": ("auto", "coco", "compat"),
-    "cls": ("rseval",),
-    "rsvqa_lr": ("rseval",),
-    "grounding": ("iou",),
-    "synthetic": ("synthetic",),
-}
+# Protocols each registered task can be scored under (a live view of the task registry); the first is the default.
+TASK_PROTOCOLS = task_protocols
 
 EVAL_SCHEMA: dict[str, Field] = {
-    "task": Field(str, "synthetic", "which benchmark", choices=tuple(TASK_PROTOCOLS)),
+    "task": Field(str, "synthetic", "which benchmark (a name in rsfuse.eval.TASKS)"),
     "model": Field(str, "", "model folder (anything MFRSVLM.from_pretrained reads)"),
     "tokenizer": Field(str, "", "tokenizer folder ('' = the model folder)"),
     "data": Field(str, "", "annotation file (or folder for cls / rsvqa_lr releases)"),
@@ -120,9 +114,16 @@ def load_eval_config(path: str | os.PathLike | None = None, overrides: Sequence[
     return config
 
 
+def _task(name: str) -> EvalTask:
+    try:
+        return get_task(name)
+    except KeyError as error:
+        raise ConfigError(f"config key 'task': {error.args[0]}") from None
+
+
 def _validate(config: EvalConfig) -> None:
     task = config["task"]
-    allowed = TASK_PROTOCOLS[task]
+    allowed = _task(task).protocols
     if config["protocol"] and config["protocol"] not in allowed:
         raise ConfigError(f"config key 'protocol': {config['protocol']!r} is not a protocol of task {task!r} "
                           f"(choose from {', '.join(allowed)})")
@@ -144,7 +145,10 @@ def help_text() -> str:
     lines = [USAGE]
     for key, field in EVAL_SCHEMA.items():
         lines.append(f"  {key:16s} {field.help} [default: {field.default!r}]")
-    lines.append("\nprotocols per task: " + "; ".join(f"{t}: {', '.join(p)}" for t, p in TASK_PROTOCOLS.items()))
+    lines.append("\ntasks (protocols, the first is the default):")
+    for name in TASK_PROTOCOLS:
+        task = get_task(name)
+        lines.append(f"  {name:16s} {task.summary} [{', '.join(task.protocols)}]")
     return "\n".join(lines)
 
 
@@ -158,26 +162,9 @@ def parse_eval_args(argv: Sequence[str]) -> EvalConfig | None:
 
 
 def read_task(task: str, data: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-              split: str = "test") -> list[dict]:
-    """Records of ``task`` from ``data`` through the eval engineer's reader (uniform call for every task)."""
-    from rsfuse.eval import tasks as readers
-
-    if task not in TASK_PROTOCOLS:
-        raise ConfigError(f"unknown task {task!r} (known: {', '.join(TASK_PROTOCOLS)})")
-    root = image_root or None
-    if task in ("vrsbench_vqa", "vrsbench_cap"):
-        if root is None:
-            root = Path(data).parent / "Images_val"
-        return getattr(readers, task)(data, root)
-    if task == "caption":
-        if root is None:
-            root = Path(data).parent / "images"
-        return readers.caption(data, root, split=split)
-    if task == "cls":
-        return readers.cls(data, image_root=root)
-    if task == "rsvqa_lr":
-        return readers.rsvqa_lr(data, split=split, image_root=root)
-    return getattr(readers, task)(data, root)
+              split: str = "test", check_images: bool = True) -> list[dict]:
+    """Records of ``task`` from ``data`` through the registered task's reader (`rsfuse.eval.tasks.get_task`)."""
+    return _task(task).read(data, image_root or None, split=split, check_images=check_images)
 
 
 def _check_ids(records: Sequence[Mapping[str, Any]]) -> None:
@@ -288,38 +275,9 @@ def generate_predictions(
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def _resolve_protocol(task: str, protocol: str | None) -> str:
-    allowed = TASK_PROTOCOLS[task]
-    protocol = protocol or allowed[0]
-    if protocol not in allowed:
-        raise ValueError(f"task {task!r} has no protocol {protocol!r} (choose from {', '.join(allowed)})")
-    if protocol == "auto":
-        from rsfuse.eval import java_available
-
-        protocol = "coco" if java_available()[0] else "compat"
-    return protocol
-
-
 def score(task: str, records: Sequence[Mapping[str, Any]], *, protocol: str | None = None) -> dict:
     """The task's scorer on records that carry ``prediction``; the result names its ``protocol``."""
-    from rsfuse import eval as metrics
-
-    protocol = _resolve_protocol(task, protocol)
-    if task == "vrsbench_vqa":
-        return metrics.vrsbench_vqa_score(records, protocol=protocol)
-    if task in ("vrsbench_cap", "caption"):
-        predictions = {str(record["id"]): str(record["prediction"]) for record in records}
-        references = {str(record["id"]): list(record["answers"]) for record in records}
-        return metrics.caption_scores(predictions, references, protocol=protocol)
-    if task == "cls":
-        return metrics.classification_scores(records)
-    if task == "rsvqa_lr":
-        return metrics.rsvqa_lr_scores(records)
-    if task == "grounding":
-        return metrics.grounding_scores(records)
-    if task == "synthetic":
-        return metrics.synthetic_scores(records)
-    raise ValueError(f"unknown task {task!r}")
+    return get_task(task).score(records, protocol)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -440,13 +398,12 @@ def evaluate(
     """
     from rsfuse.eval.predictions import PredictionWriter, consolidate, rank_file
 
-    if task not in TASK_PROTOCOLS:
-        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASK_PROTOCOLS)})")
+    evaluation = get_task(task)
     records = list(records)
     if not records:
         raise ValueError(f"evaluate: no records for task {task!r}")
     _check_ids(records)
-    protocol = _resolve_protocol(task, protocol)
+    protocol = evaluation.resolve_protocol(protocol)
     group = _Group(rank, world_size)
     identity = dict(identity or _identity(task, "<in-memory model>", "<records>"))
     ids = [str(record["id"]) for record in records]
@@ -511,7 +468,7 @@ def evaluate(
 
     # 5. Score once, in record order.
     scored = [{**record, "prediction": done[str(record["id"])]} for record in records]
-    result, error = _capture(lambda: score(task, scored, protocol=protocol)) if group.is_main else (None, None)
+    result, error = _capture(lambda: evaluation.score(scored, protocol)) if group.is_main else (None, None)
     shared = group.broadcast((result, _picklable(error)))
     if error is not None:
         raise error

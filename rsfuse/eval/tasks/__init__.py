@@ -5,18 +5,31 @@ Every record has ``id``, ``image_path`` (a ``pathlib.Path``), ``prompt`` (the ex
 ``box`` / ``box_scale`` / ``image_size`` instead. The eval recipe adds a ``prediction`` to each record and passes the
 list to the matching scorer (``vrsbench_vqa_score``, ``classification_scores``, ``rsvqa_lr_scores``,
 ``grounding_scores``, ``synthetic_scores``, or ``caption_scores`` on id-keyed dicts).
+
+Each benchmark is also an `EvalTask` object (reader, protocols, scorer) in the registry ``TASKS``; the evaluation
+recipe works through ``get_task(name)`` only, and `register_task` adds a benchmark without touching the recipe.
 """
 
-from rsfuse.eval.tasks.captioning import CAPTION_PROMPT, caption
-from rsfuse.eval.tasks.classification import CLASSIFICATION_PROMPT, cls
-from rsfuse.eval.tasks.grounding import GROUNDING_PROMPT, grounding
-from rsfuse.eval.tasks.rsvqa import RSVQA_PROMPT, rsvqa_lr
-from rsfuse.eval.tasks.synthetic import synthetic
-from rsfuse.eval.tasks.vrsbench import VRSBENCH_CAPTION_PROMPT, VRSBENCH_VQA_PROMPT, vrsbench_cap, vrsbench_vqa
+from rsfuse.eval.tasks.captioning import CAPTION_PROMPT, CAPTION_TASK, caption
+from rsfuse.eval.tasks.classification import CLASSIFICATION_PROMPT, CLS_TASK, cls
+from rsfuse.eval.tasks.grounding import GROUNDING_PROMPT, GROUNDING_TASK, grounding
+from rsfuse.eval.tasks.registry import TASKS, EvalTask, get_task, register_task, task_protocols
+from rsfuse.eval.tasks.rsvqa import RSVQA_LR_TASK, RSVQA_PROMPT, rsvqa_lr
+from rsfuse.eval.tasks.synthetic import SYNTHETIC_TASK, synthetic
+from rsfuse.eval.tasks.vrsbench import (
+    VRSBENCH_CAP_TASK,
+    VRSBENCH_CAPTION_PROMPT,
+    VRSBENCH_VQA_PROMPT,
+    VRSBENCH_VQA_TASK,
+    vrsbench_cap,
+    vrsbench_vqa,
+)
 
 __all__ = [
     "CAPTION_PROMPT",
     "CLASSIFICATION_PROMPT",
+    "EvalTask",
+    "TASKS",
     "GROUNDING_PROMPT",
     "RSVQA_PROMPT",
     "TASK_READERS",
@@ -24,13 +37,22 @@ __all__ = [
     "VRSBENCH_VQA_PROMPT",
     "caption",
     "cls",
+    "get_task",
     "grounding",
+    "register_task",
     "rsvqa_lr",
     "synthetic",
+    "task_protocols",
     "vrsbench_cap",
     "vrsbench_vqa",
 ]
 
+for _task in (VRSBENCH_VQA_TASK, VRSBENCH_CAP_TASK, CLS_TASK, CAPTION_TASK, RSVQA_LR_TASK, GROUNDING_TASK,
+              SYNTHETIC_TASK):
+    register_task(_task)
+del _task
+
+# The plain reader functions by task name (each task's EvalTask.read adds its default image root and split).
 TASK_READERS = {
     "vrsbench_vqa": vrsbench_vqa,
     "vrsbench_cap": vrsbench_cap,

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from rsfuse.eval.tasks.common import read_json_file, require, resolve_image
-from rsfuse.eval.tasks.vrsbench import VRSBENCH_CAPTION_PROMPT
+from rsfuse.eval.tasks.registry import EvalTask
+from rsfuse.eval.tasks.vrsbench import VRSBENCH_CAPTION_PROMPT, caption_protocol, score_captions
 
-__all__ = ["CAPTION_PROMPT", "caption"]
+__all__ = ["CAPTION_PROMPT", "CAPTION_TASK", "caption"]
 
 # The MF-RSVLM authors' caption instruction for every caption benchmark.
 CAPTION_PROMPT = VRSBENCH_CAPTION_PROMPT
@@ -53,3 +54,14 @@ def caption(
     if not records:
         raise ValueError(f"{source}: no images in split {split!r}")
     return records
+
+
+CAPTION_TASK = EvalTask(
+    name="caption",
+    summary="Karpathy-style caption file (UCM / Sydney / RSICD captions; images in images/ beside it), one split",
+    protocols=("auto", "coco", "compat"),
+    reader=lambda data, root, split, check: caption(data, root if root is not None else data.parent / "images",
+                                                    split=split, check_images=check),
+    scorer=score_captions,
+    auto_protocol=caption_protocol,
+)

@@ -9,9 +9,11 @@ prompt, with the class list appended when ``classes`` is given and the question 
 import os
 from pathlib import Path
 
+from rsfuse.eval.matching import classification_scores
 from rsfuse.eval.tasks.common import IMAGE_SUFFIXES, read_json_file, require, resolve_image
+from rsfuse.eval.tasks.registry import EvalTask
 
-__all__ = ["CLASSIFICATION_PROMPT", "cls"]
+__all__ = ["CLASSIFICATION_PROMPT", "CLS_TASK", "cls"]
 
 CLASSIFICATION_PROMPT = (
     "Classify the remote sensing image into one of the following classes: {classes}.\n"
@@ -93,3 +95,12 @@ def cls(
         return _from_folders(source, prompt_template)
     root = Path(image_root) if image_root is not None else source.parent
     return _from_json(source, root, classes, check_images, prompt_template)
+
+
+CLS_TASK = EvalTask(
+    name="cls",
+    summary="scene classification (a folder of class folders as AID / NWPU-RESISC45 / UCM ship, or a JSON list)",
+    protocols=("rseval",),
+    reader=lambda data, root, split, check: cls(data, image_root=root, check_images=check),
+    scorer=lambda records, protocol: classification_scores(records),
+)

@@ -11,10 +11,11 @@ Records carry the ground-truth ``box`` with its ``box_scale`` (``"pixel"``, 100 
 import os
 from pathlib import Path
 
-from rsfuse.eval.grounding import parse_box
+from rsfuse.eval.grounding import grounding_scores, parse_box
 from rsfuse.eval.tasks.common import read_json_file, resolve_image
+from rsfuse.eval.tasks.registry import EvalTask
 
-__all__ = ["GROUNDING_PROMPT", "grounding"]
+__all__ = ["GROUNDING_PROMPT", "GROUNDING_TASK", "grounding"]
 
 # The authors' grounding instruction (0-1000 output scale).
 GROUNDING_PROMPT = (
@@ -78,3 +79,12 @@ def grounding(
             }
         )
     return records
+
+
+GROUNDING_TASK = EvalTask(
+    name="grounding",
+    summary="visual grounding (MF-RSVLM manifest, VRSBench referring file, or image+box+sentence list)",
+    protocols=("iou",),
+    reader=lambda data, root, split, check: grounding(data, root, check_images=check),
+    scorer=lambda records, protocol: grounding_scores(records),
+)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rsfuse.eval.tasks.common import read_json_file, require, resolve_image
+from rsfuse.eval.tasks.registry import EvalTask
+from rsfuse.eval.vqa import rsvqa_lr_scores
 
-__all__ = ["RSVQA_PROMPT", "rsvqa_lr"]
+__all__ = ["RSVQA_LR_TASK", "RSVQA_PROMPT", "rsvqa_lr"]
 
 RSVQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."
 TYPE_NAMES = {"comp": "comparison"}
@@ -117,3 +119,12 @@ def rsvqa_lr(
         return _from_release(source, split, root, check_images)
     root = Path(image_root) if image_root is not None else source.parent
     return _from_flat(source, root, check_images)
+
+
+RSVQA_LR_TASK = EvalTask(
+    name="rsvqa_lr",
+    summary="RSVQA-LR (the Zenodo release folder, one split, or a flattened JSON list)",
+    protocols=("rseval",),
+    reader=lambda data, root, split, check: rsvqa_lr(data, split=split, image_root=root, check_images=check),
+    scorer=lambda records, protocol: rsvqa_lr_scores(records),
+)

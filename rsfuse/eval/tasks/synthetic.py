@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 
 from rsfuse.eval.tasks.common import read_json_file, require, resolve_image
+from rsfuse.eval.tasks.registry import EvalTask
+from rsfuse.eval.vqa import synthetic_scores
 
-__all__ = ["synthetic"]
+__all__ = ["SYNTHETIC_TASK", "synthetic"]
 
 IMAGE_MARKER = "<image>"
 
@@ -50,3 +52,12 @@ def synthetic(annotation: str | os.PathLike, image_root: str | os.PathLike | Non
             }
         )
     return records
+
+
+SYNTHETIC_TASK = EvalTask(
+    name="synthetic",
+    summary="the project's synthetic benchmark (LLaVA-style list with question_type / answer / small_object)",
+    protocols=("synthetic",),
+    reader=lambda data, root, split, check: synthetic(data, root, check_images=check),
+    scorer=lambda records, protocol: synthetic_scores(records),
+)
