@@ -2,13 +2,18 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["MFRSVLM", "MFRSVLMConfig", "__version__"]
+__all__ = ["MFRSVLM", "MFRSVLMConfig", "MFRSVLMProcessor", "__version__"]
 
-_LAZY = {"MFRSVLM": "rsfuse.model.mfrsvlm", "MFRSVLMConfig": "rsfuse.model.config"}
+_LAZY = {
+    "MFRSVLM": "rsfuse.model.mfrsvlm",
+    "MFRSVLMConfig": "rsfuse.model.config",
+    "MFRSVLMProcessor": "rsfuse.processor",
+}
 
 
 def __getattr__(name: str):
-    """``rsfuse.MFRSVLM`` / ``rsfuse.MFRSVLMConfig`` are imported on first use, so ``import rsfuse`` stays light."""
+    """``rsfuse.MFRSVLM``, ``rsfuse.MFRSVLMConfig`` and ``rsfuse.MFRSVLMProcessor`` are imported on first use, so
+    ``import rsfuse`` stays light."""
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 

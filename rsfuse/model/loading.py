@@ -4,7 +4,8 @@
   or "mfrsvlm" / "vhm" (released MF-RSVLM) — never from the folder name.
 * ``load_from_parts``: HF CLIP folder + HF Llama folder and/or LLaVA-1.5 folder (liuhaotian or llava-hf layout; a
   llava-hf folder brings its own tower and gives the LLaVA-1.5 settings by default); new modules are initialised.
-* ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model).
+* ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model, and ``processor_config.json``
+  recording the conversation template for ``MFRSVLMProcessor``).
 
 Loading builds the model on the meta device and assigns the checkpoint tensors (no random initialisation, one copy
 of the weights in memory); every key is checked first: missing and unexpected keys are listed, a wrong shape names
@@ -12,6 +13,7 @@ the key and both shapes. Floating tensors holding NaN/inf are refused as the fil
 naming the file and the key.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "check_state
 
 READABLE_MODEL_TYPES = (RSFUSE_MODEL_TYPE, *RELEASED_MODEL_TYPES)
 _LIST_LIMIT = 40
+PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 
 def _listing(keys: list[str]) -> str:
@@ -126,7 +129,23 @@ def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", c
     model = _build(cls, config, state_dict, dtype=dtype, device=device, source=str(folder))
     tokenizer = folder / TOKENIZER_FILE
     model.tokenizer_path = tokenizer if tokenizer.is_file() else None
+    model.chat_template = recorded_template(folder)
     return model
+
+
+def recorded_template(folder: str | os.PathLike) -> str | None:
+    """The conversation template an rsfuse ``processor_config.json`` in ``folder`` records (None without one)."""
+    path = Path(folder) / PROCESSOR_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("processor_class") != "MFRSVLMProcessor":
+        return None  # transformers' LlavaProcessor writes a file of the same name
+    template = data.get("template")
+    return template if isinstance(template, str) else None
 
 
 def llava_settings(parts: LlavaParts, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -242,8 +261,12 @@ def _tokenizer_file(model, tokenizer: Any, folder: Path) -> Path | None:
     raise TypeError(f"save_pretrained: tokenizer must be a path or have save_pretrained(), got {type(tokenizer).__name__}")
 
 
-def save_pretrained(model, path: str | os.PathLike, *, tokenizer: Any = None, max_shard_bytes: int = 2 * 1024**3) -> Path:
-    """Write ``model`` as an rsfuse folder; returns the folder."""
+def save_pretrained(
+    model, path: str | os.PathLike, *, tokenizer: Any = None, max_shard_bytes: int = 2 * 1024**3,
+    template: str | None = None,
+) -> Path:
+    """Write ``model`` as an rsfuse folder; returns the folder. ``processor_config.json`` records the conversation
+    template (``template``, else the one the model was loaded with, else "vicuna_v1") for ``MFRSVLMProcessor``."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state_dict = model.state_dict()
@@ -255,4 +278,17 @@ def save_pretrained(model, path: str | os.PathLike, *, tokenizer: Any = None, ma
     )
     if tokenizer_file is not None:
         model.tokenizer_path = folder / TOKENIZER_FILE
+    _record_template(folder, template or getattr(model, "chat_template", None))
+    model.chat_template = recorded_template(folder)
     return folder
+
+
+def _record_template(folder: Path, template: str | None) -> None:
+    """Write the template into rsfuse's ``processor_config.json`` (other fields a processor saved there are kept;
+    without a template, the one already recorded, else "vicuna_v1")."""
+    path = folder / PROCESSOR_CONFIG_FILE
+    record: dict[str, Any] = {"processor_class": "MFRSVLMProcessor"}
+    if recorded_template(folder) is not None:
+        record = json.loads(path.read_text())
+    record["template"] = template or record.get("template") or "vicuna_v1"
+    path.write_text(json.dumps(record, indent=2) + "\n")
