@@ -350,6 +350,7 @@ def test_cli_data_error_is_one_line_naming_file_and_sample(data, tmp_path):
     assert "bad_train.json: sample 2" in line and "nowhere.png" in line
 
 
+@pytest.mark.slow  # three model loads in subprocesses (~20 s)
 def test_cli_predict_bands_for_a_four_band_tiff(reference, tmp_path):
     bands = np.random.default_rng(0).integers(0, 4000, (40, 40, 4)).astype(np.uint16)
     image = tmp_path / "scene.tif"
