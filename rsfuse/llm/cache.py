@@ -85,6 +85,7 @@ class StaticKVCache(KVCache):
         self.key_mask = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.active = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self._row_offsets = rearrange(torch.arange(batch_size, device=device) * max_length, "b -> b 1")
         self.is_empty = True
         self.track_fill = True  # a driver that checks capacity itself (GenerationSession) turns this off
         self._filled = 0  # slots written by batch-wide calls (a Python int: overflow is caught without a sync)
@@ -106,7 +107,7 @@ class StaticKVCache(KVCache):
 
     def mark_static_addresses(self) -> None:
         """Tell ``torch.compile`` that the buffers never move (lets CUDA graphs capture steps that write them)."""
-        for tensor in (*self.keys, *self.values, self.key_mask, self.lengths, self.active):
+        for tensor in (*self.keys, *self.values, self.key_mask, self.lengths, self.active, self._row_offsets):
             torch._dynamo.mark_static_address(tensor)
 
     # ----- one forward -----------------------------------------------------------------------------------------
@@ -129,6 +130,12 @@ class StaticKVCache(KVCache):
                 self.key_mask[:, :new_tokens] = True
             return None
         self._prefill = False
+        if new_tokens == 1:  # a decoding step: slots past a row's fill level are never marked, so no causal bound
+            write = rearrange(self.lengths.clamp_max(self.max_length - 1), "b -> b 1")
+            self._write = write
+            flat = (self._row_offsets + write).view(-1)
+            self.key_mask.view(-1)[flat] = True if new_mask is None else new_mask.reshape(-1)
+            return rearrange(self.key_mask, "b n -> b 1 1 n")
         offsets = torch.arange(new_tokens, device=self.lengths.device)
         write = (rearrange(self.lengths, "b -> b 1") + offsets).clamp_max(self.max_length - 1)  # [B, M]
         rows = rearrange(torch.arange(self.batch_size, device=self.lengths.device), "b -> b 1")
@@ -152,9 +159,9 @@ class StaticKVCache(KVCache):
             buffer_keys[:, :new] = keys
             buffer_values[:, :new] = values
             return keys, values
-        rows = rearrange(torch.arange(self.batch_size, device=keys.device), "b -> b 1")
-        buffer_keys[rows, self._write] = keys
-        buffer_values[rows, self._write] = values
+        flat = (self._row_offsets + self._write).view(-1)
+        buffer_keys.view(-1, *buffer_keys.shape[2:]).index_copy_(0, flat, keys.reshape(-1, *keys.shape[2:]))
+        buffer_values.view(-1, *buffer_values.shape[2:]).index_copy_(0, flat, values.reshape(-1, *values.shape[2:]))
         return buffer_keys, buffer_values
 
     def end(self, new_tokens: int) -> None:

@@ -133,6 +133,8 @@ class GenerationSession:
         self.count = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.generated = torch.zeros(max_batch, max_length, dtype=torch.long, device=device)
         self._seen = [0] * max_batch
+        self._everything = torch.arange(max_batch, device=device)
+        self._row_starts = rearrange(self._everything * max_length, "b -> b 1")
         self._step = self._decode_logits
         if compile:
             self.cache.mark_static_addresses() if device.type == "cuda" else None
@@ -270,8 +272,20 @@ class GenerationSession:
             return logits.argmax(dim=-1)
         return sample_tokens(logits, self.temperature[index], self.top_p[index], generator=self.generator)
 
-    def _record(self, token: Tensor, index: Tensor) -> None:
-        """Store each still-running row's new token; mark rows that hit EOS or their token limit (on the device)."""
+    def _record(self, token: Tensor, index: Tensor | None) -> None:
+        """Store each still-running row's new token; mark rows that hit EOS or their token limit (on the device).
+        ``index`` None: every row (the decoding step's fast path, no gathers)."""
+        if index is None:
+            running = ~self.done
+            token = torch.where(running, token, self.pad_token_id)
+            # A finished row writes padding one past its last token, where nothing is read.
+            slot = rearrange(self.count.clamp_max(self.max_length - 1), "b -> b 1")
+            self.generated.view(-1)[(self._row_starts + slot).view(-1)] = token
+            self.count += running.long()
+            is_eos = (rearrange(token, "b -> b 1") == self.eos).any(dim=-1)
+            self.done |= (running & is_eos) | (self.count >= self.limit)
+            self.last_token.copy_(token)
+            return
         running = ~self.done[index]
         token = torch.where(running, token, self.pad_token_id)
         count = self.count[index]
@@ -286,10 +300,9 @@ class GenerationSession:
     @torch.no_grad()
     def step(self) -> None:
         """Decode one token for every running row (no host synchronisation)."""
-        everything = torch.arange(self.max_batch, device=self.last_token.device)
         logits = self._step(self.last_token, self.position)
         self.position += (~self.done).long()
-        self._record(self._sample(logits, everything), everything)
+        self._record(self._sample(logits, self._everything), None)
 
     def poll(self) -> list[RowUpdate]:
         """Synchronise once: each running row's new tokens since the last poll and its finish reason."""
