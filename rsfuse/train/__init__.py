@@ -1,12 +1,22 @@
 """Training machinery shared by the recipes: atomic checkpoints, RNG capture, FSDP2/DCP, metrics and optimisation."""
 
-from rsfuse.train.checkpointing import find_latest_checkpoint, list_checkpoints, prune_checkpoints, save_checkpoint
+from rsfuse.train.checkpointing import (
+    CheckpointSaveError,
+    find_latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from rsfuse.train.lock import RunLock, RunLockedError
 from rsfuse.train.metrics import MetricsWriter, plot_loss, read_metrics
 from rsfuse.train.optim import build_optimizer, clip_and_step, cosine_with_warmup, warmup_steps_for
 from rsfuse.train.rng import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
+    "CheckpointSaveError",
     "MetricsWriter",
+    "RunLock",
+    "RunLockedError",
     "build_optimizer",
     "capture_rng_state",
     "clip_and_step",
