@@ -30,6 +30,46 @@ def released(tmp_path_factory):
     return write_released_checkpoint(tmp_path_factory.mktemp("released") / "any-name")
 
 
+_INJECTOR_PARTS = {
+    "deepstack_hidden_norms": "hidden_norm",
+    "deepstack_detail_norms": "detail_norm",
+    "deepstack_detail_proj": "detail_proj",
+    "deepstack_gate_proj": "gate_proj",
+    "deepstack_router_query": "router.query",
+    "deepstack_router_key": "router.key",
+}
+
+
+def _expected_state_from_released(folder, raw: dict[str, torch.Tensor], layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Every tensor of a released folder under the rsfuse key it must land in, mapped by hand from DESIGN §3
+    (``layers``: the 0-based decoder layers of injection ranks 0, 1, ...). The tower is read from the folder's file."""
+    expected: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if key.startswith("model.mm_projector."):
+            expected["projector." + key.removeprefix("model.mm_projector.")] = value
+        elif key == "model.deepstack_residual_scale":
+            for rank, layer in enumerate(layers):
+                expected[f"injectors.{layer}.residual_scale"] = value[rank : rank + 1]
+        elif key.startswith("model.deepstack_"):
+            part, rank, rest = key.removeprefix("model.").split(".", 2)
+            expected[f"injectors.{layers[int(rank)]}.{_INJECTOR_PARTS[part]}.{rest}"] = value
+        else:
+            expected["llm." + key] = value
+    tower = torch.load(folder / "vision_tower" / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    for key, value in tower.items():
+        expected["vision_tower." + key.removeprefix("vision_model.")] = value
+    return expected
+
+
+def _assert_state_matches(model, expected: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
+    state = {key: value for key, value in model.state_dict().items() if not key.startswith("canvas.")}
+    assert sorted(state) == sorted(expected)
+    for key, value in expected.items():
+        target = value if dtype is None else value.to(dtype)
+        assert state[key].dtype == target.dtype, key
+        assert torch.equal(state[key], target), key
+
+
 # ----- rsfuse folders ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def test_save_and_load_round_trip_gives_identical_logits(tmp_path):
@@ -105,6 +145,26 @@ def test_released_layout_loads_with_reference_windows_and_every_weight_in_place(
     assert model.generate(_pixels(), _ids(), max_new_tokens=3, eos_token_id=[]).shape == (2, 3)
 
 
+
+@torch.no_grad()
+def test_released_layout_puts_every_tensor_where_the_key_map_says(released):
+    folder, raw = released
+    model = MFRSVLM.from_pretrained(folder)
+    _assert_state_matches(model, _expected_state_from_released(folder, raw, (1, 3)))
+
+
+@torch.no_grad()
+def test_vhm_model_type_loads_the_same_weights_and_logits_as_mfrsvlm(tmp_path):
+    layers = (1, 2, 3)
+    vhm, raw = write_released_checkpoint(tmp_path / "vhm", model_type="vhm", injection_layers=layers, seed=4)
+    mfrsvlm, _ = write_released_checkpoint(tmp_path / "mfrsvlm", injection_layers=layers, seed=4)
+    model = MFRSVLM.from_pretrained(vhm)
+    _assert_state_matches(model, _expected_state_from_released(vhm, raw, (0, 1, 2)))
+    same = MFRSVLM.from_pretrained(mfrsvlm)
+    assert model.config == same.config
+    assert torch.equal(model(_pixels(), _ids()).logits, same(_pixels(), _ids()).logits)
+
+
 @torch.no_grad()
 def test_vhm_model_type_and_mixed_precision_files_load_in_one_dtype(tmp_path):
     folder, raw = write_released_checkpoint(
@@ -146,6 +206,28 @@ def test_convert_released_to_rsfuse_folder_keeps_the_logits(tmp_path, released, 
     assert "nowhere" in capsys.readouterr().err
 
 
+def _clip_folder_tensors(folder) -> dict[str, torch.Tensor]:
+    """The vision tensors of an HF CLIP folder, read straight from its file (no rsfuse code)."""
+    from safetensors.torch import load_file
+
+    (path,) = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))
+    tensors = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    return {key.removeprefix("vision_model."): value for key, value in tensors.items()}
+
+
+def _assert_parts_loaded(model, *, clip_tensors, llm_tensors, dtype=None) -> None:
+    """Every tower tensor equals the CLIP file's, every decoder tensor the Llama folder's (cast to ``dtype``)."""
+    state = model.state_dict()
+    tower = {key.removeprefix("vision_tower."): value for key, value in state.items() if key.startswith("vision_tower.")}
+    assert sorted(tower) == sorted(clip_tensors)
+    for key, value in clip_tensors.items():
+        assert torch.equal(tower[key], value if dtype is None else value.to(dtype)), key
+    llm = {key.removeprefix("llm."): value for key, value in state.items() if key.startswith("llm.")}
+    assert sorted(llm) == sorted(llm_tensors)
+    for key, value in llm_tensors.items():
+        assert torch.equal(llm[key], value if dtype is None else value.to(dtype)), key
+
+
 # ----- assembled from parts ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def test_from_parts_clip_plus_llama_and_clip_plus_llava(tmp_path):
@@ -158,6 +240,7 @@ def test_from_parts_clip_plus_llama_and_clip_plus_llava(tmp_path):
     )
     model = MFRSVLM.from_parts(vision=clip, llm=llama, global_layer=3, injection_layers=[2, 4])
     assert torch.equal(model.llm.lm_head.weight, hf.lm_head.weight)
+    _assert_parts_loaded(model, clip_tensors=_clip_folder_tensors(clip), llm_tensors=hf.state_dict())
     assert model.config.vision == MICRO_VISION and model.config.injection_layer_indices == (1, 3)
     assert model(_pixels(), _ids()).logits.shape == (2, 64 + 8, llm.vocab_size)
     llava, raw = write_llava_folder(tmp_path / "llava")
@@ -165,6 +248,13 @@ def test_from_parts_clip_plus_llama_and_clip_plus_llava(tmp_path):
     assert assembled.config.global_layer == -2 and assembled.config.global_hidden_index == 2
     assert torch.equal(assembled.projector[0].weight, raw["model.mm_projector.0.weight"])
     assert torch.equal(assembled.llm.model.embed_tokens.weight, raw["model.embed_tokens.weight"])
+    _assert_parts_loaded(
+        assembled,
+        clip_tensors=_clip_folder_tensors(clip),
+        llm_tensors={key: value for key, value in raw.items() if not key.startswith("model.mm_projector.")},
+    )
+    for key in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert torch.equal(assembled.state_dict()["projector." + key], raw["model.mm_projector." + key]), key
     assert assembled.tokenizer_path == llava / "tokenizer.model"
     assert assembled(_pixels(), _ids()).loss is None
     with pytest.raises(CheckpointError, match="injection_layers: layer 9"):
@@ -186,3 +276,41 @@ def test_predict_prints_an_answer(tmp_path, released, capsys):
         ["--model", str(folder), "--image", str(tmp_path / "missing.png"), "--question", "?", "--device", "cpu"]
     ) == 1
     assert "missing.png" in capsys.readouterr().err
+
+
+_CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+_CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_predict_prints_what_generate_and_decode_give_on_the_image(tmp_path, capsys, seed):
+    """The printed answer = tokenizer.decode(model.generate(pixels of this image, vicuna prompt)), greedy.
+
+    (A model whose answers depend on the image: the released micro checkpoint answers the same to every image.)"""
+    from factories.tokenizer import tiny_tokenizer_dir
+    from rsfuse.llm.templates import build_prompt, tokenize_prompt
+    from rsfuse.llm.tokenizer import Tokenizer
+
+    folder = make_model(seed=22).save_pretrained(tmp_path / "model", tokenizer=tiny_tokenizer_dir() / "tokenizer.model")
+    rgb = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)  # square, tower size: no resize
+    image = tmp_path / "scene.png"
+    Image.fromarray(rgb).save(image)
+    question = "What is in the image?"
+    assert predict_command.main(
+        ["--model", str(folder), "--image", str(image), "--question", question, "--max-new-tokens", "6",
+         "--device", "cpu"]
+    ) == 0
+    printed = capsys.readouterr().out
+    model = MFRSVLM.from_pretrained(folder)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    pixels = ((torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - _CLIP_MEAN) / _CLIP_STD)[None]
+    ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", question), tokenizer)])
+    assert ids[0].tolist().count(-200) == 1
+
+    def decoded(pixel_values) -> str:
+        tokens = model.generate(pixel_values, ids, max_new_tokens=6, eos_token_id=tokenizer.eos_id)[0].tolist()
+        return tokenizer.decode([token for token in tokens if token != tokenizer.eos_id]).strip()
+
+    expected = decoded(pixels)
+    assert expected and printed == expected + "\n"
+    assert decoded(torch.zeros_like(pixels)) != expected  # the answer depends on the image's pixels
