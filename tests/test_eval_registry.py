@@ -5,7 +5,12 @@ import json
 
 import pytest
 
-from factories.eval_data import write_karpathy_captions, write_rsvqa_lr_release, write_synthetic_benchmark, write_vrsbench
+from factories.eval_data import (
+    write_karpathy_captions,
+    write_rsvqa_lr_release,
+    write_synthetic_benchmark,
+    write_vrsbench,
+)
 from factories.mfrsvlm import make_model
 from factories.tokenizer import tiny_tokenizer, tiny_tokenizer_dir
 from rsfuse.eval import TASKS, EvalTask, get_task, register_task

@@ -1,8 +1,9 @@
 """The predictions file of an evaluation run: ``predictions.jsonl``, one JSON object per answered record.
 
-Every line carries the run's identity (task, model, data) next to ``id`` and ``prediction``, so a file can be checked
-line by line against the run that wants to reuse it. Writers append and flush each batch (a killed run loses at most
-the batch in flight); a last line without its newline (a kill mid-write) is dropped when the file is read.
+Every line carries the run's identity (task, model, data and the fingerprint of everything that changes an answer,
+`rsfuse.eval.fingerprint`) next to ``id`` and ``prediction``, so a file can be checked line by line against the run
+that wants to reuse it; a mismatch names every differing field. Writers append and flush each batch (a killed run
+loses at most the batch in flight); a last line without its newline (a kill mid-write) is dropped when the file is read.
 
 Several processes (``torchrun``) never write one file: process ``r`` appends to ``predictions.rank{r}.jsonl`` and
 `consolidate` folds every rank file into ``predictions.jsonl`` (records in their original order, each id once) and
@@ -18,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "PREDICTIONS_FILE",
+    "differences",
     "PredictionsMismatchError",
     "PredictionWriter",
     "consolidate",
@@ -60,9 +62,23 @@ def _whole_lines(path: Path, *, repair: bool) -> list[str]:
     return raw[:keep].decode("utf-8").splitlines()
 
 
-def _differences(entry: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
-    return [f"{field} {entry.get(field)!r} (this run: {expected!r})" for field, expected in identity.items()
-            if entry.get(field) != expected]
+MISSING = "<not recorded>"
+
+
+def differences(stored: Mapping[str, Any], expected: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"field stored (this run: expected)"`` for each field of ``expected`` that ``stored`` does not match; nested
+    mappings (the fingerprint) are compared field by field, and a field only one side has counts as a difference."""
+    found = []
+    for field in [*expected, *(key for key in stored if prefix and key not in expected)]:
+        have, want = stored.get(field, MISSING), expected.get(field, MISSING)
+        if isinstance(have, Mapping) and isinstance(want, Mapping):
+            found += differences(have, want, f"{prefix}{field}.")
+        elif have is MISSING and isinstance(want, Mapping):
+            found.append(f"{prefix}{field} {MISSING} (a file from before {field}s were recorded)")
+        elif have != want:
+            shown = [value if value is MISSING else repr(value) for value in (have, want)]
+            found.append(f"{prefix}{field} {shown[0]} (this run: {shown[1]})")
+    return found
 
 
 def read_predictions(path: str | os.PathLike, identity: Mapping[str, Any], *, repair: bool = True) -> dict[str, str]:
@@ -85,10 +101,10 @@ def read_predictions(path: str | os.PathLike, identity: Mapping[str, Any], *, re
             raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
         if not isinstance(entry, dict) or "id" not in entry or "prediction" not in entry:
             raise ValueError(f"{path}: line {number} is not an object with 'id' and 'prediction'")
-        differences = _differences(entry, identity)
-        if differences:
+        differing = differences(entry, identity)
+        if differing:
             raise PredictionsMismatchError(
-                f"{path}: line {number} was written by another run: {'; '.join(differences)}; "
+                f"{path}: line {number} was written by a run that answers differently: {'; '.join(differing)}; "
                 "use another output_dir or delete the file"
             )
         predictions.setdefault(str(entry["id"]), str(entry["prediction"]))

@@ -13,9 +13,12 @@ What it supports:
   when there are GPUs) the pending records are dealt round-robin by length to the processes; each appends to
   ``predictions.rank{r}.jsonl`` and rank 0 folds them into one ``predictions.jsonl`` in record order.
 - **Resume**: each batch's predictions are appended and flushed; a rerun (with any number of processes) skips the ids
-  already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files. A file written for another
-  task, model or data file is refused (the error names the file and the differing field); a torn last line (a kill
+  already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files; a torn last line (a kill
   mid-write) is dropped.
+- **Fingerprints**: every line records task, model, data and a fingerprint of what changes an answer (weights by
+  sizes+mtimes or by content, ``fingerprint_weights``; tokenizer; data file content; ``max_new_tokens``, template,
+  dtype, split, image root; see `rsfuse.eval.fingerprint`). A file from a run that differs in any of them is refused
+  with one line naming each differing field (exit status 2), never mixed in.
 - **Outputs**: ``predictions.jsonl``, ``metrics.json`` (task, model, data, sample count and the scorer's result with
   its ``protocol``), ``metrics.md`` (the same as a markdown table, also printed).
 - **In-process use**: `evaluate(model, tokenizer, task, records, ...)` (what the training recipe can call after
@@ -56,7 +59,7 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
 EXIT_CONFIG = 2
-EXIT_MISMATCH = 4
+EXIT_MISMATCH = 2  # a predictions file of another run: an expected error like any other (one line, status 2)
 
 # Protocols each registered task can be scored under (a live view of the task registry); the first is the default.
 TASK_PROTOCOLS = task_protocols
@@ -76,6 +79,8 @@ EVAL_SCHEMA: dict[str, Field] = {
     "template": Field(str, "vicuna_v1", "conversation template of the prompts"),
     "device": Field(str, "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
     "dtype": Field(str, "fp32", "model dtype: fp32 | bf16 | fp16", choices=("fp32", "bf16", "fp16")),
+    "fingerprint_weights": Field(str, "stat", "how predictions.jsonl identifies the weights: stat (sizes and "
+                                 "modification times) | content (hash every byte)", choices=("stat", "content")),
     "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)"),
     "progress": Field(bool, True, "show a progress bar"),
 }
@@ -184,11 +189,11 @@ def _check_ids(records: Sequence[Mapping[str, Any]]) -> None:
 def encode_prompt(record: Mapping[str, Any], tokenizer, template: str) -> list[int]:
     """Token ids of the generation prompt of one record (BOS first, -200 where the image goes).
 
-    The only place the recipe turns a record into model input ids: the processor replaces this function.
+    The only place the recipe turns a record into model input ids: ``MFRSVLMProcessor``'s prompt rule.
     """
-    from rsfuse.llm.templates import build_prompt, tokenize_prompt
+    from rsfuse.processor import prompt_token_ids
 
-    return tokenize_prompt(build_prompt(template, str(record["prompt"])), tokenizer)
+    return prompt_token_ids(str(record["prompt"]), tokenizer, template)
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -489,6 +494,37 @@ def _device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
+    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, generation and input settings."""
+    from rsfuse.eval.fingerprint import run_fingerprint
+
+    image_root = str(Path(config["image_root"]).resolve()) if config["image_root"] else ""
+    settings = {"max_new_tokens": config["max_new_tokens"], "template": config["template"], "dtype": config["dtype"],
+                "decoding": "greedy", "split": config["split"], "image_root": image_root}
+    return run_fingerprint(model_dir=model_dir, data=config["data"], tokenizer_dir=tokenizer_dir,
+                           weights=config["fingerprint_weights"], settings=settings)
+
+
+def _refuse_other_runs(path: Path, identity: Mapping[str, Any]) -> None:
+    """Raise `PredictionsMismatchError` if ``path`` or its rank files hold answers of a run that answers differently
+    (read only; `evaluate` repairs and merges them later)."""
+    from rsfuse.eval.predictions import rank_files
+
+    for source in (path, *rank_files(path)):
+        read_predictions(source, identity, repair=False)
+
+
+def _shared(compute: Callable[[], Any], rank: int, world_size: int) -> Any:
+    """``compute()`` on rank 0, its value on every rank (hashing weights once, not once per process)."""
+    if world_size == 1:
+        return compute()
+    import torch.distributed as dist
+
+    box = [compute() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _launch() -> tuple[int, int, int, bool]:
     """``(rank, world_size, local_rank, started)`` from torchrun's environment; with more than one process a gloo
     group is started here unless one runs already (evaluation only gathers small objects, so gloo serves GPUs too)."""
@@ -533,10 +569,12 @@ def run(config: EvalConfig) -> dict:
         records = records[: config["limit"]]
     output_dir = Path(config["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
-    identity = _identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve()))
     rank, world_size, local_rank, started = _launch()
     counts: dict[str, Any] = {}
     try:
+        identity = {**_identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve())),
+                    "fingerprint": _shared(lambda: _fingerprint(config, model_dir, tokenizer_dir), rank, world_size)}
+        _refuse_other_runs(output_dir / PREDICTIONS_FILE, identity)  # before minutes of model loading
         device = _device(config["device"], local_rank)
         model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
         model.requires_grad_(False)
@@ -579,7 +617,8 @@ def run(config: EvalConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry; exit status 0, 2 (configuration error), 4 (predictions file of another run)."""
+    """Command-line entry; exit status 0, or 2 with one line on stderr for an expected error (configuration, a
+    predictions file of a run that answers differently)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse_eval_args(argv)

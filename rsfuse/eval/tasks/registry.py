@@ -45,7 +45,8 @@ class EvalTask:
         """``protocol`` checked against the task's (None = the default), with ``auto`` resolved."""
         protocol = protocol or self.protocols[0]
         if protocol not in self.protocols:
-            raise ValueError(f"task {self.name!r} has no protocol {protocol!r} (choose from {', '.join(self.protocols)})")
+            raise ValueError(f"task {self.name!r} has no protocol {protocol!r} "
+                             f"(choose from {', '.join(self.protocols)})")
         if protocol == "auto":
             protocol = self.auto_protocol()
         return protocol
