@@ -58,9 +58,24 @@ def test_record_injection_and_figure_panels():
 
 def test_token_router_is_averaged_over_tokens():
     model = make_model(seed=2, router_mode="token")
+    seen: dict[int, torch.Tensor] = {}  # the per-token router weights [N, K] of each injector's last call
+
+    def keep(layer):
+        return lambda module, inputs, output: seen.__setitem__(layer, output[1][0].detach().clone())
+
+    for name, injector in model.injectors.items():
+        injector.router.register_forward_hook(keep(int(name)))
     records, _ = viz.record_injection(model, torch.randn(1, 3, 32, 32), torch.tensor([[1, 40, 41]]),
                                       max_new_tokens=1)
     assert all(r.per_token_router and r.router_weights.shape == (24,) for r in records)
+    assert sorted(seen) == [r.layer for r in records]
+    for record in records:
+        per_token = seen[record.layer]
+        assert per_token.shape == (64, 24)
+        expected = per_token.sum(dim=0) / per_token.shape[0]
+        torch.testing.assert_close(record.router_weights, expected, rtol=0, atol=1e-6)
+        # Tokens disagree, so the first token (or any single one) is not the mean.
+        assert (per_token[0] - expected).abs().max() > 1e-3
 
 
 def test_model_without_injectors_is_refused():
