@@ -215,24 +215,21 @@ def loss_figure(records: Sequence[dict], *, title: str = ""):
 
 
 def _injection_main(args) -> Path:
-    from rsfuse.data import ImageProcessor, load_image
-    from rsfuse.llm.templates import build_prompt, tokenize_prompt
-    from rsfuse.llm.tokenizer import Tokenizer
+    from rsfuse.data import load_image
     from rsfuse.model import MFRSVLM
+    from rsfuse.processor import MFRSVLMProcessor
 
     model = MFRSVLM.from_pretrained(args.model).eval()
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.model)
-    processor = ImageProcessor(model.config.input_size)
+    if args.tokenizer:  # a tokenizer folder alone: the image settings come from the model
+        processor = MFRSVLMProcessor.from_model(model, args.tokenizer, template=args.template)
+    else:
+        processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template)
     image = load_image(args.image)
-    pixels = processor(image).unsqueeze(0)
-    ids = torch.tensor([tokenize_prompt(build_prompt(args.template, args.question), tokenizer)])
-    records, new_tokens = record_injection(model, pixels, ids, max_new_tokens=args.max_new_tokens,
-                                           eos_token_id=tokenizer.eos_id)
-    tokens = new_tokens.tolist()
-    if tokenizer.eos_id in tokens:
-        tokens = tokens[: tokens.index(tokenizer.eos_id)]
-    answer = tokenizer.decode(tokens).strip()
-    figure = injection_figure(processor.pad_to_square(image), records, stack_labels(model.config),
+    inputs = processor(images=[image], text=[args.question])
+    records, new_tokens = record_injection(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
+                                           max_new_tokens=args.max_new_tokens, eos_token_id=processor.tokenizer.eos_id)
+    answer = processor.decode(new_tokens)
+    figure = injection_figure(processor.image_processor.pad_to_square(image), records, stack_labels(model.config),
                               question=args.question, answer=answer)
     out = Path(args.out or Path(args.image).with_suffix(".viz.png").name)
     return _save(figure, out)
@@ -278,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--question", required=True, help="question about the image")
         parser.add_argument("--out", default="", help="PNG to write (default <image name>.viz.png here)")
         parser.add_argument("--tokenizer", default="", help="tokenizer folder (default: the model folder)")
-        parser.add_argument("--template", default="vicuna_v1", help="conversation template")
+        parser.add_argument("--template", default=None, help="conversation template (default: the folder's, else vicuna_v1)")
         parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length budget")
         args = parser.parse_args(argv)
         handler = _injection_main

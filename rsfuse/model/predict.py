@@ -1,13 +1,14 @@
 """``rsfuse predict --model DIR --image FILE --question TEXT``: answer one question about one image.
 
-Loads the model (any layout ``MFRSVLM.from_pretrained`` reads) and the SentencePiece tokenizer from DIR, preprocesses
-the image as LLaVA does (pad to square with the CLIP mean, resize, normalise), builds a ``vicuna_v1`` prompt with the
-image, generates with the KV cache and prints the answer.
+Loads the model (any layout ``MFRSVLM.from_pretrained`` reads) and its ``MFRSVLMProcessor`` from DIR (tokenizer,
+image settings, the recorded template or ``vicuna_v1``), which preprocesses the image as LLaVA does (pad to square
+with the CLIP mean, resize, normalise) and lays out the prompt; generates with the KV cache and prints the answer.
 """
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,34 +20,34 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def answer(
     model,
     tokenizer,
-    image: str | Path,
+    image: "str | Path | Any",
     question: str,
     *,
-    template: str = "vicuna_v1",
+    template: str | None = None,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    processor=None,
 ) -> str:
-    """The model's answer to ``question`` about the image file ``image``."""
-    from rsfuse.data.images import ImageProcessor  # noqa: PLC0415
-    from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: PLC0415
+    """The model's answer to ``question`` about ``image`` (a file, a PIL image or an array; None for a text-only
+    question), through ``MFRSVLMProcessor`` (``processor``, else one built from ``model`` and ``tokenizer``;
+    ``template`` None = the template the model folder records, else ``vicuna_v1``)."""
+    from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
 
-    processor = ImageProcessor(model.config.input_size)
-    pixels = processor(Path(image))[None].to(device=model.device, dtype=model.dtype)
-    ids = torch.tensor([tokenize_prompt(build_prompt(template, question), tokenizer)], device=model.device)
+    if processor is None:
+        processor = MFRSVLMProcessor.from_model(model, tokenizer, template=template)
+    inputs = processor(images=[image], text=[question]).to(model.device, model.dtype)
     generator = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
     tokens = model.generate(
-        pixels,
-        ids,
+        **inputs,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
-        eos_token_id=tokenizer.eos_id,
+        eos_token_id=list(processor.eos_token_ids),
         generator=generator,
     )
-    new = [token for token in tokens[0].tolist() if token != tokenizer.eos_id]
-    return tokenizer.decode(new).strip()
+    return processor.batch_decode(tokens)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,25 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
-    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--template", default=None, help="conversation template (default: the folder's, else vicuna_v1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on GPU, float32 on CPU")
     args = parser.parse_args(argv)
     from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
     from rsfuse.data.images import ImageLoadError  # noqa: PLC0415
-    from rsfuse.llm.tokenizer import Tokenizer  # noqa: PLC0415
     from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415
+    from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     try:
         model = MFRSVLM.from_pretrained(args.model, dtype=dtype, device=args.device)
-        tokenizer = Tokenizer.from_pretrained(args.model)
+        processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template)
         text = answer(
             model,
-            tokenizer,
+            processor.tokenizer,
             args.image,
             args.question,
-            template=args.template,
+            processor=processor,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             top_p=args.top_p,
