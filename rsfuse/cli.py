@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rsfuse.model.predict", "answer one question about one image: --model DIR --image FILE --question TEXT "
                                         "[--bands R,G,B]"),
     "viz": ("rsfuse.viz", "router weights / gate heat map for one image, or the loss curve of a run"),
+    "serve": ("rsfuse.serve.cli", "OpenAI-compatible API + web page: --model DIR [--host] [--port] [--api-key]"),
 }
 
 

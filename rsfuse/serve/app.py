@@ -1,0 +1,300 @@
+"""The ASGI application (FastAPI): the OpenAI routes, the page and its pictures, errors in OpenAI's format.
+
+Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``, ``GET /v1/models/{id}``,
+``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and its answer, PNG),
+``GET /health`` (no key needed), ``GET /`` (the page). With an API key every ``/v1`` route needs
+``Authorization: Bearer KEY``. Request bodies are read with a size limit, parsed and checked by hand (so every error is
+a 4xx naming the field), images decoded and prompts encoded in worker threads, then handed to the `Scheduler`.
+"""
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rsfuse.model.generation import SamplingParams
+from rsfuse.serve.errors import APIError, bad_request, error_body
+from rsfuse.serve.images import decode_image
+from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream
+from rsfuse.serve.limits import ServeLimits
+from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
+from rsfuse.serve.scheduler import Job, Scheduler
+
+__all__ = ["ServeSettings", "create_app"]
+
+log = logging.getLogger("rsfuse.serve")
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    model_name: str = "rsfuse-mfrsvlm"
+    api_key: str | None = None
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_length: int | None = None  # cache positions per row; None = the model's context
+    max_queue: int = 256
+    local_images: Path | None = None
+    limits: ServeLimits = ServeLimits()
+    seed: int | None = None
+    compile: bool = False
+
+
+def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan."""
+    context = model.config.llm.max_position_embeddings
+    max_length = min(settings.max_length or context, context)
+    scheduler = Scheduler(model, max_batch=settings.max_batch, max_length=max_length,
+                          max_wait_ms=settings.max_wait_ms, decode=encoder.decode, max_queue=settings.max_queue,
+                          sync_every=1 if model.device.type == "cpu" else 2, compile=settings.compile,
+                          seed=settings.seed)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        scheduler.start()
+        log.info("rsfuse serve: %s ready (max batch %d, %d positions per row)", settings.model_name,
+                 settings.max_batch, max_length)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(scheduler.stop)
+
+    app = FastAPI(title="rsfuse serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler = scheduler
+    figure_lock = threading.Lock()
+
+    # ----- errors ------------------------------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if error.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(error.detail), type=kind, code=str(error.status_code)),
+                            status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("rsfuse serve: unexpected error", exc_info=error)
+        return JSONResponse(error_body("internal server error", type="server_error", code="internal_error"),
+                            status_code=500)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                           type="invalid_request_error", code="invalid_api_key")
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body over the limit of {limit} bytes", code="body_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
+        """Decode the image, encode the prompt, check it against the cache (runs in a worker thread)."""
+        image = None
+        for ref in chat.images:
+            image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images)
+        try:
+            prompt = encoder.encode(chat.turns, image)
+        except ValueError as error:  # the template or tokenizer refuses the conversation
+            raise bad_request(f"cannot build the prompt: {error}", "messages") from None
+        room = max_length - prompt.length
+        if room < 1:
+            raise APIError(400, f"the prompt takes {prompt.length} positions (text + image tokens); the server's "
+                           f"context is {max_length}", param="messages", code="context_length_exceeded")
+        max_tokens = room if chat.max_tokens is None else chat.max_tokens
+        if max_tokens > room:
+            raise APIError(400, f"max_tokens {max_tokens} + the prompt's {prompt.length} positions exceed the "
+                           f"server's context of {max_length} (at most {room} here)", param="max_tokens",
+                           code="context_length_exceeded")
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
+                                eos_token_ids=tuple(sorted(encoder.eos_ids)), stop_strings=chat.stop)
+        return prompt, params
+
+    # ----- routes ------------------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = 200 if scheduler.alive else 503
+        return JSONResponse({"status": "ok" if status == 200 else "unavailable", "model": settings.model_name,
+                             "auth": settings.api_key is not None, **scheduler.load()}, status_code=status)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("rsfuse.serve").joinpath("static/index.html").read_text("utf-8"))
+
+    def model_card() -> dict[str, Any]:
+        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "rsfuse"}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        authorize(request)
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str, request: Request) -> JSONResponse:
+        authorize(request)
+        if name != settings.model_name:
+            raise APIError(404, f"model {name!r} is not served here (this server: {settings.model_name!r})",
+                           param="model", code="model_not_found")
+        return JSONResponse(model_card())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        authorize(request)
+        chat = parse_chat_request(await read_body(request), settings.limits)
+        prompt, params = await run_in_threadpool(prepare, chat)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job(prompt, params, sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        scheduler.submit(job)
+        request_id, name = new_id(), settings.model_name
+        if chat.stream:
+            return StreamingResponse(_sse(scheduler, job, events, chat, prompt, encoder, request_id, name),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        answer = asyncio.ensure_future(_collect(events, TextStream(encoder.decode, chat.stop)))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not answer.done():
+                answer.cancel()
+            scheduler.cancel(job)
+        if not answer.done() or answer.cancelled():
+            return Response(status_code=499)  # nobody is listening
+        text, reason, count = answer.result()
+        return JSONResponse(completion_body(request_id, name, text, FINISH[reason], prompt.length, count))
+
+    @app.post("/v1/rsfuse/viz")
+    async def viz(request: Request) -> Response:
+        """Router weights and gate maps of the prefill for an image question (and its answer, in the caption)."""
+        authorize(request)
+        body = await read_body(request)
+        chat = parse_chat_request(body, settings.limits)
+        answer = json.loads(body).get("answer", "")
+        if not isinstance(answer, str):
+            raise bad_request("'answer' must be a string", "answer", "invalid_type")
+        if not chat.images:
+            raise bad_request("the pictures need an image in the messages", "messages")
+        prompt, _ = await run_in_threadpool(prepare, chat)
+        question = next(turn.text for turn in reversed(chat.turns) if turn.role == "user")
+        return Response(await _figure(scheduler, model, encoder, prompt, question, answer, figure_lock),
+                        media_type="image/png")
+
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _collect(events: asyncio.Queue, stream: TextStream) -> tuple[str, str, int]:
+    count = 0
+    while True:
+        kind, value = await events.get()
+        if kind == "tokens":
+            count += len(value)
+            stream.push(value)
+            if stream.stopped:
+                return stream.text, "stop", count
+        elif kind == "done":
+            stream.push([], final=True)
+            return stream.text, value, count
+        else:
+            raise value
+
+
+def _sse_line(body: dict) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _sse(scheduler, job, events, chat, prompt, encoder, request_id, name) -> AsyncIterator[str]:
+    stream = TextStream(encoder.decode, chat.stop)
+    count = 0
+    try:
+        yield _sse_line(chunk_body(request_id, name, delta={"role": "assistant", "content": ""}))
+        while True:
+            kind, value = await events.get()
+            if kind == "error":
+                yield _sse_line(value.body())
+                break
+            final = kind == "done"
+            if kind == "tokens":
+                count += len(value)
+            delta = stream.push(value if kind == "tokens" else [], final=final)
+            if delta:
+                yield _sse_line(chunk_body(request_id, name, delta={"content": delta}))
+            if final or stream.stopped:
+                reason = "stop" if stream.stopped else FINISH[value]
+                yield _sse_line(chunk_body(request_id, name, finish_reason=reason))
+                if chat.include_usage:
+                    yield _sse_line(chunk_body(request_id, name, usage=usage_body(prompt.length, count)))
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        scheduler.cancel(job)  # a client that went away frees its row; a finished job is unaffected
+
+
+async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> bytes:
+    from rsfuse.viz import injection_figure, record_injection, stack_labels  # noqa: PLC0415
+
+    def record():
+        return record_injection(model, prompt.pixel_values, prompt.input_ids, prompt.attention_mask,
+                                max_new_tokens=1, eos_token_id=min(encoder.eos_ids))
+
+    try:
+        records, _ = await asyncio.wrap_future(scheduler.call(record))
+    except ValueError as error:
+        raise APIError(400, str(error), code="no_injectors") from None
+
+    def draw() -> bytes:
+        try:
+            import matplotlib.pyplot as plt  # noqa: PLC0415
+        except ImportError:
+            raise APIError(501, "the pictures need matplotlib (pip install rsfuse[serve])", type="server_error",
+                           code="matplotlib_missing") from None
+        with lock:  # pyplot's state is global
+            figure = injection_figure(encoder.images.pad_to_square(prompt.image), records, stack_labels(model.config),
+                                      question=question, answer=answer)
+            buffer = io.BytesIO()
+            try:
+                figure.savefig(buffer, format="png", dpi=80)
+            finally:
+                plt.close(figure)
+        return buffer.getvalue()
+
+    started = time.monotonic()
+    png = await run_in_threadpool(draw)
+    log.debug("rsfuse serve: picture drawn in %.2f s", time.monotonic() - started)
+    return png

@@ -1,0 +1,229 @@
+"""``rsfuse serve`` against a live server on 127.0.0.1: the official ``openai`` client gets the answers that
+``MFRSVLM.generate`` gives on the same inputs (greedy), streamed and not; batching, stop strings, disconnects,
+the API key, and a clean SIGTERM shutdown of the real command."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from factories.mfrsvlm import make_model  # noqa: E402
+from factories.serve import LiveServer, image_data_uri, scene_image  # noqa: E402
+from factories.tokenizer import tiny_tokenizer, tiny_tokenizer_dir  # noqa: E402
+from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: E402
+from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
+from rsfuse.serve.inputs import PromptEncoder  # noqa: E402
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def served():
+    model = make_model(0)
+    encoder = PromptEncoder(model, tiny_tokenizer())
+    app = create_app(model, encoder, ServeSettings(model_name="micro", api_key=KEY, max_batch=4, max_wait_ms=50))
+    with LiveServer(app) as server:
+        server.model, server.encoder = model, encoder
+        server.client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        yield server
+
+
+def reference(server, question: str, image, max_tokens: int) -> str:
+    """What ``MFRSVLM.generate`` answers (greedy) to the same prompt."""
+    tokenizer = tiny_tokenizer()
+    ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", question, with_image=image is not None), tokenizer)])
+    pixels = None if image is None else server.encoder.images(image)[None]
+    tokens = server.model.generate(pixels, ids, max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_id)
+    return server.encoder.decode(tokens[0].tolist())
+
+
+def image_message(question: str, image) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_uri(image)}},
+                                         {"type": "text", "text": question}]}]
+
+
+def test_openai_client_answer_equals_generate(served):
+    image = scene_image(seed=1)
+    question = "How many ships are in the harbour?"
+    response = served.client.chat.completions.create(
+        model="micro", messages=image_message(question, image), max_tokens=10, temperature=0)
+    expected = reference(served, question, image, 10)
+    assert response.choices[0].message.content == expected
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].finish_reason in {"stop", "length"}
+    usage = response.usage
+    assert usage.completion_tokens >= 1 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens > served.model.config.num_visual_tokens  # image tokens are counted
+
+
+def test_openai_client_stream_equals_generate(served):
+    image = scene_image(seed=2)
+    question = "Describe the image in detail."
+    stream = served.client.chat.completions.create(
+        model="micro", messages=image_message(question, image), max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    pieces, reasons, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            if choice.finish_reason:
+                reasons.append(choice.finish_reason)
+    assert "".join(pieces) == reference(served, question, image, 12)
+    assert len(reasons) == 1 and usage is not None and 1 <= usage.completion_tokens <= 12
+
+
+def test_text_only_and_multi_turn(served):
+    response = served.client.chat.completions.create(
+        model="micro", max_tokens=6, temperature=0,
+        messages=[{"role": "user", "content": "Is there a bridge?"}])
+    assert response.choices[0].message.content == reference(served, "Is there a bridge?", None, 6)
+    multi = served.client.chat.completions.create(
+        model="micro", max_tokens=4, temperature=0.8, top_p=0.9,
+        messages=[*image_message("What is in the image?", scene_image(seed=3)),
+                  {"role": "assistant", "content": "An airport."}, {"role": "user", "content": "How many planes?"}])
+    assert multi.choices[0].finish_reason in {"stop", "length"} and multi.usage.completion_tokens <= 4
+
+
+def test_models_health_and_api_key(served):
+    assert [model.id for model in served.client.models.list().data] == ["micro"]
+    wrong = openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="micro", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    for path in ("/v1/models", "/v1/chat/completions"):
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        connection.request("POST" if "chat" in path else "GET", path, body=b"{}" if "chat" in path else None)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 401 and body["error"]["code"] == "invalid_api_key"
+    with urllib.request.urlopen(served.url + "/health", timeout=30) as response:  # no key needed
+        assert json.loads(response.read())["status"] == "ok"
+    with urllib.request.urlopen(served.url + "/", timeout=30) as response:
+        assert b"rsfuse serve" in response.read()
+
+
+def test_concurrent_requests_share_steps_and_match_generate(served):
+    """Four requests sent together are prefilled together and decoded in shared steps; a short answer returns
+    before the long ones finish; every answer equals its own unbatched ``generate``."""
+    stats = served.app.state.scheduler.stats
+    before = dict(stats)
+    questions = [("What is in the image?", 4, 0), ("How many ships?", 16, 1), ("Is there a river?", 16, 2),
+                 ("Describe the image.", 16, 3)]
+    results, finished_at = {}, {}
+    barrier = threading.Barrier(len(questions))
+
+    def ask(index, question, max_tokens, seed):
+        barrier.wait()
+        response = served.client.chat.completions.create(
+            model="micro", messages=image_message(question, scene_image(seed=seed)), max_tokens=max_tokens,
+            temperature=0)
+        results[index] = response.choices[0].message.content
+        finished_at[index] = time.monotonic()
+
+    threads = [threading.Thread(target=ask, args=(i, *item)) for i, item in enumerate(questions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index, (question, max_tokens, seed) in enumerate(questions):
+        assert results[index] == reference(served, question, scene_image(seed=seed), max_tokens)
+    assert stats["max_rows_in_step"] >= 2
+    assert stats["prefills"] - before["prefills"] < len(questions)  # at least two shared a prefill
+    assert finished_at[0] <= min(finished_at[i] for i in (1, 2, 3))
+
+
+def test_stop_string_cuts_the_answer(served):
+    question, image = "Describe the image.", scene_image(seed=4)
+    full = reference(served, question, image, 12)
+    stop = next((full[i:i + 2] for i in range(1, len(full) - 1) if full[i:i + 2].strip() and "\ufffd" not in
+                 full[i:i + 2]), None)
+    if stop is None:
+        pytest.skip(f"the random model's answer {full!r} has no usable stop string")
+    response = served.client.chat.completions.create(
+        model="micro", messages=image_message(question, image), max_tokens=12, temperature=0, stop=[stop])
+    assert response.choices[0].message.content == full[: full.find(stop)]
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_client_disconnect_frees_its_row(served, monkeypatch):
+    scheduler = served.app.state.scheduler
+    cancelled = scheduler.stats["cancelled"]
+    step = scheduler.session.step
+
+    def slow_step():  # 100 tokens take >= 2 s: the disconnect is seen long before the answer could end
+        time.sleep(0.02)
+        step()
+
+    monkeypatch.setattr(scheduler.session, "step", slow_step)
+    body = json.dumps({"model": "micro", "messages": image_message("Describe the image.", scene_image(seed=5)),
+                       "max_tokens": 100, "temperature": 0, "stream": True}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.readline().startswith(b"data: ")  # the stream began
+    deadline = time.monotonic() + 30
+    while not scheduler.load()["running"] and time.monotonic() < deadline:  # its row is decoding
+        time.sleep(0.01)
+    assert scheduler.load()["running"] == 1
+    connection.sock.shutdown(2)
+    connection.close()
+    deadline = time.monotonic() + 30
+    while scheduler.load()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler.load()["running"] == 0
+    assert scheduler.stats["cancelled"] == cancelled + 1, scheduler.stats
+    assert served.client.models.list().data  # the server goes on
+
+
+def test_sigterm_stops_the_command_cleanly(tmp_path):
+    """``rsfuse serve`` as a process: /health answers 200 once loaded, SIGTERM ends it with status 0."""
+    folder = tmp_path / "model"
+    make_model(0).save_pretrained(folder, tokenizer=tiny_tokenizer_dir() / "tokenizer.model")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rsfuse", "serve", "--model", str(folder), "--port", str(port), "--max-batch", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "rsfuse serve did not become healthy"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+        output = process.stdout.read().decode()
+        assert code == 0, output
+        assert "stopped" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
