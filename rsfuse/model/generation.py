@@ -204,10 +204,11 @@ class GenerationSession:
         length = embeds.shape[1]
         for item in params:
             if length + item.max_new_tokens > self.max_length:
+                context = model.config.llm.max_position_embeddings
+                limit = (f"the model's context max_position_embeddings = {context}" if self.max_length == context
+                         else f"this session's max_length {self.max_length} (the context is {context})")
                 raise ValueError(
-                    f"generate: prompt of {length} positions + max_new_tokens {item.max_new_tokens} exceeds "
-                    f"{self.max_length} (the context is max_position_embeddings = "
-                    f"{model.config.llm.max_position_embeddings})"
+                    f"generate: prompt of {length} positions + max_new_tokens {item.max_new_tokens} exceeds {limit}"
                 )
         rows = free[:batch]
         direct = self.cache.is_empty and rows == list(range(self.max_batch))

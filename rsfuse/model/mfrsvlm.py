@@ -404,7 +404,7 @@ class MFRSVLM(nn.Module):
     def from_parts(
         cls,
         *,
-        vision: str | os.PathLike,
+        vision: str | os.PathLike | None = None,
         llm: str | os.PathLike | None = None,
         llava: str | os.PathLike | None = None,
         dtype: torch.dtype | None = None,

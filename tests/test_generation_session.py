@@ -1,0 +1,147 @@
+"""The step-wise generation API (``GenerationSession``) and ``generate``'s limits and compiled decoding.
+
+References are independent of the session: a greedy re-forward of the full model (``MFRSVLM.forward`` on the prompt
+plus the tokens so far, argmax of the last logits) and ``generate`` of each prompt alone.
+"""
+
+import pytest
+import torch
+
+from factories.mfrsvlm import make_model
+from rsfuse.model.generation import GenerationSession, SamplingParams, sample_tokens
+
+IMAGE = -200
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(seed=21)
+
+
+def _pixels(seed: int) -> torch.Tensor:
+    return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _prompt(length: int, seed: int) -> torch.Tensor:
+    ids = torch.randint(3, 500, (1, length), generator=torch.Generator().manual_seed(seed))
+    ids[0, 0] = 1
+    ids[0, 1] = IMAGE
+    return ids
+
+
+def _greedy_by_reforward(model, pixels, ids, steps: int) -> list[int]:
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            full = torch.cat([ids, torch.tensor([tokens], dtype=torch.long).reshape(1, -1)], dim=1)
+            output = model(pixels, full)
+            last = int(output.attention_mask[0].nonzero().max())  # the placeholder's column becomes padding
+            tokens.append(int(output.logits[0, last].argmax()))
+    return tokens
+
+
+def _drain(session: GenerationSession, rows: list[int]) -> None:
+    while any(session.rows[row].finish_reason is None for row in rows):
+        session.step()
+        session.poll()
+
+
+def test_a_request_joining_a_running_batch_decodes_as_if_alone(model):
+    session = GenerationSession(model, max_batch=2, max_length=100)
+    params = SamplingParams(max_new_tokens=6, eos_token_ids=())
+    first = session.add(_pixels(0), _prompt(9, 0), params=params)
+    session.step()
+    session.step()
+    session.poll()
+    second = session.add(_pixels(1), _prompt(5, 1), params=SamplingParams(max_new_tokens=4, eos_token_ids=()))
+    assert first == [0] and second == [1]
+    _drain(session, first + second)
+    assert session.tokens(0) == _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 6)
+    assert session.tokens(1) == _greedy_by_reforward(model, _pixels(1), _prompt(5, 1), 4)
+    assert session.rows[0].finish_reason == "length" and session.rows[1].finish_reason == "length"
+
+
+def test_a_released_row_takes_the_next_request_while_the_other_keeps_decoding(model):
+    session = GenerationSession(model, max_batch=2, max_length=100)
+    long, short = SamplingParams(max_new_tokens=8, eos_token_ids=()), SamplingParams(max_new_tokens=2, eos_token_ids=())
+    session.add(_pixels(0), _prompt(9, 0), params=long)
+    session.add(_pixels(1), _prompt(6, 1), params=short)
+    session.step()
+    updates = {update.row: update for update in session.poll()}
+    assert updates[1].finish_reason == "length" and len(session.tokens(1)) == 2
+    session.release(1)
+    assert session.free_rows == [1]
+    row = session.add(_pixels(2), _prompt(7, 2), params=SamplingParams(max_new_tokens=3, eos_token_ids=()))
+    assert row == [1]
+    _drain(session, [0, 1])
+    assert session.tokens(0) == _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 8)
+    assert session.tokens(1) == _greedy_by_reforward(model, _pixels(2), _prompt(7, 2), 3)
+
+
+def test_cancel_stops_a_row_and_eos_and_stop_strings_finish_rows(model):
+    expected = _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 5)
+    session = GenerationSession(model, max_batch=3, max_length=100, decode=lambda ids: " ".join(map(str, ids)))
+    session.add(_pixels(0), _prompt(9, 0), params=SamplingParams(max_new_tokens=20, eos_token_ids=(expected[2],)))
+    session.add(_pixels(0), _prompt(9, 0), params=SamplingParams(max_new_tokens=20, eos_token_ids=(),
+                                                                 stop_strings=(str(expected[3]),)))
+    session.add(_pixels(0), _prompt(9, 0), params=SamplingParams(max_new_tokens=20, eos_token_ids=()))
+    session.step()
+    session.cancel(2)
+    _drain(session, [0, 1])
+    assert session.tokens(0) == expected[:3] and session.rows[0].finish_reason == "eos"
+    assert session.tokens(1)[:4] == expected[:4] and session.rows[1].finish_reason == "stop"
+    assert session.rows[2].finish_reason == "cancelled" and session.tokens(2) == []
+    assert session.active_rows == []
+
+
+def test_per_row_settings_greedy_row_is_unaffected_by_a_sampled_row(model):
+    expected = _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 5)
+    session = GenerationSession(model, max_batch=2, max_length=100, generator=torch.Generator().manual_seed(0))
+    session.add(torch.cat([_pixels(0), _pixels(0)]), torch.cat([_prompt(9, 0), _prompt(9, 0)]),
+                params=[SamplingParams(max_new_tokens=5, eos_token_ids=()),
+                        SamplingParams(max_new_tokens=5, temperature=5.0, eos_token_ids=())])
+    _drain(session, [0, 1])
+    assert session.tokens(0) == expected
+    assert session.tokens(1) != expected  # at temperature 5 on 512 tokens, five argmaxes in a row are unlikely
+
+
+def test_sample_tokens_follows_the_softmax_at_the_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    temperature = 0.7
+    expected = torch.softmax(logits / temperature, dim=0)
+    draws = 20000
+    tokens = sample_tokens(logits.expand(draws, -1), torch.full((draws,), temperature), torch.ones(draws),
+                           generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(tokens, minlength=4).float() / draws
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+    nucleus = sample_tokens(logits.expand(draws, -1), torch.full((draws,), temperature), torch.full((draws,), 0.8),
+                            generator=torch.Generator().manual_seed(1))
+    kept = expected[:2] / expected[:2].sum()  # 0.8 is reached by the two most likely tokens (0.76 + ...)
+    torch.testing.assert_close(torch.bincount(nucleus, minlength=4).float()[:2] / draws, kept, atol=0.015, rtol=0)
+    assert int((nucleus >= 2).sum()) == 0
+    greedy = sample_tokens(logits[None], torch.zeros(1), torch.ones(1))
+    assert greedy.tolist() == [0]
+
+
+def test_limits_are_value_errors_naming_the_numbers(model):
+    context = model.config.llm.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"max_new_tokens {context}.*max_position_embeddings = {context}"):
+        model.generate(_pixels(0), _prompt(9, 0), max_new_tokens=context)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
+        model.generate(_pixels(0), _prompt(9, 0), max_new_tokens=0)
+    bad = _prompt(9, 0)
+    bad[0, 4] = model.config.llm.vocab_size + 7
+    with pytest.raises(ValueError, match=rf"input_ids\[0, 4\] = {model.config.llm.vocab_size + 7}.*vocab_size"):
+        model.generate(_pixels(0), bad, max_new_tokens=2)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        model.generate(torch.full_like(_pixels(0), float("nan")), _prompt(9, 0), max_new_tokens=2)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_eager_greedy_tokens(model):
+    ids = torch.cat([_prompt(9, 0), _prompt(9, 3)])
+    pixels = torch.cat([_pixels(0), _pixels(3)])
+    eager = model.generate(pixels, ids, max_new_tokens=12, eos_token_id=[])
+    compiled = model.generate(pixels, ids, max_new_tokens=12, eos_token_id=[], compile=True)
+    assert torch.equal(compiled, eager)
+    assert eager[0].tolist() == _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 12)
