@@ -37,8 +37,31 @@ def test_atomic_save_keeps_last_and_ignores_partial(tmp_path):
     latest = find_latest_checkpoint(root)
     assert latest.name == "step_3" and (latest / "payload.txt").read_text() == "step 3"
     save_checkpoint(root, 4, _write_file("payload.txt", "step 4"), keep_last=2)
-    assert not partial.exists() or (root / "step_4").exists()
+    assert not partial.exists()
     assert find_latest_checkpoint(root).name == "step_4"
+    assert (root / "step_4" / "payload.txt").read_text() == "step 4"
+
+
+def test_stale_temporary_folders_of_killed_saves_are_ignored_then_removed(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, 3, _write_file("payload.txt", "step 3"))
+    # Killed after sealing but before the rename: a complete-looking temporary folder of a later step.
+    sealed = root / ".tmp-step_7"
+    sealed.mkdir()
+    (sealed / "payload.txt").write_text("never renamed")
+    (sealed / "COMPLETE").write_text("step 7\n")
+    # Killed mid-write during an earlier attempt at the very step saved next, with a file the new save does not write.
+    same_step = root / ".tmp-step_5"
+    same_step.mkdir()
+    (same_step / "leftover.bin").write_bytes(b"\0" * 16)
+    assert [p.name for p in list_checkpoints(root)] == ["step_3"]
+    assert find_latest_checkpoint(root) == root / "step_3"
+    final = save_checkpoint(root, 5, _write_file("payload.txt", "step 5"))
+    assert final == root / "step_5"
+    assert sorted(p.name for p in root.iterdir()) == ["step_3", "step_5"]  # both stale folders are gone
+    assert sorted(p.name for p in final.iterdir()) == ["COMPLETE", "payload.txt"]  # nothing leaked from the old try
+    assert (final / "payload.txt").read_text() == "step 5"
+    assert [p.name for p in list_checkpoints(root)] == ["step_3", "step_5"]
 
 
 def test_failed_write_leaves_previous_checkpoint(tmp_path):
