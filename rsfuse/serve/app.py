@@ -278,6 +278,8 @@ async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> 
     except ValueError as error:
         raise APIError(400, str(error), code="no_injectors") from None
 
+    answer = "".join(char for char in answer if char.isprintable())  # no control characters in the caption
+
     def draw() -> bytes:
         try:
             import matplotlib.pyplot as plt  # noqa: PLC0415
