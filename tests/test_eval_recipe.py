@@ -177,3 +177,44 @@ def test_duplicate_ids_are_refused(model_dir):
     records = [{"id": "a", "prompt": "q", "image_path": Path("x.png"), "answer": "1", "type": "t"}] * 2
     with pytest.raises(ValueError, match="id 'a' appears twice"):
         recipe.evaluate(make_model(seed=0), tiny_tokenizer(), "cls", records)
+
+
+def _expected_answers(model_dir: Path, records, *, max_new_tokens: int, blank: bool = False) -> dict[str, str]:
+    """Each record answered alone: ``model.generate`` on its image (LLaVA preprocessing) and its vicuna_v1 prompt,
+    greedy, cut at EOS and decoded. ``blank`` feeds all-zero pixels instead of the image."""
+    import torch
+
+    from rsfuse.data.images import ImageProcessor
+    from rsfuse.llm.templates import build_prompt, tokenize_prompt
+
+    model = MFRSVLM.from_pretrained(model_dir)
+    tokenizer = tiny_tokenizer()
+    processor = ImageProcessor(model.config.input_size)
+    answers = {}
+    for record in records:
+        pixels = processor(Path(record["image_path"]))[None]
+        if blank:
+            pixels = torch.zeros_like(pixels)
+        ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", str(record["prompt"])), tokenizer)])
+        tokens = model.generate(pixels, ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)[0].tolist()
+        if tokenizer.eos_id in tokens:
+            tokens = tokens[: tokens.index(tokenizer.eos_id)]
+        answers[str(record["id"])] = tokenizer.decode(tokens).strip()
+    return answers
+
+
+@pytest.mark.parametrize("task", ["vrsbench_vqa", "cls"])
+def test_predictions_are_the_models_answers_on_the_real_images(model_dir, tmp_path, task):
+    if task == "vrsbench_vqa":
+        data = write_vrsbench(tmp_path / "vrs")["vqa"]
+    else:
+        write_class_folders(tmp_path / "aid")
+        data = tmp_path / "aid"
+    out = tmp_path / "out"
+    assert _run(model_dir, out, f"task={task}", f"data={data}") == 0
+    predicted = {str(p["id"]): p["prediction"] for p in _predictions(out)}
+    records = recipe.read_task(task, data)
+    expected = _expected_answers(model_dir, records, max_new_tokens=4)
+    assert predicted == expected
+    # The answers depend on the pixels: all-zero images would give other predictions.
+    assert _expected_answers(model_dir, records, max_new_tokens=4, blank=True) != expected

@@ -3,8 +3,10 @@ RSVQA-LR, grounding manifests, the synthetic LLaVA-style benchmark). Each writer
 the content it wrote, so tests can compare reader output with the source."""
 
 import json
+import zlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 __all__ = [
@@ -20,10 +22,26 @@ __all__ = [
 ]
 
 
-def write_image(path: Path, *, size: tuple[int, int] = (16, 12), colour: tuple[int, int, int] = (40, 120, 200)) -> Path:
-    """A small RGB image; the suffix picks the format (.png, .jpg, .tif)."""
+def write_image(
+    path: Path,
+    *,
+    size: tuple[int, int] = (16, 12),
+    colour: tuple[int, int, int] = (40, 120, 200),
+    texture: bool = True,
+) -> Path:
+    """A small RGB image; the suffix picks the format (.png, .jpg, .tif).
+
+    ``texture`` (default) adds ±60 of noise around ``colour``, seeded by the folder and file name, so no two fixture
+    images are alike and none is a single colour (a model fed the wrong pixels answers differently);
+    ``texture=False`` paints ``colour`` alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
+    width, height = size
+    pixels = np.broadcast_to(np.asarray(colour, dtype=np.int16), (height, width, 3))
+    if texture:
+        seed = zlib.crc32(f"{path.parent.name}/{path.name}".encode())
+        noise = np.random.default_rng(seed).integers(-60, 61, (height, width, 3))
+        pixels = pixels + noise
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
     return path
 
 
