@@ -44,6 +44,7 @@ from rsfuse.recipes.config import ConfigError, Field, _coerce, config_entries, s
 __all__ = [
     "EVAL_SCHEMA",
     "TASK_PROTOCOLS",
+    "EvalInputError",
     "PredictionsMismatchError",
     "EvalConfig",
     "load_eval_config",
@@ -58,7 +59,11 @@ __all__ = [
 
 METRICS_FILE = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
+UNANSWERED_FILE = "unanswered.jsonl"
 EXIT_CONFIG = 2
+TOO_LONG_POLICIES = ("count", "refuse")
+TOO_LONG = "too_long"  # prompt + max_new_tokens beyond the decoder's max_position_embeddings
+BAD_IMAGE = "bad_image"  # an image that cannot be read (skip_bad=true)
 EXIT_MISMATCH = 2  # a predictions file of another run: an expected error like any other (one line, status 2)
 
 # Protocols each registered task can be scored under (a live view of the task registry); the first is the default.
@@ -82,6 +87,11 @@ EVAL_SCHEMA: dict[str, Field] = {
     "fingerprint_weights": Field(str, "stat", "how predictions.jsonl identifies the weights: stat (sizes and "
                                  "modification times) | content (hash every byte)", choices=("stat", "content")),
     "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)"),
+    "skip_bad": Field(bool, False, "skip and count records whose image cannot be read (else stop, naming the file, "
+                      "after saving every finished answer)"),
+    "too_long": Field(str, "count", "records whose prompt + max_new_tokens exceed the decoder's "
+                      "max_position_embeddings: count (skip, report) | refuse (stop before generating)",
+                      choices=TOO_LONG_POLICIES),
     "progress": Field(bool, True, "show a progress bar"),
 }
 
@@ -172,6 +182,15 @@ def read_task(task: str, data: str | os.PathLike, image_root: str | os.PathLike 
     return _task(task).read(data, image_root or None, split=split, check_images=check_images)
 
 
+class EvalInputError(ValueError):
+    """A record cannot be evaluated (an unreadable image, a prompt beyond the context, an unreadable data file); the
+    message names the file and the record."""
+
+
+def _unanswered_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in counts.items())
+
+
 def _check_ids(records: Sequence[Mapping[str, Any]]) -> None:
     seen: set[str] = set()
     for index, record in enumerate(records):
@@ -218,6 +237,27 @@ def _decode(tokens: list[int], tokenizer, eos_id: int) -> str:
     return tokenizer.decode(tokens).strip()
 
 
+def _load_batch(chunk, processor, skip_bad: bool, skipped: list[dict]):
+    """``(kept items, their pixels, first unreadable image's error or None)``; with ``skip_bad`` the unreadable ones
+    are added to ``skipped`` instead of being reported as the error."""
+    from rsfuse.data import load_image
+    from rsfuse.data.images import ImageLoadError
+
+    kept, pixels, failure = [], [], None
+    for record, prompt in chunk:
+        try:
+            pixels.append(processor(load_image(record["image_path"])))
+        except ImageLoadError as error:
+            if skip_bad:
+                skipped.append({"id": str(record["id"]), "reason": BAD_IMAGE, "detail": str(error)})
+            elif failure is None:
+                failure = EvalInputError(f"{error} (record {str(record['id'])!r}); pass skip_bad=true to skip and "
+                                         "count unreadable images")
+            continue
+        kept.append((record, prompt))
+    return kept, pixels, failure
+
+
 def _generate_batches(
     model,
     tokenizer,
@@ -226,12 +266,19 @@ def _generate_batches(
     batch_size: int,
     max_new_tokens: int,
     progress: bool,
+    skip_bad: bool = False,
+    skipped: list[dict] | None = None,
 ) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
-    """``items`` are ``(record, prompt ids)`` in the order to batch them; one list of answers per batch."""
-    from rsfuse.data import ImageProcessor, load_image
+    """``items`` are ``(record, prompt ids)`` in the order to batch them; one list of answers per batch.
+
+    An unreadable image is skipped (``skip_bad``, appended to ``skipped``) or raises `EvalInputError` naming the file
+    and the record, after the rest of its batch has been answered and yielded.
+    """
+    from rsfuse.data import ImageProcessor
 
     processor = ImageProcessor(model.config.input_size)
     device = model.device
+    skipped = [] if skipped is None else skipped
     bar = None
     if progress:
         from tqdm import tqdm
@@ -239,23 +286,39 @@ def _generate_batches(
         bar = tqdm(total=len(items), desc="eval", unit="q", file=sys.stderr)
     try:
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            input_ids, attention_mask = _left_padded([prompt for _, prompt in chunk], tokenizer.pad_id)
-            pixels = torch.stack([processor(load_image(record["image_path"])) for record, _ in chunk])
-            new_tokens = model.generate(
-                pixels.to(device=device, dtype=model.dtype),
-                input_ids.to(device),
-                attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_id,
-            )
-            yield [(record, _decode(tokens, tokenizer, tokenizer.eos_id))
-                   for (record, _), tokens in zip(chunk, new_tokens.tolist())]
+            chunk, pixels, failure = _load_batch(items[start : start + batch_size], processor, skip_bad, skipped)
+            if chunk:
+                input_ids, attention_mask = _left_padded([prompt for _, prompt in chunk], tokenizer.pad_id)
+                new_tokens = model.generate(
+                    torch.stack(pixels).to(device=device, dtype=model.dtype),
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_id,
+                )
+                yield [(record, _decode(tokens, tokenizer, tokenizer.eos_id))
+                       for (record, _), tokens in zip(chunk, new_tokens.tolist())]
+            if failure is not None:
+                raise failure
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(len(items[start : start + batch_size]))
     finally:
         if bar is not None:
             bar.close()
+
+
+def decoder_length(prompt: Sequence[int], model) -> int:
+    """Positions the decoder's sequence takes for a prompt, as `MFRSVLM.generate` counts them against
+    ``max_position_embeddings``: the prompt's ids (a single -200 placeholder keeps its column, as padding) plus the
+    visual tokens; a placeholder repeated per visual token already holds their places."""
+    placeholder = model.config.image_token_index
+    repeated = sum(1 for token in prompt if token == placeholder) > 1
+    return len(prompt) + (0 if repeated else model.num_visual_tokens)
+
+
+def context_limit(model) -> int:
+    """The decoder's ``max_position_embeddings``."""
+    return int(model.config.llm.max_position_embeddings)
 
 
 @torch.no_grad()
@@ -300,6 +363,10 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): _json_ready(item) for key, item in value.items()}
     return value
+
+
+# Expected errors: the CLI prints them as one line (exit status 2); under torchrun they reach every rank by type.
+REPORTED_ERRORS = (ConfigError, PredictionsMismatchError, EvalInputError)
 
 
 class _Group:
@@ -347,8 +414,10 @@ class _Group:
                 continue
             if rank == self.rank:
                 raise error
-            kind = type(error) if isinstance(error, (ConfigError, PredictionsMismatchError)) else RuntimeError
-            raise kind(f"rank {rank}: {error}")
+            kind = type(error) if isinstance(error, REPORTED_ERRORS) else RuntimeError
+            relayed = kind(f"rank {rank}: {error}")
+            relayed.relayed = True
+            raise relayed
 
 
 def _capture(action: Callable[[], Any]) -> tuple[Any, BaseException | None]:
@@ -362,7 +431,7 @@ def _picklable(error: BaseException | None) -> BaseException | None:
     """The error as sent to the other ranks: its type when the CLI reports that type, else a RuntimeError."""
     if error is None:
         return None
-    kind = type(error) if isinstance(error, (ConfigError, PredictionsMismatchError)) else RuntimeError
+    kind = type(error) if isinstance(error, REPORTED_ERRORS) else RuntimeError
     return kind(str(error))
 
 
@@ -383,6 +452,8 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     report: dict | None = None,
+    skip_bad: bool = False,
+    too_long: str = "count",
 ) -> dict:
     """Generate answers for ``records`` (reader output) and score them; returns the scorer's result.
 
@@ -398,12 +469,21 @@ def evaluate(
     generating, so an interrupted sharded run resumes exactly with any number of processes. Every rank returns the
     same result. An error on any rank is raised on every rank after the answers finished so far are saved.
 
-    ``report``, when given, is filled with the run's counts: ``reused`` (answers found in the file), ``generated``
-    and ``generated_per_rank``.
+    Records the model cannot answer are not generated, not written and not scored (a rerun tries them again):
+    prompts whose decoder length plus ``max_new_tokens`` exceeds ``max_position_embeddings`` (``too_long="count"``;
+    ``"refuse"`` raises `EvalInputError` before generating anything), and with ``skip_bad`` unreadable images
+    (without it the first one raises `EvalInputError` naming file and record, after every finished answer is saved).
+    If nothing can be answered, `EvalInputError`.
+
+    ``report``, when given, is filled with the run's counts: ``reused`` (answers found in the file), ``generated``,
+    ``generated_per_rank``, ``scored``, ``unanswered`` (reason -> count) and ``unanswered_records`` (id, reason,
+    detail).
     """
     from rsfuse.eval.predictions import PredictionWriter, consolidate, rank_file
 
     evaluation = get_task(task)
+    if too_long not in TOO_LONG_POLICIES:
+        raise ValueError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}, got {too_long!r}")
     records = list(records)
     if not records:
         raise ValueError(f"evaluate: no records for task {task!r}")
@@ -426,11 +506,25 @@ def evaluate(
     # 2. This process's share of the rest, batched by prompt length.
     pending = [record for record in records if str(record["id"]) not in done]
     prompts = [encode_prompt(record, tokenizer, template) for record in pending]
-    order = length_order([len(prompt) for prompt in prompts])[group.rank :: group.world_size]
-    items = [(pending[i], prompts[i]) for i in order]
+    lengths = [decoder_length(prompt, model) for prompt in prompts]
+    limit = context_limit(model)
+    overlong = [i for i, length in enumerate(lengths) if length + max_new_tokens > limit]
+    if overlong and too_long == "refuse":
+        first = overlong[0]
+        raise EvalInputError(
+            f"{len(overlong)} of {len(pending)} records need more positions than the decoder's max_position_embeddings "
+            f"{limit} (first: record {str(pending[first]['id'])!r}, prompt {lengths[first]} positions + max_new_tokens "
+            f"{max_new_tokens}); lower max_new_tokens, or pass too_long=count to skip and count them"
+        )
+    unanswered = [{"id": str(pending[i]["id"]), "reason": TOO_LONG,
+                   "detail": f"prompt {lengths[i]} positions + max_new_tokens {max_new_tokens} > {limit}"}
+                  for i in overlong]
+    fitting = [i for i in length_order([len(prompt) for prompt in prompts]) if lengths[i] + max_new_tokens <= limit]
+    items = [(pending[i], prompts[i]) for i in fitting[group.rank :: group.world_size]]
 
     # 3. Generate, appending each batch to this process's file.
     answers: dict[str, str] = {}
+    bad_images: list[dict] = []
     writer = None
     if path is not None:
         writer = PredictionWriter(path if group.world_size == 1 else rank_file(path, group.rank), identity)
@@ -440,7 +534,8 @@ def evaluate(
     def generate_all() -> None:
         with torch.no_grad():
             for batch in _generate_batches(model, tokenizer, items, batch_size=batch_size,
-                                           max_new_tokens=max_new_tokens, progress=progress and group.is_main):
+                                           max_new_tokens=max_new_tokens, progress=progress and group.is_main,
+                                           skip_bad=skip_bad, skipped=bad_images):
                 finished = [(str(record["id"]), prediction) for record, prediction in batch]
                 answers.update(finished)
                 if writer is not None:
@@ -457,13 +552,14 @@ def evaluate(
 
     # 4. Every rank's answers to every rank; rank 0 leaves one file in record order; errors raised after that.
     reused = len(done)
-    gathered = group.gather((answers, _picklable(error)))
-    for rank_answers, _ in gathered:
+    gathered = group.gather((answers, bad_images, _picklable(error)))
+    for rank_answers, rank_bad, _ in gathered:
         done.update(rank_answers)
+        unanswered += rank_bad
     if report is not None:
-        per_rank = [len(rank_answers) for rank_answers, _ in gathered]
+        per_rank = [len(rank_answers) for rank_answers, _, _ in gathered]
         report.update(reused=reused, generated=sum(per_rank), generated_per_rank=per_rank)
-    errors = [rank_error for _, rank_error in gathered]
+    errors = [rank_error for _, _, rank_error in gathered]
     errors[group.rank] = error
     if path is not None:
         _, merge_error = _capture(lambda: consolidate(path, identity, ids)) if group.is_main else (None, None)
@@ -471,8 +567,13 @@ def evaluate(
         errors = [first or second for first, second in zip(errors, merged)]
     group.raise_first(errors)
 
-    # 5. Score once, in record order.
-    scored = [{**record, "prediction": done[str(record["id"])]} for record in records]
+    # 5. Score once, in record order, what was answered.
+    scored = [{**record, "prediction": done[str(record["id"])]} for record in records if str(record["id"]) in done]
+    counts = {reason: sum(1 for entry in unanswered if entry["reason"] == reason) for reason in (TOO_LONG, BAD_IMAGE)}
+    if report is not None:
+        report.update(scored=len(scored), unanswered=counts, unanswered_records=unanswered)
+    if not scored:
+        raise EvalInputError(f"no record of task {task!r} could be answered ({_unanswered_text(counts)})")
     result, error = _capture(lambda: evaluation.score(scored, protocol)) if group.is_main else (None, None)
     shared = group.broadcast((result, _picklable(error)))
     if error is not None:
@@ -505,13 +606,17 @@ def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> di
                            weights=config["fingerprint_weights"], settings=settings)
 
 
-def _refuse_other_runs(path: Path, identity: Mapping[str, Any]) -> None:
-    """Raise `PredictionsMismatchError` if ``path`` or its rank files hold answers of a run that answers differently
-    (read only; `evaluate` repairs and merges them later)."""
+def _other_run(path: Path, identity: Mapping[str, Any]) -> str | None:
+    """Why ``path`` or its rank files cannot be reused (answers of a run that answers differently), or None.
+    Read only; `evaluate` repairs and merges them later."""
     from rsfuse.eval.predictions import rank_files
 
-    for source in (path, *rank_files(path)):
-        read_predictions(source, identity, repair=False)
+    try:
+        for source in (path, *rank_files(path)):
+            read_predictions(source, identity, repair=False)
+    except PredictionsMismatchError as error:
+        return str(error)
+    return None
 
 
 def _shared(compute: Callable[[], Any], rank: int, world_size: int) -> Any:
@@ -564,7 +669,15 @@ def run(config: EvalConfig) -> dict:
     if config["num_threads"] > 0:
         torch.set_num_threads(config["num_threads"])
     task = config["task"]
-    records = read_task(task, config["data"], config["image_root"] or None, split=config["split"])
+    try:  # with skip_bad, a missing image is counted when it is loaded instead of refused here
+        records = read_task(task, config["data"], config["image_root"] or None, split=config["split"],
+                            check_images=not config["skip_bad"])
+    except (OSError, KeyError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise EvalInputError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from None
+    if not records:
+        raise EvalInputError(f"{config['data']}: no records for task {task!r}")
     if config["limit"] > 0:
         records = records[: config["limit"]]
     output_dir = Path(config["output_dir"])
@@ -574,7 +687,9 @@ def run(config: EvalConfig) -> dict:
     try:
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve())),
                     "fingerprint": _shared(lambda: _fingerprint(config, model_dir, tokenizer_dir), rank, world_size)}
-        _refuse_other_runs(output_dir / PREDICTIONS_FILE, identity)  # before minutes of model loading
+        refusal = _shared(lambda: _other_run(output_dir / PREDICTIONS_FILE, identity), rank, world_size)
+        if refusal is not None:  # before minutes of model loading
+            raise PredictionsMismatchError(refusal)
         device = _device(config["device"], local_rank)
         model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
         model.requires_grad_(False)
@@ -595,22 +710,35 @@ def run(config: EvalConfig) -> dict:
             rank=rank,
             world_size=world_size,
             report=counts,
+            skip_bad=config["skip_bad"],
+            too_long=config["too_long"],
         )
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    summary = {**identity, "samples": len(records), "template": config["template"], "processes": world_size,
-               "result": _json_ready(result)}
+    summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
+               "template": config["template"], "processes": world_size, "result": _json_ready(result)}
     if rank != 0:
         return {**summary, "run": counts}
     per_rank = f" ({', '.join(map(str, counts['generated_per_rank']))} per process)" if world_size > 1 else ""
     print(f"[rsfuse eval] {counts['reused']} answers reused from {output_dir / PREDICTIONS_FILE}, "
           f"{counts['generated']} generated{per_rank}", file=sys.stderr)
+    skipped = counts["unanswered_records"]
+    if skipped:
+        (output_dir / UNANSWERED_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in skipped))
+        reasons = _unanswered_text(counts["unanswered"])
+        print(f"[rsfuse eval] {len(skipped)} of {len(records)} records not answered ({reasons}); listed in "
+              f"{output_dir / UNANSWERED_FILE}; first: {skipped[0]['id']!r}: {skipped[0]['detail']}", file=sys.stderr)
+    elif (output_dir / UNANSWERED_FILE).exists():
+        (output_dir / UNANSWERED_FILE).unlink()
     (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
     title = f"{task}: {model_dir.name} ({len(records)} samples)"
     table = metrics_to_markdown(result, title=title)
+    if skipped:
+        table += (f"\nScored on {counts['scored']} of {len(records)} records; not answered: "
+                  f"{_unanswered_text(counts['unanswered'])} (see {UNANSWERED_FILE}).\n")
     (output_dir / METRICS_MARKDOWN).write_text(table)
     print(table)
     return {**summary, "run": counts}
@@ -628,9 +756,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"rsfuse eval: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except PredictionsMismatchError as error:
-        print(f"rsfuse eval: {error}", file=sys.stderr)
-        return EXIT_MISMATCH
+    except (PredictionsMismatchError, EvalInputError) as error:
+        if os.environ.get("RSFUSE_DEBUG") == "1":
+            raise
+        if not getattr(error, "relayed", False) or os.environ.get("RANK", "0") == "0":
+            print(f"rsfuse eval: {error}", file=sys.stderr)
+        return EXIT_MISMATCH if isinstance(error, PredictionsMismatchError) else EXIT_CONFIG
     return 0
 
 
