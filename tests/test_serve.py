@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -23,7 +22,6 @@ pytest.importorskip("uvicorn")
 from factories.mfrsvlm import make_model  # noqa: E402
 from factories.serve import LiveServer, image_data_uri, scene_image  # noqa: E402
 from factories.tokenizer import tiny_tokenizer, tiny_tokenizer_dir  # noqa: E402
-from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: E402
 from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
 from rsfuse.serve.inputs import PromptEncoder  # noqa: E402
 
@@ -33,7 +31,7 @@ KEY = "test-key-123"
 @pytest.fixture(scope="module")
 def served():
     model = make_model(0)
-    encoder = PromptEncoder(model, tiny_tokenizer())
+    encoder = PromptEncoder.for_model(model, tiny_tokenizer())
     app = create_app(model, encoder, ServeSettings(model_name="micro", api_key=KEY, max_batch=4, max_wait_ms=50))
     with LiveServer(app) as server:
         server.model, server.encoder = model, encoder
@@ -42,12 +40,11 @@ def served():
 
 
 def reference(server, question: str, image, max_tokens: int) -> str:
-    """What ``MFRSVLM.generate`` answers (greedy) to the same prompt."""
-    tokenizer = tiny_tokenizer()
-    ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", question, with_image=image is not None), tokenizer)])
-    pixels = None if image is None else server.encoder.images(image)[None]
-    tokens = server.model.generate(pixels, ids, max_new_tokens=max_tokens, eos_token_id=tokenizer.eos_id)
-    return server.encoder.decode(tokens[0].tolist())
+    """What ``MFRSVLM.generate`` answers (greedy) to the same question, through the processor."""
+    processor = server.encoder.processor
+    inputs = processor(images=[image], text=[question])
+    tokens = server.model.generate(**inputs, max_new_tokens=max_tokens, eos_token_id=list(processor.eos_token_ids))
+    return processor.batch_decode(tokens)[0]
 
 
 def image_message(question: str, image) -> list[dict]:

@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -14,7 +13,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 from factories.mfrsvlm import make_model  # noqa: E402
 from factories.serve import LiveServer, scene_image  # noqa: E402
 from factories.tokenizer import tiny_tokenizer  # noqa: E402
-from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: E402
 from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
 from rsfuse.serve.inputs import PromptEncoder  # noqa: E402
 
@@ -37,14 +35,14 @@ def browser():
 def test_page_uploads_asks_streams_and_shows_the_pictures(browser, tmp_path, api_key):
     model = make_model(0)
     tokenizer = tiny_tokenizer()
-    encoder = PromptEncoder(model, tokenizer)
+    encoder = PromptEncoder.for_model(model, tokenizer)
     image_path = tmp_path / "scene.png"
     image = scene_image(size=96, seed=11)
     image.save(image_path)
     question = "How many ships are in the harbour?"
-    ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", question), tokenizer)])
-    expected = encoder.decode(model.generate(encoder.images(image)[None], ids, max_new_tokens=12,
-                                             eos_token_id=tokenizer.eos_id)[0].tolist())
+    inputs = encoder.processor(images=[image], text=[question])
+    expected = encoder.processor.batch_decode(model.generate(**inputs, max_new_tokens=12,
+                                                             eos_token_id=list(encoder.processor.eos_token_ids)))[0]
     app = create_app(model, encoder, ServeSettings(model_name="micro", api_key=api_key))
     with LiveServer(app) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 900})

@@ -23,7 +23,6 @@ pytest.importorskip("uvicorn")
 from factories.mfrsvlm import make_model  # noqa: E402
 from factories.serve import LiveServer, image_data_uri, scene_image  # noqa: E402
 from factories.tokenizer import tiny_tokenizer  # noqa: E402
-from rsfuse.llm.templates import build_prompt, tokenize_prompt  # noqa: E402
 from rsfuse.model.generation import SamplingParams  # noqa: E402
 from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder  # noqa: E402
@@ -37,7 +36,7 @@ LIMITS = ServeLimits(max_body_bytes=200_000, max_image_bytes=60_000, max_image_p
 @pytest.fixture(scope="module")
 def served():
     model = make_model(0)
-    encoder = PromptEncoder(model, tiny_tokenizer())
+    encoder = PromptEncoder.for_model(model, tiny_tokenizer())
     app = create_app(model, encoder, ServeSettings(model_name="micro", max_batch=4, limits=LIMITS))
     with LiveServer(app) as server:
         server.model, server.encoder = model, encoder
@@ -178,7 +177,6 @@ def assert_openai_error(status: int, headers: dict, text: str, name: str) -> dic
 
 
 def test_hostile_requests_are_4xx_json_and_a_good_one_still_works(served):
-    tokenizer = tiny_tokenizer()
     good = good_body(max_tokens=40, messages=[{"role": "user", "content": [
         image_part(image_data_uri(scene_image(seed=9))), {"type": "text", "text": "Describe the image."}]}])
     outcome = {}
@@ -205,10 +203,10 @@ def test_hostile_requests_are_4xx_json_and_a_good_one_still_works(served):
     runner.join(120)
     status, _, text = outcome["result"]
     assert status == 200, text
-    ids = torch.tensor([tokenize_prompt(build_prompt("vicuna_v1", "Describe the image."), tokenizer)])
-    expected = served.model.generate(served.encoder.images(scene_image(seed=9))[None], ids, max_new_tokens=40,
-                                     eos_token_id=tokenizer.eos_id)
-    assert json.loads(text)["choices"][0]["message"]["content"] == served.encoder.decode(expected[0].tolist())
+    processor = served.encoder.processor
+    inputs = processor(images=[scene_image(seed=9)], text=["Describe the image."])
+    expected = served.model.generate(**inputs, max_new_tokens=40, eos_token_id=list(processor.eos_token_ids))
+    assert json.loads(text)["choices"][0]["message"]["content"] == processor.batch_decode(expected)[0]
     status, _, text = post(served, json.dumps(good_body()))
     assert status == 200 and json.loads(text)["choices"][0]["message"]["role"] == "assistant"
 
@@ -243,5 +241,6 @@ def test_a_prompt_failing_at_prefill_does_not_fail_its_batch(served):
     assert events["bad"][-1][0] == "error" and events["bad"][-1][1].status == 400
     tokens = [token for kind, value in events["good"] if kind == "tokens" for token in value]
     assert events["good"][-1][0] == "done"
-    expected = model.generate(None, good.input_ids, max_new_tokens=5, eos_token_id=min(encoder.eos_ids))[0].tolist()
+    expected = model.generate(None, good.input_ids, good.attention_mask, max_new_tokens=5,
+                              eos_token_id=sorted(encoder.eos_ids))[0].tolist()
     assert tokens and tokens == expected[: len(tokens)]

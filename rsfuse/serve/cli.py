@@ -47,10 +47,10 @@ def build(args: argparse.Namespace):
     """Load the model and tokenizer named by ``args``; returns the app."""
     import torch  # noqa: PLC0415
 
-    from rsfuse.llm.tokenizer import Tokenizer  # noqa: PLC0415
     from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415
+    from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
     from rsfuse.serve.app import ServeSettings, create_app  # noqa: PLC0415
-    from rsfuse.serve.inputs import PromptEncoder, recorded_template  # noqa: PLC0415
+    from rsfuse.serve.inputs import PromptEncoder  # noqa: PLC0415
     from rsfuse.serve.limits import ServeLimits  # noqa: PLC0415
 
     device = args.device
@@ -66,8 +66,7 @@ def build(args: argparse.Namespace):
     if args.allow_local_images is not None and not args.allow_local_images.is_dir():
         raise ValueError(f"--allow-local-images {args.allow_local_images}: not a folder")
     model = MFRSVLM.from_pretrained(args.model, dtype=dtype, device=device).eval()
-    tokenizer = Tokenizer.from_pretrained(args.model)
-    encoder = PromptEncoder(model, tokenizer, args.template or recorded_template(args.model))
+    encoder = PromptEncoder(model, MFRSVLMProcessor.from_pretrained(args.model, template=args.template))
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
                          max_image_pixels=args.max_image_pixels)
     settings = ServeSettings(

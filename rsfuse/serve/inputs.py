@@ -1,46 +1,27 @@
 """From a checked request to model inputs, and from generated tokens back to text.
 
-`PromptEncoder.encode` is the one place that turns a conversation and its image into tensors (template, tokenizer,
-image preprocessing); `collate` left-pads several encoded prompts into one ``GenerationSession.add`` batch;
+`PromptEncoder.encode` is the one place that turns a conversation and its image into tensors (``MFRSVLMProcessor``:
+template, tokenizer, image preprocessing, sequence layout); `collate` left-pads several encoded prompts into one
+``GenerationSession.add`` batch;
 `TextStream` turns a row's growing token list into text deltas, cut at the first stop string and holding back
 what could still become one (or a half-decoded UTF-8 character).
 """
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from rsfuse.serve.errors import bad_request
 from rsfuse.serve.protocol import Turn
 
-__all__ = ["EncodedPrompt", "PromptEncoder", "TextStream", "collate", "recorded_template"]
-
-DEFAULT_TEMPLATE = "vicuna_v1"
-
-
-def recorded_template(model_dir: str | Path | None) -> str:
-    """The conversation template recorded in the model folder's ``config.json`` (``template`` or
-    ``conversation_template``), else ``vicuna_v1``."""
-    if model_dir is not None:
-        config = Path(model_dir) / "config.json"
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            data = {}
-        for key in ("template", "conversation_template"):
-            if isinstance(data.get(key), str):
-                return data[key]
-    return DEFAULT_TEMPLATE
+__all__ = ["EncodedPrompt", "PromptEncoder", "TextStream", "collate"]
 
 
 @dataclass
 class EncodedPrompt:
-    """One prompt: ``input_ids``/``attention_mask`` ``[1, L]``, ``pixel_values`` ``[1, 3, S, S]`` or None, and
-    ``length`` = the positions it takes in the decoder (text + visual tokens)."""
+    """One prompt as ``MFRSVLMProcessor`` lays it out: ``input_ids``/``attention_mask`` ``[1, L]`` (visual slots
+    included), ``pixel_values`` ``[1, 3, S, S]`` or None; ``length`` = the positions it takes in the decoder."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -50,56 +31,54 @@ class EncodedPrompt:
 
 
 class PromptEncoder:
-    """Template + tokenizer + image preprocessing of one model (to be replaced by ``MFRSVLMProcessor``)."""
+    """The model's ``MFRSVLMProcessor`` (template, tokenizer, image preprocessing, sequence layout), one request at
+    a time, with the results on the model's device."""
 
-    def __init__(self, model, tokenizer, template: str = DEFAULT_TEMPLATE) -> None:
-        from rsfuse.data.images import ImageProcessor  # noqa: PLC0415
-        from rsfuse.llm.templates import get_template  # noqa: PLC0415
-
+    def __init__(self, model, processor) -> None:
         self.model = model
-        self.tokenizer = tokenizer
-        self.template = get_template(template)
-        self.images = ImageProcessor(model.config.input_size)
-        self.eos_ids = frozenset({int(tokenizer.eos_id)})
+        self.processor = processor
+        self.images = processor.image_processor
+        self.eos_ids = frozenset(int(token) for token in processor.eos_token_ids)
+
+    @classmethod
+    def for_model(cls, model, tokenizer=None, *, template: str | None = None) -> "PromptEncoder":
+        """From a loaded model (``tokenizer`` None: the one it was loaded with; ``template`` None: the recorded one,
+        else ``vicuna_v1``)."""
+        from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
+
+        return cls(model, MFRSVLMProcessor.from_model(model, tokenizer, template=template))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([token for token in ids if token not in self.eos_ids])
+        return self.processor.decode(list(ids))
 
-    def prompt_text(self, turns: Sequence[Turn]) -> str:
-        """The generation prompt of a conversation (``<image>`` where the image goes), ending with the assistant's
-        role tag; a system message replaces the template's system text."""
-        from rsfuse.llm.templates import IMAGE_PLACEHOLDER  # noqa: PLC0415
-
-        template = self.template
-        if template.style == "plain":
-            if not any(turn.image is not None for turn in turns):
-                raise bad_request(f"template {template.name!r} needs an image", "messages")
-            return IMAGE_PLACEHOLDER
-        user, assistant = template.roles
-        system = next((turn.text for turn in turns if turn.role == "system"), template.system)
-        text = system + template.sep
+    @staticmethod
+    def conversation(turns: Sequence[Turn]) -> list[dict]:
+        """OpenAI-style turns for the processor, the image as an ``{"type": "image"}`` part of its user turn."""
+        out = []
         for turn in turns:
-            if turn.role == "user":
-                question = turn.text.strip()
-                if turn.image is not None:
-                    question = IMAGE_PLACEHOLDER + "\n" + question
-                text += f"{user}: {question}{template.sep}{assistant}:"
-            elif turn.role == "assistant":
-                text += f" {turn.text.strip()}{template.sep2}"
-        return text
+            content = [{"type": "text", "text": turn.text}]
+            if turn.image is not None:
+                content.insert(0, {"type": "image"})
+            out.append({"role": turn.role, "content": content})
+        return out
 
     def encode(self, turns: Sequence[Turn], image: Image.Image | None) -> EncodedPrompt:
-        from rsfuse.llm.templates import tokenize_prompt  # noqa: PLC0415
-
-        device = self.model.device
-        ids = torch.tensor([tokenize_prompt(self.prompt_text(turns), self.tokenizer)], device=device)
-        mask = torch.ones_like(ids)
-        pixels = None
-        if image is not None:
-            pixels = self.images(image)[None].to(device=device, dtype=self.model.dtype)
-        layout = self.model.layout(ids, mask, image_mask=None if pixels is None else torch.ones(1, dtype=torch.bool,
-                                   device=device), padding_side="left")
-        return EncodedPrompt(ids, mask, pixels, int(layout.input_ids.shape[1]), image)
+        inputs = self.processor(images=[image], text=[self.conversation(turns)], padding_side="left")
+        inputs = inputs.to(self.model.device, self.model.dtype)
+        ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+        # The model lays the ids out again, and re-laying out laid-out ids keeps their width and adds the visual
+        # slots once more (as padding): hand it the placeholder-free ids (one placeholder kept for "token"
+        # placement, where it marks the spot), so the prompt takes exactly its own positions in the cache.
+        config = self.model.config
+        is_image = ids[0] == config.image_token_index
+        if bool(is_image.any()):
+            keep = ~is_image
+            if config.image_placement == "token":
+                keep[int(is_image.nonzero()[0])] = True
+            ids, mask = ids[:, keep], mask[:, keep]
+        image_mask = None if pixels is None else torch.ones(1, dtype=torch.bool, device=ids.device)
+        length = self.model.layout(ids, mask, image_mask=image_mask, padding_side="left").input_ids.shape[1]
+        return EncodedPrompt(ids, mask, pixels, int(length), image)
 
 
 def collate(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> dict:
