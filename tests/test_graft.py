@@ -178,3 +178,58 @@ def test_importing_injection_imports_neither_rsfuse_llm_nor_transformers():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _greedy_by_full_reforward(host, handle, stacks, prompt_embeds, steps: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy tokens by re-running the whole grafted host (injection active) on prompt + generated each step, and each
+    step's last-position logits ``[steps, B, V]``."""
+    embed = host.get_input_embeddings()
+    sequence = prompt_embeds
+    tokens: list[torch.Tensor] = []
+    all_logits = []
+    with handle.use(stacks):
+        for _ in range(steps):
+            logits = host(inputs_embeds=sequence).logits[:, -1]
+            all_logits.append(logits)
+            token = logits.argmax(dim=-1)
+            tokens.append(token)
+            sequence = torch.cat([sequence, embed(token)[:, None]], dim=1)
+    return torch.stack(tokens, dim=1).tolist(), torch.stack(all_logits)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+def test_grafted_host_decodes_with_its_kv_cache_and_generate_like_a_full_reforward(kind):
+    """Injection at prefill only: the cached decode steps (and HF ``generate``) read the injected visual keys/values
+    and inject nothing themselves, so each step equals a full re-forward of the grafted host."""
+    host = _tiny_host(kind)
+    handle = graft(host, _injectors([0, 2], scale=1.0, seed=4), visual_slice=slice(0, VISUAL))
+    embed = host.get_input_embeddings()
+    stacks = _stacks(seed=5)
+    ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(6))
+    prompt = torch.cat([_embeds(length=VISUAL, seed=7), embed(ids)], dim=1)  # [visual tokens][text]
+    steps = 6
+    expected, expected_logits = _greedy_by_full_reforward(host, handle, stacks, prompt, steps)
+    # The injection matters here: without it the first step's logits differ.
+    assert not torch.allclose(host(inputs_embeds=prompt).logits[:, -1], expected_logits[0], atol=1e-3)
+
+    with handle.use(stacks):  # the handle stays active through the decode steps, as a user would leave it
+        output = host(inputs_embeds=prompt, use_cache=True)
+        cache = output.past_key_values
+        token = output.logits[:, -1].argmax(dim=-1)
+        cached, cached_logits = [token], [output.logits[:, -1]]
+        for _ in range(steps - 1):
+            output = host(inputs_embeds=embed(token)[:, None], past_key_values=cache, use_cache=True)
+            cache = output.past_key_values
+            token = output.logits[:, -1].argmax(dim=-1)
+            cached.append(token)
+            cached_logits.append(output.logits[:, -1])
+    assert torch.stack(cached, dim=1).tolist() == expected
+    torch.testing.assert_close(torch.stack(cached_logits), expected_logits, atol=1e-5, rtol=1e-4)
+
+    with handle.use(stacks):
+        generated = host.generate(
+            inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),
+            max_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None,
+        )
+    assert generated[:, -steps:].tolist() == expected
