@@ -131,11 +131,11 @@ class StaticKVCache(KVCache):
             return None
         self._prefill = False
         if new_tokens == 1:  # a decoding step: slots past a row's fill level are never marked, so no causal bound
-            write = rearrange(self.lengths.clamp_max(self.max_length - 1), "b -> b 1")
+            write = self.lengths.clamp_max(self.max_length - 1).unsqueeze(1)  # [B, 1] (hot path: native views)
             self._write = write
             flat = (self._row_offsets + write).view(-1)
             self.key_mask.view(-1)[flat] = True if new_mask is None else new_mask.reshape(-1)
-            return rearrange(self.key_mask, "b n -> b 1 1 n")
+            return self.key_mask[:, None, None, :]
         offsets = torch.arange(new_tokens, device=self.lengths.device)
         write = (rearrange(self.lengths, "b -> b 1") + offsets).clamp_max(self.max_length - 1)  # [B, M]
         rows = rearrange(torch.arange(self.batch_size, device=self.lengths.device), "b -> b 1")

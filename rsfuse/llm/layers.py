@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,6 +28,8 @@ class AttentionMask:
 
     mask: Bool[Tensor, "#batch 1 queries keys"] | None
     causal: bool
+    all_rows_attend: bool = False
+    """True when every query row may attend to some key (a decoding step sees itself): no empty-row fix-up."""
 
 
 class RMSNorm(nn.Module):
@@ -86,9 +87,11 @@ class LlamaAttention(nn.Module):
         cache: KVCache | None = None,
     ) -> Float[Tensor, "batch tokens dim"]:
         cos, sin = position_embeddings
-        queries = rearrange(self.q_proj(hidden_states), "b m (h d) -> b m h d", d=self.head_dim)
-        keys = rearrange(self.k_proj(hidden_states), "b m (h d) -> b m h d", d=self.head_dim)
-        values = rearrange(self.v_proj(hidden_states), "b m (h d) -> b m h d", d=self.head_dim)
+        # "b m (h d) -> b m h d" (native views: this runs once per layer per decoded token, where einops' parsing
+        # would cost more than the tiny model's matmuls)
+        queries = self.q_proj(hidden_states).unflatten(-1, (-1, self.head_dim))
+        keys = self.k_proj(hidden_states).unflatten(-1, (-1, self.head_dim))
+        values = self.v_proj(hidden_states).unflatten(-1, (-1, self.head_dim))
         queries = apply_rotary(queries, cos, sin)
         keys = apply_rotary(keys, cos, sin)
         if cache is not None:
@@ -100,8 +103,9 @@ class LlamaAttention(nn.Module):
             causal=attention_mask.causal,
             mask=attention_mask.mask,
             backend=self.attention_backend,
+            all_rows_attend=attention_mask.all_rows_attend,
         )
-        return self.o_proj(rearrange(attended, "b m h d -> b m (h d)"))
+        return self.o_proj(attended.flatten(2))  # "b m h d -> b m (h d)"
 
 
 class LlamaDecoderLayer(nn.Module):

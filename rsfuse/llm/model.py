@@ -127,8 +127,9 @@ class LlamaModel(nn.Module):
             if buffer_mask is None:  # prefill into an empty cache: attend over the new positions only
                 new_mask = None if attention_mask is None else attention_mask[:, -new_tokens:]
                 mask = build_attention_mask(new_mask, new_tokens=new_tokens, past_tokens=0, device=device)
-            else:
-                mask = AttentionMask(mask=buffer_mask, causal=False)
+            else:  # a one-token step without a padding mask always sees its own slot
+                attend = new_tokens == 1 and attention_mask is None
+                mask = AttentionMask(mask=buffer_mask, causal=False, all_rows_attend=attend)
             if position_ids is None:
                 if attention_mask is not None:
                     position_ids = default_position_ids(attention_mask, new_tokens=new_tokens, past_tokens=0, device=device)

@@ -99,6 +99,5 @@ def apply_rotary(
     sin: Float[Tensor, "#batch tokens head_dim"],
 ) -> Float[Tensor, "batch tokens heads head_dim"]:
     """Rotate ``x`` (``[B, M, H, D]``) by the angles whose cos/sin are given (HF's ``rotate_half`` convention)."""
-    cos = rearrange(cos, "b m d -> b m 1 d")
-    sin = rearrange(sin, "b m d -> b m 1 d")
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # "b m d -> b m 1 d" (hot path: native view)
     return torch.addcmul(x * cos, _rotate_half(x), sin)

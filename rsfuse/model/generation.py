@@ -260,8 +260,8 @@ class GenerationSession:
     # ----- decoding ------------------------------------------------------------------------------------------------
     def _decode_logits(self, token: Tensor, position: Tensor) -> Tensor:
         output = self.model.llm(
-            rearrange(token, "b -> b 1"),
-            position_ids=rearrange(position, "b -> b 1"),
+            token.unsqueeze(1),  # [B, 1] (hot path: native views)
+            position_ids=position.unsqueeze(1),
             past_key_values=self.cache,
             use_cache=True,
         )
@@ -280,10 +280,10 @@ class GenerationSession:
             running = ~self.done
             token = torch.where(running, token, self.pad_token_id)
             # A finished row writes padding one past its last token, where nothing is read.
-            slot = rearrange(self.count.clamp_max(self.max_length - 1), "b -> b 1")
+            slot = self.count.clamp_max(self.max_length - 1).unsqueeze(1)
             self.generated.view(-1)[(self._row_starts + slot).view(-1)] = token
             self.count += running.long()
-            is_eos = (rearrange(token, "b -> b 1") == self.eos).any(dim=-1)
+            is_eos = (token.unsqueeze(1) == self.eos).any(dim=-1)
             self.done |= (running & is_eos) | (self.count >= self.limit)
             self.last_token.copy_(token)
             return

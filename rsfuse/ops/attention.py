@@ -69,13 +69,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
     if mask is not None:
         if mask.ndim != 4:
             raise ValueError(f"attention: mask must broadcast to [B, H, M, N] with 4 dims, got {tuple(mask.shape)}")
-        try:
-            torch.broadcast_shapes(mask.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
-        except RuntimeError:
+        expected = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        if any(size not in (1, want) for size, want in zip(mask.shape, expected)):
             raise ValueError(
                 f"attention: mask {tuple(mask.shape)} does not broadcast to [B, H, M, N] = "
-                f"{(q.shape[0], q.shape[2], q.shape[1], k.shape[1])}"
-            ) from None
+                f"{expected}"
+            )
 
 
 def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -90,7 +89,7 @@ def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) ->
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
-    q, k, v = (rearrange(t, "b m h d -> b h m d") for t in (q, k, v))
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # "b m h d -> b h m d" (hot path: native view)
     groups = q.shape[1] // k.shape[1]
     use_builtin_causal = causal and mask is None and q.shape[2] == k.shape[2]
     if not use_builtin_causal:
@@ -100,7 +99,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, sc
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=use_builtin_causal, scale=scale, enable_gqa=groups > 1
     )
-    return rearrange(out, "b h m d -> b m h d")
+    return out.transpose(1, 2)  # "b h m d -> b m h d"
 
 
 @functools.cache
@@ -127,6 +126,7 @@ def _xformers_probe(device_type: str, device_index: int | None, dtype: torch.dty
         return False
 
 
+@torch._dynamo.assume_constant_result  # probed once, outside any compiled graph
 def xformers_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the xformers backend imports and runs on ``device`` with ``dtype``."""
     return _xformers_probe(device.type, device.index, dtype)
@@ -166,8 +166,12 @@ def attention(
     mask: Tensor | None = None,
     backend: str = "auto",
     scale: float | None = None,
+    all_rows_attend: bool = False,
 ) -> Float[Tensor, "batch queries heads dim"]:
-    """Attention of ``q`` over ``k``/``v``; see the module docstring for masks, causality and backends."""
+    """Attention of ``q`` over ``k``/``v``; see the module docstring for masks, causality and backends.
+
+    ``all_rows_attend=True``: the caller guarantees that every query row's mask allows some key (e.g. a decoding
+    step, which always sees itself), so the zero-fill of empty rows is skipped."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     _check(q, k, v, mask)
@@ -181,7 +185,9 @@ def attention(
         )
     if backend == "math":
         return _math(q, k, v, _combined_mask(mask, causal, q.shape[1], k.shape[1], q.device), scale)
-    empty = _empty_rows(_combined_mask(mask, causal, q.shape[1], k.shape[1], q.device)) if mask is not None else None
+    empty = None
+    if mask is not None and not all_rows_attend:
+        empty = _empty_rows(_combined_mask(mask, causal, q.shape[1], k.shape[1], q.device))
     out = _sdpa(q, k, v, mask, causal, scale) if backend == "sdpa" else _xformers(q, k, v, mask, causal, scale)
     if empty is not None:
         out = out.masked_fill(rearrange(empty, "b h m one -> b m h one"), 0.0)
