@@ -102,7 +102,7 @@ def _turn_text(turn: Any, where: str) -> tuple[str, str, bool]:
             elif kind in ("image", "image_url"):
                 has_image_part = True
             else:
-                raise ValueError(f"{where}: content part {part!r} is neither {{'type': 'text'}} nor {{'type': 'image'}}")
+                raise ValueError(f"{where}: content part {part!r} is neither a 'text' nor an 'image' part")
         content = "\n".join(texts)
     if not isinstance(content, str):
         raise ValueError(f"{where}: the text of a {role} turn must be a string, got {type(content).__name__}")
@@ -127,7 +127,9 @@ def _rounds(
             continue
         expected = "user" if len(turns) % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"{where}[{index}]: a {role} turn where a {expected} turn is expected (turns alternate, user first)")
+            raise ValueError(
+                f"{where}[{index}]: a {role} turn where a {expected} turn is expected (turns alternate, user first)"
+            )
         if not text.strip() and not image_part:
             raise ValueError(f"{where}[{index}]: the {role} turn is empty")
         if IMAGE_PLACEHOLDER in text or image_part:
@@ -150,9 +152,7 @@ def _rounds(
     return system, rounds
 
 
-def _prompt_text(
-    template: ConversationTemplate, system: str | None, rounds: list[tuple[str, str | None]], *, open_turn: bool
-) -> str:
+def _prompt_text(template: ConversationTemplate, rounds: list[tuple[str, str | None]], *, open_turn: bool) -> str:
     """The template's prompt: every round closed with ``sep2`` after its answer; a last round without an answer ends
     with the assistant's turn open (``open_turn``) or right after the question."""
     if template.style == "plain":
@@ -161,7 +161,7 @@ def _prompt_text(
             raise ValueError("template 'plain' takes one question with an image")
         return IMAGE_PLACEHOLDER if answer is None else IMAGE_PLACEHOLDER + answer + template.sep
     user, assistant = template.roles
-    text = (template.system if system is None else system) + template.sep
+    text = template.system + template.sep
     for question, answer in rounds:
         text += f"{user}: {question}{template.sep}"
         if answer is not None:
@@ -182,14 +182,17 @@ def prompt_token_ids(
     """Raw prompt ids of one sample (BOS first, ``-200`` where the image goes), before layout: a question is one
     user turn (LLaVA's ``<image>\\n`` in front when ``has_image``); a conversation is every turn in the template,
     the assistant's turn left open after a last user turn (``add_generation_prompt``)."""
-    template = get_template(template)
-    if isinstance(text, str):
-        conversation: Sequence[Any] = [{"from": "human", "value": text}]
-        where = "text"
-    else:
-        conversation, where = text, "text"
+    conversation: Sequence[Any] = [{"from": "human", "value": text}] if isinstance(text, str) else text
+    template, rounds = _template_and_rounds(get_template(template), conversation, "text", has_image=has_image)
+    return tokenize_prompt(_prompt_text(template, rounds, open_turn=add_generation_prompt), tokenizer)
+
+
+def _template_and_rounds(
+    template: ConversationTemplate, conversation: Sequence[Any], where: str, *, has_image: bool
+) -> tuple[ConversationTemplate, list[tuple[str, str | None]]]:
+    """The rounds of ``conversation`` and the template with its system text replaced by a system turn, if any."""
     system, rounds = _rounds(conversation, where, has_image=has_image)
-    return tokenize_prompt(_prompt_text(template, system, rounds, open_turn=add_generation_prompt), tokenizer)
+    return (template if system is None else dataclasses.replace(template, system=system)), rounds
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -406,7 +409,9 @@ class MFRSVLMProcessor:
         from rsfuse.llm.templates import TEMPLATES  # noqa: PLC0415
 
         if TEMPLATES.get(self.template.name) != self.template:
-            raise ValueError(f"template: only named templates can be saved ({sorted(TEMPLATES)}), got {self.template.name!r}")
+            raise ValueError(
+                f"template: only named templates can be saved ({sorted(TEMPLATES)}), got {self.template.name!r}"
+            )
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / PROCESSOR_CONFIG_FILE
@@ -492,7 +497,9 @@ class MFRSVLMProcessor:
         else:
             images = [images]
         if len(images) != count:
-            raise ValueError(f"images: {len(images)} image(s) for {count} text sample(s); give one per sample (None for none)")
+            raise ValueError(
+                f"images: {len(images)} image(s) for {count} text sample(s); give one per sample (None for none)"
+            )
         return images
 
     def _sample_ids(
@@ -500,8 +507,7 @@ class MFRSVLMProcessor:
     ) -> tuple[list[int], list[int] | None]:
         where = f"text[{index}]"
         conversation: Sequence[Any] = [{"from": "human", "value": text}] if isinstance(text, str) else text
-        system, rounds = _rounds(conversation, where, has_image=has_image)
-        template = self.template if system is None else dataclasses.replace(self.template, system=system)
+        template, rounds = _template_and_rounds(self.template, conversation, where, has_image=has_image)
         if return_labels:
             if rounds[-1][1] is None:
                 raise ValueError(f"{where}: return_labels needs a conversation that ends with the assistant's answer")
@@ -513,7 +519,7 @@ class MFRSVLMProcessor:
             tokenized = tokenize_conversation(turns, self.tokenizer, template)
             return tokenized.input_ids, tokenized.labels
         try:
-            prompt = _prompt_text(template, system, rounds, open_turn=add_generation_prompt)
+            prompt = _prompt_text(template, rounds, open_turn=add_generation_prompt)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         return tokenize_prompt(prompt, self.tokenizer), None
@@ -575,16 +581,14 @@ class MFRSVLMProcessor:
             for row, image in enumerate(images):
                 if image is not None:
                     pixel_values[row] = self.image_processor(self._pil(image, f"images[{row}]"))
-        out = ProcessorInputs(pixel_values=pixel_values, input_ids=layout.input_ids, attention_mask=layout.attention_mask.long())
+        out = ProcessorInputs(
+            pixel_values=pixel_values, input_ids=layout.input_ids, attention_mask=layout.attention_mask.long()
+        )
         if any_image and not all(has_image):
             out["image_mask"] = image_mask
         if return_labels:
             out["labels"] = layout.labels
         return out
-
-    def num_positions(self, inputs: Mapping[str, Any]) -> int:
-        """Positions the longest prompt of ``inputs`` takes (what ``max_new_tokens`` adds to, against the context)."""
-        return int(inputs["input_ids"].shape[1])
 
     # ----- decoding ----------------------------------------------------------------------------------------------
     def batch_decode(self, ids: Any, skip_special_tokens: bool = True) -> list[str]:

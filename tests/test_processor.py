@@ -149,7 +149,10 @@ def test_conversations_llava_and_openai_styles(processor):
     prompt = prompt_token_ids(llava, tokenizer)
     assert full[: len(prompt)] == prompt and len(full) > len(prompt)
     assert tokenizer.decode(prompt).endswith("USER: How many ships? ASSISTANT:")
-    assert prompt.index(-200) < prompt.index(tokenizer.encode("An", bos=False)[0])
+    # Without a marker the image goes to the front of the first user turn (LLaVA's rule).
+    unmarked = [{**llava[0], "value": "What is in the image?"}, *llava[1:]]
+    assert prompt_token_ids(unmarked, tokenizer) == prompt
+    assert prompt_token_ids(unmarked, tokenizer, has_image=False).count(-200) == 0
     # A system turn replaces the template's system text; a question alone equals a one-turn conversation.
     system = processor.decode(processor(text=[[{"role": "system", "content": "Answer briefly."},
                                                {"role": "user", "content": "Say yes."}]])["input_ids"][0])
