@@ -90,7 +90,7 @@ def start_server(model_dir: Path, max_batch: int, threads: int) -> tuple[subproc
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "rsfuse", "serve", "--model", str(model_dir), "--port", str(port), "--max-batch",
+        [sys.executable, "-m", "rsfuse.serve.cli", "--model", str(model_dir), "--port", str(port), "--max-batch",
          str(max_batch), "--max-wait-ms", "10", "--name", "tiny", "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
@@ -155,6 +155,9 @@ def run_setting(model_dir: Path, *, max_batch: int, clients: int, rounds: int, m
         for worker in workers:
             worker.join(max_seconds + 60)
         wall = time.monotonic() - started
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/health")
+        stats = json.loads(connection.getresponse().read())["stats"]
     finally:
         code = stop_server(process)
     sent = clients * rounds
@@ -165,7 +168,8 @@ def run_setting(model_dir: Path, *, max_batch: int, clients: int, rounds: int, m
         "requests_per_s": round(len(latencies) / wall, 3), "completion_tokens_per_s": round(sum(tokens) / wall, 1),
         "mean_completion_tokens": round(float(np.mean(tokens)) if tokens else 0.0, 2),
         "p50_latency_s": round(float(np.percentile(lat, 50)), 3), "p99_latency_s": round(float(np.percentile(lat, 99)), 3),
-        "server_exit": code,
+        "server_exit": code, "mean_rows_per_step": round(stats["row_steps"] / max(stats["steps"], 1), 2),
+        "mean_prompts_per_prefill": round(stats["admitted"] / max(stats["prefills"], 1), 2),
     }
 
 
@@ -176,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=240.0, help="per setting")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="server torch threads")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", action="store_true", help="only the two 16-client settings")
     args = parser.parse_args(argv)
-    settings = [(16, 1), (16, 4), (16, 16), (1, 16)]
+    parser_settings = [(16, 1), (16, 4), (16, 16), (1, 16)]
+    settings = [item for item in parser_settings if not args.only or item[1] == 16]
     results = []
     with tempfile.TemporaryDirectory(prefix="rsfuse-serve-load-") as scratch:
         build_model(Path(scratch))

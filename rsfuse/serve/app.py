@@ -143,7 +143,8 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def health() -> JSONResponse:
         status = 200 if scheduler.alive else 503
         return JSONResponse({"status": "ok" if status == 200 else "unavailable", "model": settings.model_name,
-                             "auth": settings.api_key is not None, **scheduler.load()}, status_code=status)
+                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats)},
+                            status_code=status)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:

@@ -72,7 +72,7 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="rsfuse-serve-worker", daemon=True)
         self.stats = {"steps": 0, "prefills": 0, "admitted": 0, "finished": 0, "cancelled": 0,
-                      "max_rows_in_step": 0, "max_prompts_in_prefill": 0}
+                      "row_steps": 0, "max_rows_in_step": 0, "max_prompts_in_prefill": 0}
 
     # ----- requests' side (any thread) ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,6 +148,7 @@ class Scheduler:
                 if self._running:
                     self.session.step()
                     self.stats["steps"] += 1
+                    self.stats["row_steps"] += len(self._running)
                     self.stats["max_rows_in_step"] = max(self.stats["max_rows_in_step"], len(self._running))
                     if self.stats["steps"] % self.sync_every == 0:
                         self._poll()
