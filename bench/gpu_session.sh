@@ -4,7 +4,7 @@
 #   bash bench/gpu_session.sh            # on the device machine; results under $OUT (or ./gpu_out)
 #
 # Environment: PAPER_TIMEOUT / STUDY_TIMEOUT (seconds; PAPER_TIMEOUT=0 skips the benchmark), PAPER_ARGS (arguments of bench/gpu_paper_scale.py),
-# STUDY_ARGS (arguments of recipes/ablate_synthetic.py), STUDY_DEVICE (default cuda),
+# STUDY_ARGS (arguments of studies/ablate_synthetic), STUDY_DEVICE (default cuda),
 # SHARED (a study's shared/ folder — tokenizer and pretrained tower — to reuse, so both machines train on the same).
 # Python packages missing from the device image travel as wheels in .whl/ (see /work/.library/device/README.md).
 set -u
@@ -32,7 +32,7 @@ mkdir -p "$study"
 if [ -n "${SHARED:-}" ]; then cp -r "$SHARED" "$study/shared"; fi
 start=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${STUDY_TIMEOUT:-300}" python3 recipes/ablate_synthetic.py --out "$study" --report "$OUT/ABLATIONS_gpu.md" \
+timeout "${STUDY_TIMEOUT:-300}" python3 -m studies.ablate_synthetic --out "$study" --report "$OUT/ABLATIONS_gpu.md" \
   --device "${STUDY_DEVICE:-cuda}" ${STUDY_ARGS:-} > "$OUT/study.log" 2>&1
 echo "study exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/device.txt"
 grep "\[ablate\]" "$OUT/study.log" | tail -n 20

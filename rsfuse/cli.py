@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rsfuse.recipes.train", "train MF-RSVLM: [--config FILE] [key=value ...] (no arguments = the embedded default)"),
     "eval": ("rsfuse.recipes.evaluate", "evaluate a model: [--config FILE] task=... model=DIR data=... output_dir=..."),
     "convert": ("rsfuse.model.convert", "convert any readable checkpoint layout to an rsfuse folder: SRC DST"),
-    "synth": ("rsfuse.data.synthetic", "write the synthetic remote-sensing benchmark: OUT --n N --seed S"),
+    "synth": ("rsfuse.synthetic.benchmark", "write the synthetic remote-sensing benchmark: OUT --n N --seed S"),
     "predict": ("rsfuse.model.predict", "answer one question about one image: --model DIR --image FILE --question TEXT "
                                         "[--bands R,G,B]"),
     "viz": ("rsfuse.viz", "router weights / gate heat map for one image, or the loss curve of a run"),

@@ -1,7 +1,6 @@
-"""``recipes/ablate_synthetic.py``: the plumbing on a micro budget (one variant pair, one seed, two steps) and the
+"""``studies/ablate_synthetic`` (``python -m studies.ablate_synthetic``): the plumbing on a micro budget (one variant pair, one seed, two steps) and the
 report's arithmetic."""
 
-import importlib.util
 import json
 import re
 import sys
@@ -9,20 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rsfuse.data.synthetic import generate
+from rsfuse.synthetic.benchmark import generate
 
-SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "ablate_synthetic.py"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the studies folder sits beside the package, as `python -m studies...` sees it
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ablate_synthetic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ablate_synthetic", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablate = _load_script()
+import studies.ablate_synthetic as ablate  # noqa: E402
 
 
 def test_mean_std_and_verdict():
@@ -68,8 +59,8 @@ def test_job_queue_keeps_a_variants_later_seeds_from_encoding_beside_its_first()
 
 def test_every_variant_builds_a_model_config():
     from rsfuse.model import MFRSVLM
-    from rsfuse.recipes.config import load_config
-    from rsfuse.recipes.train import build_model_config
+    from rsfuse.recipes.train_args import load_config
+    from rsfuse.train.setup import build_model_config
 
     shared = [item for item in ablate.STUDY_OVERRIDES if item.startswith(("model.", "train.trainable"))]
     for name, variant in ablate.VARIANTS.items():
@@ -145,7 +136,7 @@ def test_micro_study_end_to_end(tmp_path):
     assert "| `mf_rsvlm` | `global_only` |" in text  # the goal comparison row
     assert "Questions about the vehicle only" in text
     assert "## Goal check" in text and ("→ **MET**" in text or "→ **NOT MET**" in text)
-    assert "2 optimizer steps × batch 2" in text and "python recipes/ablate_synthetic.py --variants" in text
+    assert "2 optimizer steps × batch 2" in text and "python -m studies.ablate_synthetic --variants" in text
     for variant in ("global_only", "mf_rsvlm"):
         run = tmp_path / "study" / "runs" / variant / "seed0"
         metrics = json.loads((run / "eval" / "metrics.json").read_text())

@@ -10,10 +10,10 @@ import torch
 
 from factories.mfrsvlm import make_model
 from factories.tokenizer import tiny_tokenizer_dir
-from rsfuse.data.synthetic import generate
+from rsfuse.synthetic.benchmark import generate
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("attention_to_objects", REPO / "bench" / "attention_to_objects.py")
+spec = importlib.util.spec_from_file_location("attention_to_objects", REPO / "studies" / "attention_to_objects.py")
 probe = importlib.util.module_from_spec(spec)
 sys.modules.setdefault("attention_to_objects", probe)
 spec.loader.exec_module(probe)

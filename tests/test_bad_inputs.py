@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from rsfuse.recipes.config import SCHEMA, ConfigError, parse_args
+from rsfuse.recipes.config import ConfigError
+from rsfuse.recipes.train_args import SCHEMA, parse_args
 from rsfuse.recipes.train import main as train_main
 
 
@@ -60,15 +61,15 @@ def test_out_of_range_value_on_the_command_line_is_one_line_exit_2(key, value, c
 
 def test_every_numeric_key_declares_its_range():
     for key, field in SCHEMA.items():
-        if field.type in (int, float) and key != "seed":
+        if field.scalar in (int, float) and key != "seed":
             assert field.bounds(), f"{key} declares no range"
 
 
 def test_boundary_values_are_accepted():
     config = parse_args(["max_steps=0", "save_every=0", "keep_last=0", "train.warmup_ratio=0", "data.num_workers=0",
                          "train.batch_size=1", "train.grad_accum=1", "data.max_length=1", "train.max_grad_norm=0"])
-    assert config["max_steps"] == 0 and config["train.warmup_ratio"] == 0.0
-    assert math.isfinite(config["train.lr"])
+    assert config.max_steps == 0 and config.train.warmup_ratio == 0.0
+    assert math.isfinite(config.train.lr)
 
 
 # ---------------------------------------------------------------------------------------------- training runs

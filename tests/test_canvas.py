@@ -36,7 +36,7 @@ class PatchMeanTower(nn.Module):
 
 
 def hand_blend_weights(side: int, blend: str) -> torch.Tensor:
-    """DESIGN §1.6 written out by hand: Hann h[n] = 0.5 − 0.5·cos(2πn / (side − 1)), weights h[i]·h[j]; mean = ones.
+    """docs/DESIGN_NOTES.md §1.6 written out by hand: Hann h[n] = 0.5 − 0.5·cos(2πn / (side − 1)), weights h[i]·h[j]; mean = ones.
 
     Independent of the library: plain Python loops over the formula (never ``rsfuse``'s ``blend_weights``).
     """
@@ -304,7 +304,7 @@ def test_blend_weight_values_follow_the_hann_formula(side):
     hann = blend_weights(side, "hann")
     expected = hand_blend_weights(side, "hann")
     torch.testing.assert_close(hann, expected, rtol=0, atol=1e-6)
-    # The same numbers from torch.hann_window(periodic=False), as DESIGN §1.6 states them.
+    # The same numbers from torch.hann_window(periodic=False), as docs/DESIGN_NOTES.md §1.6 states them.
     profile = torch.hann_window(side, periodic=False, dtype=torch.float64)
     torch.testing.assert_close(hann.double(), torch.outer(profile, profile), rtol=0, atol=1e-6)
     # Spot values worked by hand: zero ends, symmetric, peak 1 at the centre of an odd window.

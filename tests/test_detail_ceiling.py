@@ -1,4 +1,4 @@
-"""``bench/detail_ceiling.py``: the object targets by hand, and the probe end to end on a tiny benchmark and tower."""
+"""``studies/detail_ceiling.py``: the object targets by hand, and the probe end to end on a tiny benchmark and tower."""
 
 import importlib.util
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rsfuse.checkpoints.clip import save_clip_vision
-from rsfuse.data.synthetic import generate
+from rsfuse.synthetic.benchmark import generate
 from rsfuse.encoders.clip import CLIPVisionTower
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +23,9 @@ def _load(name: str, path: Path):
     return module
 
 
-ceiling = _load("detail_ceiling", REPO / "bench" / "detail_ceiling.py")
-ablate = _load("ablate_synthetic", REPO / "recipes" / "ablate_synthetic.py")
+ceiling = _load("detail_ceiling", REPO / "studies" / "detail_ceiling.py")
+sys.path.insert(0, str(REPO))  # the studies folder sits beside the package
+import studies.ablate_synthetic as ablate  # noqa: E402
 
 
 def _object(kind, colour="red", bbox=(10, 10, 14, 12)):
@@ -69,8 +70,8 @@ def test_weighted_accuracy_by_hand(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_on_a_tiny_benchmark(tmp_path):
-    from rsfuse.recipes.config import load_config
-    from rsfuse.recipes.train import build_model_config
+    from rsfuse.recipes.train_args import load_config
+    from rsfuse.train.setup import build_model_config
 
     data = tmp_path / "data"
     generate(data, n_images=40, seed=0, size=112, workers=1)

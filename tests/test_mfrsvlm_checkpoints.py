@@ -41,7 +41,7 @@ _INJECTOR_PARTS = {
 
 
 def _expected_state_from_released(folder, raw: dict[str, torch.Tensor], layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Every tensor of a released folder under the rsfuse key it must land in, mapped by hand from DESIGN §3
+    """Every tensor of a released folder under the rsfuse key it must land in, mapped by hand from docs/DESIGN_NOTES.md §3
     (``layers``: the 0-based decoder layers of injection ranks 0, 1, ...). The tower is read from the folder's file."""
     expected: dict[str, torch.Tensor] = {}
     for key, value in raw.items():

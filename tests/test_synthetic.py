@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsfuse.data.synthetic import generate, load_scenes, main
-from rsfuse.data.synthetic_layouts import make_scene
-from rsfuse.data.synthetic_questions import ask_questions
-from rsfuse.data.synthetic_render import render_scene
-from rsfuse.data.synthetic_scene import SCENE_CLASSES, Scene
+from rsfuse.synthetic.benchmark import generate, load_scenes, main
+from rsfuse.synthetic.layouts import make_scene
+from rsfuse.synthetic.questions import ask_questions
+from rsfuse.synthetic.render import render_scene
+from rsfuse.synthetic.scene import SCENE_CLASSES, Scene
 
 N_IMAGES = 40
 SIZE = 224
@@ -259,7 +259,7 @@ def test_cli_writes_the_files(tmp_path, capsys):
 
 
 def test_object_scale_shrinks_only_the_small_objects(tmp_path):
-    from rsfuse.data.synthetic_scene import OBJECT_SIZES
+    from rsfuse.synthetic.scene import OBJECT_SIZES
 
     half = tmp_path / "half"
     meta = generate(half, n_images=6, seed=2, object_scale=0.5, workers=1)

@@ -1,4 +1,4 @@
-"""``rsfuse.train.tower_pretrain``: the per-patch labels by hand, a short pretraining writes a tower folder that
+"""``rsfuse.synthetic.tower_pretrain``: the per-patch labels by hand, a short pretraining writes a tower folder that
 ``read_clip_vision`` and the training recipe's ``model.vision_weights`` load, and bad settings are named."""
 
 import json
@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from rsfuse.checkpoints.clip import read_clip_vision
-from rsfuse.data.synthetic import generate
-from rsfuse.recipes.config import ConfigError, load_config
-from rsfuse.recipes.train import build_model_config, load_tower_weights
+from rsfuse.synthetic.benchmark import generate
+from rsfuse.recipes.config import ConfigError
+from rsfuse.recipes.train_args import load_config
+from rsfuse.train.setup import build_model_config, load_tower_weights
 from rsfuse.data.images import ImageProcessor
 from rsfuse.encoders.windows import resize_to
-from rsfuse.train.tower_pretrain import (
+from rsfuse.synthetic.tower_pretrain import (
     LABELS,
     TowerPretrainSettings,
     _Images,
@@ -51,7 +52,7 @@ def data(tmp_path_factory):
 
 def test_pretraining_writes_a_tower_the_recipe_loads(data, tmp_path, monkeypatch):
     from rsfuse.encoders.clip import CLIPVisionTower
-    from rsfuse.train import tower_pretrain
+    from rsfuse.synthetic import tower_pretrain
 
     initial: list[dict[str, torch.Tensor]] = []
 

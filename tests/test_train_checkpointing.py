@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from rsfuse.recipes.train import LoopOptions, Trainer, epoch_order, micro_batches_for_step
+from rsfuse.train.loop import LoopOptions, Trainer
+from rsfuse.train.order import epoch_order, micro_batches_for_step
 from rsfuse.train.checkpointing import find_latest_checkpoint, list_checkpoints, save_checkpoint
 from rsfuse.train.metrics import read_metrics
 from rsfuse.train.optim import build_optimizer, cosine_with_warmup, warmup_steps_for

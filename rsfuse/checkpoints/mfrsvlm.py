@@ -1,6 +1,6 @@
 """Reader for the released MF-RSVLM layout (``FelixKAI/mfrsvlm-7b_sft``, ``FelixKAI/mf_rsvlm_7b_pretrained``).
 
-Folder (DESIGN §3): ``config.json`` with ``model_type`` "mfrsvlm" (or "vhm"), ``mm_vision_select_layer: [24]``,
+Folder (docs/DESIGN_NOTES.md §3): ``config.json`` with ``model_type`` "mfrsvlm" (or "vhm"), ``mm_vision_select_layer: [24]``,
 ``deepstack_injection_layers`` (1-based), ``deepstack_detail_layers`` (fractions of the tower depth),
 ``deepstack_window_scales``, ``deepstack_downsample_factor``; main shards with the Llama keys,
 ``model.mm_projector.{0,2}.*`` and, per injection rank ``r`` (ascending layer order), ``model.deepstack_*.r.*`` plus one

@@ -1,4 +1,4 @@
-"""``MultiScaleCanvas``: multi-scale sliding-window encoding of a large canvas (DESIGN §1 steps 3–6).
+"""``MultiScaleCanvas``: multi-scale sliding-window encoding of a large canvas (docs/DESIGN_NOTES.md §1 steps 3–6).
 
 Per image: resize to the canvas (official path: the normalised global tensor upsampled to ``canvas_size``), cut
 overlapping windows per scale, encode all windows of a scale in one batched tower call keeping only the requested

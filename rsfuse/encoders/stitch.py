@@ -1,4 +1,4 @@
-"""Stitching window token grids onto a token canvas with blend weights (DESIGN §1.6), as one ``fold`` per call.
+"""Stitching window token grids onto a token canvas with blend weights (docs/DESIGN_NOTES.md §1.6), as one ``fold`` per call.
 
 ``output = Σ_windows w · f / clamp(Σ_windows w, 1e-6)``, each window placed at (row · stride, col · stride) tokens.
 With ``blend="hann"`` the weights are ``outer(h, h)``, ``h = torch.hann_window(side, periodic=False)``, which is zero on

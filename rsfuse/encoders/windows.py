@@ -1,6 +1,6 @@
 """Window grids of the multi-scale canvas: planning (with validation) and cutting, without Python loops over windows.
 
-A *window grid* is one scale of DESIGN §1.4: square windows of ``base_window · scale`` pixels cut from the canvas with a
+A *window grid* is one scale of docs/DESIGN_NOTES.md §1.4: square windows of ``base_window · scale`` pixels cut from the canvas with a
 stride of half a window, ``per_side × per_side`` windows in row-major order. Each window is encoded at ``base_window``
 pixels (upsampled when smaller), giving ``base_side = base_window / patch`` tokens per side, then average-pooled down to
 ``token_side`` tokens per side, a divisor of ``base_side``.
@@ -95,7 +95,7 @@ def cut_windows(
     """All windows of ``grid`` as one batch ``[B·n·n, C, w, w]``, sample-major, windows row-major within a sample.
 
     ``layout="spatial"``: window k of a sample is the true window at (k // n, k % n).
-    ``layout="reference"``: the authors' memory reinterpretation (DESIGN §1.4): the ``[B, C, n, n, w, w]`` unfold is
+    ``layout="reference"``: the authors' memory reinterpretation (docs/DESIGN_NOTES.md §1.4): the ``[B, C, n, n, w, w]`` unfold is
     viewed as ``[B·n·n, C, w, w]`` without moving the channel axis, so window k's C planes are the planes
     ``k·C … k·C + C − 1`` of that sample in (channel, row, col) order.
     """

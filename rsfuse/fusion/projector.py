@@ -1,4 +1,4 @@
-"""``MLPProjector``: LLaVA's ``mlp2x_gelu`` vision-to-language projector (DESIGN §1.8)."""
+"""``MLPProjector``: LLaVA's ``mlp2x_gelu`` vision-to-language projector (docs/DESIGN_NOTES.md §1.8)."""
 
 from torch import nn
 

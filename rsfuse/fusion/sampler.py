@@ -1,4 +1,4 @@
-"""``DetailStackSampler``: split token canvases by phase into position-aligned detail stacks (DESIGN §1.7)."""
+"""``DetailStackSampler``: split token canvases by phase into position-aligned detail stacks (docs/DESIGN_NOTES.md §1.7)."""
 
 from einops import rearrange
 from torch import nn

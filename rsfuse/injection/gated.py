@@ -1,4 +1,4 @@
-"""``GatedInjector``: add a gated, projected detail map to the decoder's visual hidden states (DESIGN §1.10).
+"""``GatedInjector``: add a gated, projected detail map to the decoder's visual hidden states (docs/DESIGN_NOTES.md §1.10).
 
 ``hn = LN_h(h)``, ``dn = LN_d(detail)``, ``g = sigmoid(gate_proj(cat[hn, dn]))`` (per token and channel),
 ``out = h + s · g ⊙ detail_proj(dn)`` with ``s`` the learnable ``residual_scale``. With a router, ``detail`` is the

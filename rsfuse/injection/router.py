@@ -1,4 +1,4 @@
-"""``Router``: mix K detail stacks into one detail map, guided by the decoder's hidden states (DESIGN §1.10).
+"""``Router``: mix K detail stacks into one detail map, guided by the decoder's hidden states (docs/DESIGN_NOTES.md §1.10).
 
 ``mode="sample"`` (the reference): one weight vector per sample,
 ``q = query(mean_tokens(h))``, ``k_j = key(mean_tokens(D_j))``, ``w = softmax(q·k_j / √d)`` over the K stacks

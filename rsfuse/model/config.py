@@ -1,6 +1,6 @@
 """``MFRSVLMConfig``: everything that fixes the shape and wiring of an MF-RSVLM model.
 
-Sizes of the views are derived from the vision tower (DESIGN §3): global view = ``image_size``, canvas =
+Sizes of the views are derived from the vision tower (docs/DESIGN_NOTES.md §3): global view = ``image_size``, canvas =
 ``2 × image_size``, base window = ``image_size``. Injection layers are 1-based, as the authors publish them
 (``[2, 4, 6, 8]`` = before 0-based decoder layers 1, 3, 5, 7). This module imports no torch modules.
 """
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["MFRSVLMConfig", "detail_layers_from_fractions", "PAPER_DETAIL_FRACTIONS"]
+__all__ = ["MFRSVLMConfig", "detail_layers_from_fractions", "PAPER_DETAIL_FRACTIONS", "PRESETS"]
 
 PAPER_DETAIL_FRACTIONS = (0.33, 0.66, 1.0)
 CANVAS_SOURCES = ("upsampled", "image")
@@ -202,6 +202,61 @@ class MFRSVLMConfig:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def tiny_cpu(cls) -> "MFRSVLMConfig":
+        """The embedded default's model (``python recipes/mf_rsvlm_train.py``): `tiny` with a narrow 4-block tower
+        (width 32, 2 heads), the faithful two-scale canvas over the real 224-px image (``canvas_source="image"``: the
+        synthetic images are exactly the canvas size; 3×3 windows at scale 1.0 plus 7×7 windows of 56 px upsampled to
+        112 at scale 0.5, which magnifies small objects 2×: 59 tower passes per image), detail from hidden states 1
+        and 2 only (the 58 window passes stop after block 2; the global view uses block 4) and a 128-wide decoder, so
+        a from-scratch run fits in about ten minutes on two CPU cores (BENCHMARKS.md, "Embedded default")."""
+        return cls.tiny().with_overrides({
+            "vision.hidden_size": 32,
+            "vision.intermediate_size": 128,
+            "vision.num_attention_heads": 2,
+            "vision.num_hidden_layers": 4,
+            "global_layer": 4,
+            "detail_layers": [1, 2],
+            "window_scales": [1.0, 0.5],
+            "canvas_source": "image",
+            "llm.hidden_size": 128,
+            "llm.intermediate_size": 256,
+        })
+
+    @classmethod
+    def synthetic_study(cls) -> "MFRSVLMConfig":
+        """The synthetic ablation study's model (``studies/ablate_synthetic``): `tiny` with a tower of width 64 and
+        3 blocks (8×8 tokens), global view from its last block, detail from hidden states 1, 2, 3 (= 1/3, 2/3, last)
+        and the canvas built from the image's real 224 pixels."""
+        return cls.tiny().with_overrides({
+            "vision.hidden_size": 64,
+            "vision.intermediate_size": 256,
+            "vision.num_hidden_layers": 3,
+            "vision.num_attention_heads": 4,
+            "global_layer": 3,
+            "detail_layers": [1, 2, 3],
+            "canvas_source": "image",
+        })
+
+    @classmethod
+    def preset(cls, name: str) -> "MFRSVLMConfig":
+        """The named preset (a key of `PRESETS`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown MFRSVLMConfig preset {name!r} (known: {', '.join(PRESETS)})")
+        return getattr(cls, PRESETS[name])()
+
+    def with_overrides(self, dotted: Mapping[str, Any]) -> "MFRSVLMConfig":
+        """A new config: this one's `to_dict` with each dotted key (``"llm.hidden_size"``) replaced, read back by
+        `from_dict` (so derived fields are derived again and every value is checked)."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return type(self).from_dict(data)
+
     # ----- dict round trip -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``vision`` and ``llm`` are HF-style sub-configs."""
@@ -237,3 +292,7 @@ class MFRSVLMConfig:
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+PRESETS: dict[str, str] = {"tiny_cpu": "tiny_cpu", "tiny": "tiny", "paper": "paper", "synthetic_study": "synthetic_study"}
+"""Preset name → the `MFRSVLMConfig` classmethod that builds it (the training recipe's ``model.preset``)."""

@@ -1,4 +1,4 @@
-"""Generation for ``MFRSVLM`` (DESIGN §1.11): a step-wise, batched API and ``generate`` built on it.
+"""Generation for ``MFRSVLM`` (docs/DESIGN_NOTES.md §1.11): a step-wise, batched API and ``generate`` built on it.
 
 ``GenerationSession`` holds a ``StaticKVCache`` of ``max_batch`` rows (the pytorch-labs/gpt-fast pattern):
 

@@ -1,4 +1,4 @@
-"""Building an ``MFRSVLM`` from checkpoints and writing it back (DESIGN §3).
+"""Building an ``MFRSVLM`` from checkpoints and writing it back (docs/DESIGN_NOTES.md §3).
 
 * ``load_pretrained``: the layout is chosen from ``config.json``'s ``model_type`` — "rsfuse_mfrsvlm" (rsfuse folder)
   or "mfrsvlm" / "vhm" (released MF-RSVLM) — never from the folder name.

@@ -1,4 +1,4 @@
-"""``MFRSVLM``: the composed model (DESIGN §1): CLIP tower, multi-scale canvas, detail stacks, one shared projector,
+"""``MFRSVLM``: the composed model (docs/DESIGN_NOTES.md §1): CLIP tower, multi-scale canvas, detail stacks, one shared projector,
 Llama decoder with gated injectors run before the configured layers.
 
 The decoder receives the prefill's visual context explicitly (``LlamaForCausalLM(..., injection=...)``: projected

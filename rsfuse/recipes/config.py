@@ -1,131 +1,116 @@
-"""Recipe configuration: a typed schema of dotted keys, YAML files, and ``key=value`` command-line overrides.
+"""Recipe configuration: typed dataclass sections read from YAML files and ``key=value`` command-line overrides.
 
-Precedence: schema defaults < ``--config FILE`` (nested YAML mappings or dotted keys) < ``key=value`` arguments, in
-order. Every key is checked against the schema: an unknown key raises `ConfigError` naming it (with close matches), a
-value of the wrong type or outside the key's declared range (``Field(..., ge=1)``; every float must be finite) raises
-naming key, value and what is allowed. Command-line values are parsed as YAML scalars
-(``train.lr=2e-5``, ``data.skip_bad=true``, ``train.vit_lr=null``) and then coerced to the key's type (an int where a
-float is expected is accepted). The open ``model.*`` namespace carries `MFRSVLMConfig` fields; it is collected as
-is here and checked against the model's configuration by the recipe (``model=tiny`` is short for ``model.preset=tiny``).
+A recipe's configuration is a dataclass whose fields are settings or nested sections (litgpt's ``args.py`` style;
+see `rsfuse.recipes.train_args`). Each setting is declared with `option` (default, the one-line doc that ``--help``
+shows, and for numbers the allowed range: ``option(16, "samples per micro-batch", ge=1)``); the field's annotation
+is its type (``int``, ``float``, ``bool``, ``str``, ``Literal[...]`` for a fixed set of values, ``X | None`` when null
+is allowed, ``list[int]`` / ``tuple[float, ...]``).
+
+Precedence: field defaults < ``--config FILE`` (nested YAML mappings or dotted keys) < ``key=value`` arguments, in
+order. Every key is checked: an unknown key raises `ConfigError` naming it (with close matches), a value of the wrong
+type or outside its range (every float must also be finite) raises naming key, value and what is allowed; the origin
+(file or command line) is named too. Command-line values are parsed as YAML scalars (``train.lr=2e-5``,
+``data.skip_bad=true``, ``train.vit_lr=null``). A section may be *open* (`open_section`): keys under it that are not
+its own fields are checked against another dataclass's fields (the ``model.*`` overrides of `MFRSVLMConfig`) with the
+same rules and kept in the section's ``overrides`` dict.
 """
 
+import dataclasses
 import difflib
-import math
 import os
-from dataclasses import dataclass
+import typing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import yaml
 
-__all__ = ["ConfigError", "Field", "SCHEMA", "RecipeConfig", "load_config", "parse_args", "flatten", "unflatten"]
+from rsfuse.recipes.config_values import ConfigError, Option, check_value, option
+from rsfuse.recipes.config_values import Field, _coerce  # noqa: F401  (the evaluation recipe's flat schema)
 
-OPEN_NAMESPACES = ("model.",)
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names the key (and the file when one is involved)."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """One schema entry: its type, default, optional allowed values, whether null (None) is allowed, and for numbers
-    the allowed range (``ge``/``gt``: lower bound inclusive/exclusive, ``le``/``lt``: upper bound). A float value must
-    also be finite."""
-
-    type: type
-    default: Any
-    help: str
-    choices: tuple = ()
-    nullable: bool = False
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    length: int | None = None
-
-    def bounds(self) -> str:
-        """The declared range as text (``">= 1"``, ``"> 0 and < 1"``); ``""`` when there is none."""
-        parts = [f"{op} {value:g}" for op, value in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if value is not None]
-        return " and ".join(parts)
-
-    def check_range(self, value: int | float) -> str | None:
-        """Why ``value`` is outside the range (None when it is inside)."""
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number"
-        inside = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                  and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        return None if inside else f"must be {self.bounds()}"
+__all__ = [
+    "ConfigError",
+    "Option",
+    "option",
+    "check_value",
+    "open_section",
+    "describe",
+    "load_config",
+    "parse_args",
+    "help_text",
+    "to_dict",
+    "save_config",
+    "flatten",
+    "unflatten",
+    "config_entries",
+    "split_config_argv",
+]
 
 
-TRAINABLE = ("frozen", "full", "lora")
+OPEN_SECTION = "rsfuse_open_section"
 
-SCHEMA: dict[str, Field] = {
-    "output_dir": Field(str, "runs/mf_rsvlm_tiny", "where metrics, checkpoints, final/ and plots go"),
-    "seed": Field(int, 0, "seed of initialisation, data order and every RNG", ge=0),
-    "max_steps": Field(int, 640, "optimizer steps to run; 0 = train.epochs full epochs", ge=0),
-    "save_every": Field(int, 160, "checkpoint every N optimizer steps (0 = only at the end)", ge=0),
-    "keep_last": Field(int, 2, "keep the newest K checkpoints (0 = all)", ge=0),
-    "resume": Field(str, "auto", "auto (newest complete checkpoint, if any) | none | PATH of a step_N folder"),
-    "device": Field(str, "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
-    "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)", ge=0),
-    "data.json": Field(str, "data/synthetic/train.json", "LLaVA-format training JSON"),
-    "data.image_root": Field(str, "data/synthetic", "root folder of the image paths"),
-    "data.val_json": Field(str, "data/synthetic/val.json", "validation JSON ('' = none)"),
-    "data.test_json": Field(str, "data/synthetic/test.json", "test JSON for the after-training evaluation ('' = none)"),
-    "data.skip_bad": Field(bool, False, "skip unreadable images / malformed samples instead of failing"),
-    "data.bands": Field(list, None, "band indices shown as red, green, blue for multi-band TIFFs, e.g. [3,2,1] "
-                                    "(null = refuse images of more than 3 colour bands)", nullable=True, ge=0, length=3),
-    "data.allow_outside_root": Field(bool, False, "allow image paths outside data.image_root (absolute or '..')"),
-    "data.max_length": Field(int, 128, "maximum text tokens per sample (longer samples are truncated; at most the "
-                                         "decoder's max_position_embeddings)", ge=1),
-    "data.template": Field(str, "vicuna_v1", "conversation template: plain | vicuna_v1 | ..."),
-    "data.tokenizer": Field(str, "", "tokenizer folder; '' = <output_dir>/tokenizer, trained on the data if missing"),
-    "data.vocab_size": Field(int, 512, "vocabulary size when a sentencepiece tokenizer is trained", ge=8),
-    "data.synthetic": Field(bool, True, "create the synthetic benchmark at data.image_root when data.json is missing"),
-    "data.synthetic_images": Field(int, 1200, "number of synthetic images to create", ge=1),
-    "data.num_workers": Field(int, 0, "DataLoader worker processes for training batches (0 = load in the main "
-                                      "process)", ge=0),
-    "data.group_by_length": Field(bool, False, "group samples of similar length into batches"),
-    "train.lr": Field(float, 3e-3, "peak learning rate", gt=0),
-    "train.vit_lr": Field(float, None, "learning rate of the vision tower (null = train.lr)", nullable=True, gt=0),
-    "train.batch_size": Field(int, 16, "samples per micro-batch per process", ge=1),
-    "train.grad_accum": Field(int, 1, "micro-batches per optimizer step", ge=1),
-    "train.weight_decay": Field(float, 0.0, "AdamW weight decay (matrices only)", ge=0),
-    "train.warmup_ratio": Field(float, 0.05, "fraction of steps with linear warmup", ge=0, lt=1),
-    "train.max_grad_norm": Field(float, 1.0, "gradient clipping norm (0 = off)", ge=0),
-    "train.epochs": Field(int, 1, "epochs when max_steps is 0", ge=1),
-    "train.gradient_checkpointing": Field(bool, False, "recompute decoder activations in backward"),
-    "train.dtype": Field(str, "auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
-                         choices=("auto", "fp32", "bf16")),
-    "train.val_every": Field(int, 160, "validation loss every N steps (0 = only at the end)", ge=0),
-    "train.val_samples": Field(int, 64, "validation samples per evaluation (0 = all)", ge=0),
-    "train.cache_vision_features": Field(bool, False, "reuse the frozen tower's features of images seen before "
-                                                  "(needs train.trainable.vit=frozen)"),
-    "train.feature_cache_dir": Field(str, "", "folder where cached tower features persist between runs that share a "
-                                              "tower and canvas settings ('' = this run only)"),
-    "train.log_every": Field(int, 1, "progress-bar refresh every N steps", ge=1),
-    "train.trainable.vit": Field(str, "full", "vision tower: frozen | full | lora", choices=TRAINABLE),
-    "train.trainable.projector": Field(str, "full", "projector: frozen | full | lora", choices=TRAINABLE),
-    "train.trainable.injector": Field(str, "full", "injectors/routers: frozen | full | lora", choices=TRAINABLE),
-    "train.trainable.llm": Field(str, "full", "decoder: frozen | full | lora (peft on its linear layers)",
-                                 choices=TRAINABLE),
-    "train.lora.r": Field(int, 8, "LoRA rank", ge=1),
-    "train.lora.alpha": Field(int, 16, "LoRA alpha", ge=1),
-    "train.lora.dropout": Field(float, 0.0, "LoRA dropout", ge=0, lt=1),
-    "eval.after_train": Field(bool, True, "evaluate on data.test_json by generation after training"),
-    "eval.max_new_tokens": Field(int, 16, "generation budget per answer", ge=1),
-    "eval.batch_size": Field(int, 32, "batch size of the generation evaluation", ge=1),
-    "eval.max_samples": Field(int, 0, "evaluate at most N test samples (0 = all)", ge=0),
-    "model.preset": Field(str, "tiny_cpu", "MFRSVLMConfig preset: tiny_cpu (the CPU default) | tiny | paper"),
-    "model.init_from": Field(str, "", "checkpoint folder to initialise from (MFRSVLM.from_pretrained layout)"),
-    "model.vision_from": Field(str, "", "HF CLIP folder to initialise the tower from (MFRSVLM.from_parts)"),
-    "model.vision_weights": Field(str, "", "HF CLIP vision folder whose weights replace the tower of a model built "
-                                           "from model.preset (its config must equal the preset's tower)"),
-    "model.llm_from": Field(str, "", "HF Llama/Vicuna folder to initialise the decoder from (MFRSVLM.from_parts)"),
-    "model.llava_from": Field(str, "", "LLaVA-1.5 folder for projector + decoder (MFRSVLM.from_parts)"),
-}
+
+def open_section(section: type, *, target: type, shorthand: str | None = None) -> type:
+    """Mark ``section`` (a dataclass with an ``overrides: dict`` field) as open: keys under it that are not its own
+    fields are fields of the dataclass ``target`` (nested dataclasses by dotted keys), checked by type and kept in
+    ``overrides``. ``shorthand``: ``section=VALUE`` means ``section.<shorthand>=VALUE``."""
+    setattr(section, OPEN_SECTION, (target, shorthand))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- the schema
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _option_of(field: dataclasses.Field, hint: Any) -> Option:
+    meta = field.metadata
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = None
+    return Option(type=hint, default=default, help=meta.get("doc", ""), ge=meta.get("ge"), gt=meta.get("gt"),
+                  le=meta.get("le"), lt=meta.get("lt"), length=meta.get("length"))
+
+
+def describe(schema: type, prefix: str = "") -> dict[str, Option]:
+    """Every setting of ``schema`` (and its sections) by dotted key, in declaration order."""
+    options: dict[str, Option] = {}
+    hints = _hints(schema)
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        if field.name == "overrides" and hasattr(schema, OPEN_SECTION):
+            continue
+        if _is_section(hint):
+            options.update(describe(hint, f"{prefix}{field.name}."))
+        else:
+            options[f"{prefix}{field.name}"] = _option_of(field, hint)
+    return options
+
+
+def _target_options(target: type, prefix: str = "") -> dict[str, Option]:
+    """Fields of an open section's target dataclass (no docs or ranges: the target validates itself)."""
+    options: dict[str, Option] = {}
+    hints = _hints(target)
+    for field in dataclasses.fields(target):
+        if not field.init:
+            continue
+        hint = hints[field.name]
+        if _is_section(hint):
+            options.update(_target_options(hint, f"{prefix}{field.name}."))
+        else:
+            options[f"{prefix}{field.name}"] = Option(type=hint, default=None, help="")
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------- trees
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -154,62 +139,35 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return tree
 
 
-def _coerce(key: str, value: Any, field: Field, origin: str) -> Any:
-    where = f" (in {origin})" if origin else ""
-    if value is None:
-        if field.nullable:
-            return None
-        raise ConfigError(f"config key {key!r}{where}: null is not allowed; expected {field.type.__name__}")
-    expected = field.type
-    if expected is bool:
-        if isinstance(value, bool):
-            result = value
-        elif isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0", "on", "off"}:
-            result = value.lower() in {"true", "yes", "1", "on"}
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def to_dict(config: Any) -> dict:
+    """A configuration as the nested plain dict `save_config` writes and `load_config` reads back (an open section's
+    overrides are merged into it)."""
+    tree: dict = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "overrides" and hasattr(type(config), OPEN_SECTION):
+            for key, item in flatten(unflatten(value)).items() if value else ():
+                node = tree
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = _plain(item)
+        elif dataclasses.is_dataclass(value):
+            tree[field.name] = to_dict(value)
         else:
-            raise ConfigError(f"config key {key!r}{where}: expected true/false, got {value!r}")
-    elif expected is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"config key {key!r}{where}: expected an integer, got {value!r}")
-        try:
-            result = int(value)
-        except ValueError:
-            raise ConfigError(f"config key {key!r}{where}: expected an integer, got {value!r}") from None
-    elif expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"config key {key!r}{where}: expected a number, got {value!r}")
-        try:
-            result = float(value)
-        except ValueError:
-            raise ConfigError(f"config key {key!r}{where}: expected a number, got {value!r}") from None
-    elif expected is list:  # a list of integers: YAML [3, 2, 1] or "3,2,1"
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"config key {key!r}{where}: expected a list of integers, got {value!r}")
-        try:
-            result = [int(str(item).strip()) for item in items if not isinstance(item, (bool, float))]
-        except ValueError:
-            raise ConfigError(f"config key {key!r}{where}: expected a list of integers, got {value!r}") from None
-        if len(result) != len(items) or (field.length is not None and len(result) != field.length):
-            size = f"{field.length} integers" if field.length is not None else "integers"
-            raise ConfigError(f"config key {key!r}{where}: expected a list of {size}, got {value!r}")
-        for item in result:
-            problem = field.check_range(item)
-            if problem is not None:
-                raise ConfigError(f"config key {key!r}{where}: every entry {problem}, got {value!r}")
-    elif expected is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"config key {key!r}{where}: expected a string, got {value!r}")
-        result = str(value)
-    else:
-        raise ConfigError(f"config key {key!r}: unsupported schema type {expected}")
-    if expected in (int, float):
-        problem = field.check_range(result)
-        if problem is not None:
-            raise ConfigError(f"config key {key!r}{where}: {problem}, got {value!r}")
-    if field.choices and result not in field.choices:
-        raise ConfigError(f"config key {key!r}{where}: {result!r} is not one of {', '.join(map(str, field.choices))}")
-    return result
+            tree[field.name] = _plain(value)
+    return tree
+
+
+def save_config(config: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
 
 
 def _parse_scalar(text: str) -> Any:
@@ -219,47 +177,9 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-@dataclass
-class RecipeConfig:
-    """A validated configuration: ``values`` (schema keys → typed values) and ``model`` (open ``model.*`` overrides,
-    dotted keys without the ``model.`` prefix). Read values with ``config["train.lr"]``."""
-
-    values: dict[str, Any]
-    model: dict[str, Any]
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.values:
-            raise KeyError(f"unknown config key {key!r}")
-        return self.values[key]
-
-    def to_dict(self) -> dict:
-        """Nested plain dict (what `save` writes and `load_config` reads back)."""
-        flat = dict(self.values)
-        flat.update({f"model.{k}": v for k, v in self.model.items()})
-        return unflatten(flat)
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def _apply(values: dict, model: dict, key: str, value: Any, origin: str) -> None:
-    if key == "model" and isinstance(value, str):
-        key = "model.preset"
-    if key in SCHEMA:
-        values[key] = _coerce(key, value, SCHEMA[key], origin)
-        return
-    if key.startswith(OPEN_NAMESPACES) and len(key) > len("model."):
-        model[key[len("model."):]] = value
-        return
-    close = difflib.get_close_matches(key, list(SCHEMA), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    where = f" (in {origin})" if origin else ""
-    raise ConfigError(f"unknown config key {key!r}{where}{hint}")
-
-
 def config_entries(path: str | os.PathLike | None, overrides: Sequence[str]) -> Iterator[tuple[str, Any, str]]:
     """``(dotted key, value, origin)`` from the YAML file at ``path`` (if given), then the ``key=value`` overrides,
-    in the order they apply. Shared by the training and evaluation recipes."""
+    in the order they apply."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -279,30 +199,77 @@ def config_entries(path: str | os.PathLike | None, overrides: Sequence[str]) -> 
         yield key.strip(), _parse_scalar(text), "command line"
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
-    """Defaults, then the YAML file at ``path`` (if given), then ``key=value`` overrides."""
-    values = {key: field.default for key, field in SCHEMA.items()}
-    model: dict[str, Any] = {}
+def _open_sections(schema: type, prefix: str = "") -> dict[str, tuple[type, str | None]]:
+    found: dict[str, tuple[type, str | None]] = {}
+    hints = _hints(schema)
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        if _is_section(hint):
+            if hasattr(hint, OPEN_SECTION):
+                found[f"{prefix}{field.name}"] = getattr(hint, OPEN_SECTION)
+            found.update(_open_sections(hint, f"{prefix}{field.name}."))
+    return found
+
+
+def _build(schema: type, values: dict[str, Any], prefix: str = "") -> Any:
+    kwargs: dict[str, Any] = {}
+    hints = _hints(schema)
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        dotted = f"{prefix}{field.name}"
+        if field.name == "overrides" and hasattr(schema, OPEN_SECTION):
+            kwargs[field.name] = dict(values.get(dotted, {}))
+        elif _is_section(hint):
+            kwargs[field.name] = _build(hint, values, dotted + ".")
+        elif dotted in values:
+            kwargs[field.name] = values[dotted]
+    return schema(**kwargs)
+
+
+def load_config(schema: type, path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Any:
+    """An instance of the dataclass ``schema``: field defaults, then the YAML file at ``path`` (if given), then the
+    ``key=value`` overrides, every key and value checked (`ConfigError` naming it)."""
+    options = describe(schema)
+    opened = _open_sections(schema)
+    targets = {name: _target_options(target) for name, (target, _) in opened.items()}
+    values: dict[str, Any] = {}
     for key, value, origin in config_entries(path, overrides):
-        _apply(values, model, key, value, origin)
-    return RecipeConfig(values=values, model=model)
+        if key in opened and isinstance(value, str) and opened[key][1] is not None:
+            key = f"{key}.{opened[key][1]}"
+        if key in options:
+            values[key] = check_value(key, value, options[key], origin)
+            continue
+        section = next((name for name in opened if key.startswith(name + ".")), None)
+        if section is not None:
+            inner = key[len(section) + 1:]
+            if inner in targets[section]:
+                kept = values.setdefault(f"{section}.overrides", {})
+                kept[inner] = check_value(key, value, targets[section][inner], origin)
+                continue
+            known = [f"{section}.{name}" for name in targets[section]] + [k for k in options if k.startswith(section)]
+            close = difflib.get_close_matches(key, known, n=3) or [
+                name for name in known if name.split(".")[-1] == key.split(".")[-1]]
+            target_name = opened[section][0].__name__
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            where = f" (in {origin})" if origin else ""
+            raise ConfigError(f"unknown config key {key!r}{where} (not a {section} setting nor a {target_name} "
+                              f"field){hint}")
+        close = difflib.get_close_matches(key, list(options), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        where = f" (in {origin})" if origin else ""
+        raise ConfigError(f"unknown config key {key!r}{where}{hint}")
+    return _build(schema, values)
 
 
-USAGE = """usage: mf_rsvlm_train.py [--config FILE] [--debug] [key=value ...]
-
---debug (or RSFUSE_DEBUG=1) shows the traceback of an expected error (bad data, configuration or checkpoint), which
-otherwise is one line naming the file, sample or key, with exit status 2.
-
-Without arguments: the embedded default (synthetic data, sentencepiece tokenizer, tiny MF-RSVLM on the CPU, then a
-generation evaluation on the synthetic test split). Keys (dotted; model.* takes MFRSVLMConfig fields):
-"""
-
-
-def help_text() -> str:
-    lines = [USAGE]
-    for key, field in SCHEMA.items():
-        allowed = f"; {field.bounds()}" if field.bounds() else ""
-        lines.append(f"  {key:32s} {field.help} [default: {field.default!r}{allowed}]")
+def help_text(schema: type, usage: str) -> str:
+    """``usage`` followed by one line per setting: key, doc, default and range (generated from the fields)."""
+    lines = [usage.rstrip("\n"), ""]
+    for key, spec in describe(schema).items():
+        allowed = f"; {spec.bounds()}" if spec.bounds() else ""
+        lines.append(f"  {key:32s} {spec.help} [default: {_plain(spec.default)!r}{allowed}]")
+    for name, (target, shorthand) in _open_sections(schema).items():
+        short = f" ({name}=X is short for {name}.{shorthand}=X)" if shorthand else ""
+        lines.append(f"  {name + '.<field>':32s} any {target.__name__} field, dotted for nested ones{short}")
     return "\n".join(lines)
 
 
@@ -334,7 +301,7 @@ def split_config_argv(argv: Sequence[str], help_text: str) -> tuple[str | None, 
     return config_path, overrides
 
 
-def parse_args(argv: Sequence[str]) -> RecipeConfig | None:
-    """Parse ``[--config FILE] [key=value ...]``; returns None after printing help for ``-h``/``--help``."""
-    parsed = split_config_argv(argv, help_text())
-    return None if parsed is None else load_config(*parsed)
+def parse_args(schema: type, argv: Sequence[str], usage: str) -> Any:
+    """Parse ``[--config FILE] [key=value ...]`` into ``schema``; None after printing help for ``-h``/``--help``."""
+    parsed = split_config_argv(argv, help_text(schema, usage))
+    return None if parsed is None else load_config(schema, *parsed)

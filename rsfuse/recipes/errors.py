@@ -27,16 +27,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from rsfuse.recipes.config import ConfigError
     from rsfuse.train.checkpointing import CheckpointSaveError
     from rsfuse.train.lock import RunLockedError
+    from rsfuse.train.state import CheckpointReadError
 
-    found: list[type[BaseException]] = [ConfigError, InstructionDataError, ImageLoadError, CheckpointError,
-                                        CheckpointSaveError, RunLockedError, ConversationError]
-    try:
-        from rsfuse.recipes.train import CheckpointReadError
-
-        found.append(CheckpointReadError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(found)
+    return (ConfigError, InstructionDataError, ImageLoadError, CheckpointError, CheckpointSaveError, RunLockedError,
+            ConversationError, CheckpointReadError)
 
 
 def one_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from rsfuse.data.synthetic_scene import (
+from rsfuse.synthetic.scene import (
     COLOUR_NAMES,
     OBJECT_SIZES,
     REFERENCE_SIZE,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsfuse.data.synthetic_scene import OBJECT_KINDS, Scene, plural
+from rsfuse.synthetic.scene import OBJECT_KINDS, Scene, plural
 
 __all__ = [
     "QUESTION_TYPES",

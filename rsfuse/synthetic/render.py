@@ -7,7 +7,7 @@ that stay inside their boxes (no shadows, no blur), so each object changes only 
 import numpy as np
 from PIL import Image
 
-from rsfuse.data.synthetic_scene import REFERENCE_SIZE, Scene, SceneObject, Structure, local_mask
+from rsfuse.synthetic.scene import REFERENCE_SIZE, Scene, SceneObject, Structure, local_mask
 
 __all__ = ["OBJECT_RGB", "TERRAIN_RGB", "object_stencil", "render_scene"]
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from rsfuse.checkpoints.clip import save_clip_vision
 from rsfuse.data.images import ImageProcessor
-from rsfuse.data.synthetic_scene import COLOUR_NAMES, OBJECT_KINDS
+from rsfuse.synthetic.scene import COLOUR_NAMES, OBJECT_KINDS
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.encoders.windows import resize_to
@@ -223,7 +223,7 @@ def pretrain_synthetic_tower(
     save_clip_vision(output, config, tower.state_dict())
     report = {
         "what": "CLIP-layout tower pretrained on the synthetic benchmark's training images with per-patch object "
-                "kind/colour labels (rsfuse.train.tower_pretrain)",
+                "kind/colour labels (rsfuse.synthetic.tower_pretrain)",
         "data": str(data_root),
         "settings": asdict(settings),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),

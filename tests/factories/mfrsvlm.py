@@ -5,7 +5,7 @@
   tiny SentencePiece tokenizer).
 * ``make_model(seed, **overrides)``: a random ``MFRSVLM`` with every weight drawn at a useful scale (eval mode).
 * ``write_released_checkpoint(folder, ...)``: the released MF-RSVLM layout written by hand, key by key, exactly as
-  DESIGN §3 describes it (``config.json`` model_type "mfrsvlm", 2 safetensors shards + index with the Llama keys,
+  docs/DESIGN_NOTES.md §3 describes it (``config.json`` model_type "mfrsvlm", 2 safetensors shards + index with the Llama keys,
   ``model.mm_projector.*``, ``model.deepstack_*.r.*`` and ``model.deepstack_residual_scale``; the tower in
   ``vision_tower/`` as HF CLIP config + ``pytorch_model.bin`` with ``vision_model.*`` keys; ``tokenizer.model``).
 * ``write_llava_folder(folder, ...)``: a LLaVA-1.5 folder (HF Llama + ``model.mm_projector.*`` + LLaVA config fields).

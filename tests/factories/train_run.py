@@ -30,7 +30,7 @@ TINY_MODEL = [
 
 def tiny_data(folder: Path) -> list[str]:
     """Write (once) a 12-image synthetic benchmark at 112 px and a tokenizer trained on it; returns the overrides."""
-    from rsfuse.data.synthetic import generate
+    from rsfuse.synthetic.benchmark import generate
     from rsfuse.llm.templates import build_prompt
     from rsfuse.llm.tokenizer import train_sentencepiece
 
