@@ -11,7 +11,8 @@ Two placements:
 * ``"token"`` (LLaVA): the visual slots replace the first placeholder (after the text for a sample without one).
 
 Input ids may carry the placeholder once (LLaVA's −200 convention), ``N`` times (the llava-hf convention, or the
-output of this function), or not at all; only the first attended placeholder marks the slot.
+output of this function), or not at all; only the first attended placeholder marks the slot. Laying out a
+sequence that is already laid out returns it unchanged (same length, same columns).
 
 Two paddings, both without host synchronisation (a stable sort moves the real tokens, in order, to one side):
 
@@ -55,7 +56,8 @@ def position_ids_from_mask(mask: Bool[Tensor, "batch sequence"]) -> Int[Tensor, 
 
 def _compact(input_ids, attended, labels, *, image_token_id, pad_token_id, pad_left):
     """Drop placeholders and move padding to one side; returns ids, mask, labels and the slot of the first placeholder
-    in the compacted text (without one: the end of the text with right padding, the start with left padding)."""
+    in the compacted text (without one: the end of the text with right padding, the start with left padding; with
+    left padding a placeholder before any real token also gives the start)."""
     is_image = attended & (input_ids == image_token_id)
     first_image = is_image & (is_image.long().cumsum(dim=1) == 1)
     real = attended & ~is_image
@@ -68,7 +70,9 @@ def _compact(input_ids, attended, labels, *, image_token_id, pad_token_id, pad_l
     if pad_left:
         has_placeholder = first_image.any(dim=1)
         padding = (~real).long().sum(dim=1)
-        slot = torch.where(has_placeholder, slot + padding, torch.zeros_like(slot))
+        # A placeholder with real tokens before it: [pad][before][visual][after]; at the very front (or none):
+        # [visual][pad][prompt], so new tokens always append after the last real token.
+        slot = torch.where(has_placeholder & (slot > 0), slot + padding, torch.zeros_like(slot))
     compact_labels = None if labels is None else labels.gather(1, order).masked_fill(~mask, IGNORE_INDEX)
     return ids, mask, compact_labels, slot
 
@@ -109,9 +113,23 @@ def layout_sequence(
     if image_mask is None:
         return SequenceLayout(ids, mask, position_ids_from_mask(mask), text_labels, None)
     batch, tokens, device = ids.shape[0], num_visual_tokens, ids.device
+    if tokens > 1 and bool(((input_ids == image_token_id).sum(dim=1) >= tokens).all()):
+        # Already laid out (every row holds its N slots): its N slot columns are padding after compaction; drop
+        # them so that laying out again keeps the length (one host sync per call).
+        if padding_side == "left":
+            ids, mask = ids[:, tokens:], mask[:, tokens:]
+            text_labels = None if text_labels is None else text_labels[:, tokens:]
+            slot = (slot - tokens).clamp_min(0)
+        else:
+            keep = ids.shape[1] - tokens
+            ids, mask = ids[:, :keep], mask[:, :keep]
+            text_labels = None if text_labels is None else text_labels[:, :keep]
     visual_mask = repeat(image_mask.to(device=device, dtype=torch.bool), "b -> b n", n=tokens)
     if placement == "prefix":
         slot = torch.zeros_like(slot)
+    else:  # a row without an image keeps its (masked) slots where a row without a placeholder has them
+        no_slot = torch.zeros_like(slot) if padding_side == "left" else mask.long().sum(dim=1)
+        slot = torch.where(visual_mask[:, 0], slot, no_slot)
     text_length = ids.shape[1]
     columns = rearrange(torch.arange(text_length + tokens, device=device), "j -> 1 j")
     start = rearrange(slot, "b -> b 1")
