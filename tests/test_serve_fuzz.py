@@ -244,3 +244,36 @@ def test_a_prompt_failing_at_prefill_does_not_fail_its_batch(served):
     expected = model.generate(None, good.input_ids, good.attention_mask, max_new_tokens=5,
                               eos_token_id=sorted(encoder.eos_ids))[0].tolist()
     assert tokens and tokens == expected[: len(tokens)]
+
+
+def test_local_images_only_inside_the_allowed_folder(served, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    scene_image(seed=3).save(allowed / "scene.png")
+    scene_image(seed=4).save(tmp_path / "outside.png")
+    (allowed / "escape.png").symlink_to(tmp_path / "outside.png")
+    app = create_app(served.model, served.encoder, ServeSettings(model_name="micro", local_images=allowed,
+                                                                 limits=LIMITS))
+    with LiveServer(app) as server:
+        for url, status in [(str(allowed / "scene.png"), 200), ("scene.png", 200),
+                            ((allowed / "scene.png").as_uri(), 200), (str(tmp_path / "outside.png"), 400),
+                            ("../outside.png", 400), (str(allowed / "escape.png"), 400),
+                            (str(allowed / "missing.png"), 400), ("http://127.0.0.1/x.png", 400)]:
+            code, headers, text = post(server, json.dumps(with_part(image_part(url))))
+            assert code == status, (url, text)
+            if status != 200:
+                assert_openai_error(code, headers, text, url)
+
+
+def test_text_stream_cuts_at_stop_strings_and_holds_back_partial_ones():
+    from rsfuse.serve.inputs import TextStream  # noqa: PLC0415
+
+    pieces = ["Two", " ships", " EN", "D and more"]
+    stream = TextStream(lambda ids: "".join(pieces[i] for i in ids), stop=["END"])
+    assert stream.push([0]) == "Two"
+    assert stream.push([1]) == " ships"
+    assert stream.push([2]) == " "  # "EN" may become "END": held back
+    assert stream.push([3]) == "" and stream.stopped and stream.text == "Two ships "
+    partial = TextStream(lambda ids: "ab\ufffd" if len(ids) == 1 else "abé")
+    assert partial.push([0]) == "ab"  # half a UTF-8 character waits
+    assert partial.push([1], final=True) == "é"
