@@ -142,6 +142,15 @@ def test_vision_defaults_to_the_llava_hf_folder(llava_dir):
 
 
 @torch.no_grad()
+def test_from_pretrained_reads_a_llava_hf_folder_like_from_parts(llava_dir, loaded):
+    folder, _ = llava_dir
+    model = MFRSVLM.from_pretrained(folder)
+    assert model.config.to_dict() == loaded.config.to_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@torch.no_grad()
 def test_overrides_win_over_the_llava_1_5_defaults(llava_dir):
     folder, hf = llava_dir
     model = MFRSVLM.from_parts(vision=None, llava=folder, global_layer=3, detail=True, injection_layers=[1, 2],

@@ -109,7 +109,8 @@ def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: s
 
 
 def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", check_finite: bool = True, **overrides: Any):
-    """``MFRSVLM`` from an rsfuse folder or a released MF-RSVLM folder, picked by ``config.json``'s ``model_type``.
+    """``MFRSVLM`` from an rsfuse folder, a released MF-RSVLM folder or a transformers LLaVA (llava-hf) folder, picked
+    by ``config.json``'s ``model_type``.
 
     ``dtype`` None: the decoder's stored dtype, applied to every weight (one dtype for the whole model).
     ``check_finite``: refuse a checkpoint with NaN/inf tensors, naming the file and the keys.
@@ -120,6 +121,13 @@ def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", c
         config_data, state_dict = read_rsfuse_folder(folder, check_finite=check_finite)
     elif model_type in RELEASED_MODEL_TYPES:
         config_data, state_dict = read_released_mfrsvlm(folder, check_finite=check_finite)
+    elif model_type == "llava":  # transformers' LLaVA layout (llava-hf): LLaVA-1.5 semantics, tower in the folder
+        model = load_from_parts(cls, vision=None, llm=None, llava=folder, dtype=dtype, device=device,
+                                check_finite=check_finite, **overrides)
+        tokenizer = folder / TOKENIZER_FILE
+        model.tokenizer_path = tokenizer if tokenizer.is_file() else None
+        model.chat_template = recorded_template(folder)
+        return model
     else:
         raise CheckpointError(
             f"{folder / 'config.json'}: model_type {model_type!r} is not an MF-RSVLM checkpoint (readable: "

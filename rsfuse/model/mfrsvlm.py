@@ -98,6 +98,7 @@ class MFRSVLM(nn.Module):
         # Not registered: the canvas's only weights are the tower's, already registered as ``vision_tower``.
         object.__setattr__(self, "canvas", canvas)
         self.tokenizer_path: Path | None = None
+        self.chat_template: str | None = None  # the conversation template a loaded folder records
         object.__setattr__(self, "vision_feature_cache", None)
 
     def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
@@ -423,10 +424,12 @@ class MFRSVLM(nn.Module):
         *,
         tokenizer: Any = None,
         max_shard_bytes: int = 2 * 1024**3,
+        template: str | None = None,
     ) -> Path:
         """Write an rsfuse folder: ``config.json`` (``model_type: "rsfuse_mfrsvlm"``), sharded safetensors + index,
         and ``tokenizer.model`` (from ``tokenizer``, a path or an object with ``save_pretrained``, else the one this
-        model was loaded with)."""
+        model was loaded with), and the conversation template for ``MFRSVLMProcessor`` (``template``, else the
+        loaded folder's, else "vicuna_v1")."""
         from rsfuse.model.loading import save_pretrained  # noqa: PLC0415
 
-        return save_pretrained(self, path, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
+        return save_pretrained(self, path, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, template=template)
