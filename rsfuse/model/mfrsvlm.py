@@ -43,7 +43,10 @@ from rsfuse.model.feature_cache import VisionFeatureCache
 from rsfuse.model.generation import generate
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
-__all__ = ["MFRSVLM", "MFRSVLMOutput"]
+__all__ = ["LLAVA_IMAGE_PLACEHOLDER", "MFRSVLM", "MFRSVLMOutput"]
+
+LLAVA_IMAGE_PLACEHOLDER = -200
+"""LLaVA's out-of-vocabulary image placeholder id (``<image>`` in rsfuse's templates)."""
 
 
 @dataclass
@@ -232,6 +235,8 @@ class MFRSVLM(nn.Module):
         of ``image_mask`` (None: a text-only batch) get the visual slots."""
         if input_ids.ndim != 2:
             raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        if self.config.image_token_index >= 0:  # an in-vocabulary image token (llava-hf): LLaVA's −200 means it too
+            input_ids = input_ids.masked_fill(input_ids == LLAVA_IMAGE_PLACEHOLDER, self.config.image_token_index)
         self._check_token_ids(input_ids, attention_mask)
         return layout_sequence(
             input_ids,
