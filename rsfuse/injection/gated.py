@@ -64,12 +64,14 @@ class GatedInjector(nn.Module):
 
     @typecheck
     def forward(
-        self, hidden: Float[Tensor, "batch tokens dim"], detail: Float[Tensor, "batch *detail_dims"]
-    ) -> Float[Tensor, "batch tokens dim"]:
-        return self.forward_with_stats(hidden, detail)[0]
-
-    def forward_with_stats(self, hidden: Tensor, detail: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(injected [B, N, D], gate mean over channels [B, N], router weights or None)``."""
+        self,
+        hidden: Float[Tensor, "batch tokens dim"],
+        detail: Float[Tensor, "batch *detail_dims"],
+        *,
+        return_stats: bool = False,
+    ) -> Float[Tensor, "batch tokens dim"] | tuple[Float[Tensor, "batch tokens dim"], Float[Tensor, "batch tokens"], Tensor | None]:
+        """The injected hidden states; with ``return_stats``, also the gate mean over channels and the router's
+        weights (see ``forward_with_stats``)."""
         if hidden.shape[-1] != self.dim:
             raise ValueError(f"GatedInjector: hidden must be [B, N, {self.dim}], got {tuple(hidden.shape)}")
         mixed, weights = self._mixed_detail(hidden, detail)
@@ -77,7 +79,14 @@ class GatedInjector(nn.Module):
         detail_normed = self.detail_norm(mixed.to(hidden.dtype))
         gate = torch.sigmoid(self.gate_proj(torch.cat([hidden_normed, detail_normed], dim=-1)))
         injected = hidden + self.residual_scale * gate * self.detail_proj(detail_normed)
+        if not return_stats:
+            return injected
         return injected, reduce(gate, "b n d -> b n", "mean"), weights
+
+    def forward_with_stats(self, hidden: Tensor, detail: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(injected [B, N, D], gate mean over channels [B, N], router weights or None)``. Goes through
+        ``__call__``, so module hooks (e.g. FSDP's parameter unsharding) run as for ``injector(hidden, detail)``."""
+        return self(hidden, detail, return_stats=True)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
