@@ -25,11 +25,10 @@ import math
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from einops import reduce, repeat
+from einops import reduce
 from torch import nn
 
 from rsfuse.data import ImageProcessor, load_image
@@ -39,30 +38,6 @@ from rsfuse.model import MFRSVLM
 
 TYPES = ("colour", "position", "count")
 READ_TYPES = ("colour", "position")
-
-
-@contextmanager
-def causal_attention_weights(records: list[torch.Tensor]):
-    """While active, every decoder attention call appends its causal softmax weights ``[heads, queries, keys]``
-    (batch row 0, key padding ignored: read rows up to the last real token only) to ``records``, then attends as
-    usual."""
-    import rsfuse.llm.layers as layers  # noqa: PLC0415
-
-    attend = layers.attention
-
-    def recording(queries, keys, values, **options):
-        heads, kv_heads = queries.shape[2], keys.shape[2]
-        keys_per_head = repeat(keys[0], "n h d -> n (h g) d", g=heads // kv_heads)
-        logits = torch.einsum("mhd,nhd->hmn", queries[0], keys_per_head).float() / math.sqrt(queries.shape[-1])
-        future = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).triu(1)
-        records.append(logits.masked_fill(future, float("-inf")).softmax(-1))
-        return attend(queries, keys, values, **options)
-
-    layers.attention = recording
-    try:
-        yield records
-    finally:
-        layers.attention = attend
 
 
 def object_cells(objects: list[dict], size: int, grid: int) -> list[int]:
@@ -124,9 +99,10 @@ class Recorder:
         tokens are ``self.first : self.first + self.visual_count``."""
         question = record["conversations"][0]["value"].replace("<image>", "").strip()
         ids = tokenize_prompt(build_prompt(self.template, question), self.tokenizer)
-        weights: list[torch.Tensor] = []
-        with torch.no_grad(), causal_attention_weights(weights):
-            self.model(self.processor(load_image(self.data / record["image"])).unsqueeze(0), torch.tensor([ids]))
+        with torch.no_grad():
+            output = self.model(self.processor(load_image(self.data / record["image"])).unsqueeze(0),
+                                torch.tensor([ids]), output_attentions=True)
+        weights = [layer[0] for layer in output.attentions]  # [heads, queries, keys] of the one sample
         self.first, self.visual_count, last = sequence_layout(self.model.config.image_placement, ids,
                                                               weights[0].shape[-1])
         grid = math.isqrt(self.visual_count)

@@ -1,5 +1,5 @@
-"""``bench/attention_to_objects.py``: object cells by hand, the attention recorder against the attention it wraps, and
-the diagnostic end to end on a tiny benchmark and model."""
+"""``studies/attention_to_objects.py``: object cells by hand, attention read through the public
+``output_attentions``, and the diagnostic end to end on a tiny benchmark and model."""
 
 import importlib.util
 import json
@@ -25,33 +25,21 @@ def test_object_cells_by_hand():
     assert probe.object_cells([{"bbox": [20, 20, 40, 30]}, {"bbox": [220, 220, 224, 224]}], 224, 8) == [0, 1, 8, 9, 63]
 
 
-def test_recorded_weights_reproduce_the_wrapped_attention():
-    import rsfuse.llm.layers as layers
-
-    generator = torch.Generator().manual_seed(0)
-    queries, keys, values = (torch.randn(1, 7, heads, 16, generator=generator) for heads in (4, 2, 2))
-    records, original = [], layers.attention
-    with probe.causal_attention_weights(records):
-        attended = layers.attention(queries, keys, values, causal=True, mask=None, backend="sdpa")
-    assert layers.attention is original and len(records) == 1  # restored on exit
-    weights = records[0]  # [heads, queries, keys]
-    assert weights.shape == (4, 7, 7) and torch.all(weights.triu(1) == 0)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(4, 7))
-    values_per_head = values[0].repeat_interleave(2, dim=1)  # query head h reads key/value head h // 2
-    torch.testing.assert_close(torch.einsum("hmn,nhd->mhd", weights, values_per_head), attended[0])
-
-
-def test_recorder_leaves_the_model_output_unchanged():
+def test_the_study_reads_attention_through_the_public_forward_without_changing_it():
     model = make_model(seed=3)
     pixels = torch.rand(1, 3, model.config.input_size, model.config.input_size)
     ids = torch.tensor([[1, 20, 30, -200, 40, 50]])
     with torch.no_grad():
-        plain = model(pixels, ids).logits
-        records = []
-        with probe.causal_attention_weights(records):
-            recorded = model(pixels, ids).logits
-    torch.testing.assert_close(recorded, plain)
-    assert len(records) == model.config.llm.num_hidden_layers
+        plain = model(pixels, ids)
+        recorded = model(pixels, ids, output_attentions=True)
+    torch.testing.assert_close(recorded.logits, plain.logits, atol=2e-5, rtol=1e-5)
+    assert len(recorded.attentions) == model.config.llm.num_hidden_layers
+    real = plain.attention_mask[0]
+    for weights in recorded.attentions:  # [1, heads, T, T]: causal, rows of real queries sum to one
+        assert weights.shape[-1] == weights.shape[-2] == plain.logits.shape[1]
+        assert torch.all(weights[0].triu(1) == 0)
+        torch.testing.assert_close(weights[0][:, real].sum(-1), torch.ones(weights.shape[1], int(real.sum())))
+    assert "layers.attention =" not in (REPO / "studies" / "attention_to_objects.py").read_text()  # no patching
 
 
 def test_sequence_layout_finds_the_prompt_token_that_predicts_the_answer():

@@ -16,7 +16,7 @@ from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
 from rsfuse.llm.cache import KVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.rope import apply_rotary
-from rsfuse.ops.attention import attention
+from rsfuse.ops.attention import attention, attention_weights
 
 __all__ = ["AttentionMask", "RMSNorm", "LlamaMLP", "LlamaAttention", "LlamaDecoderLayer"]
 
@@ -85,7 +85,10 @@ class LlamaAttention(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
         attention_mask: AttentionMask,
         cache: KVCache | None = None,
+        weights_out: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch tokens dim"]:
+        """``weights_out``: a list that receives this call's softmax weights ``[B, H, M, N]`` (float32), computed
+        explicitly and then applied (for analysis; the fused kernel is used otherwise)."""
         cos, sin = position_embeddings
         # "b m (h d) -> b m h d" (native views: this runs once per layer per decoded token, where einops' parsing
         # would cost more than the tiny model's matmuls)
@@ -96,6 +99,13 @@ class LlamaAttention(nn.Module):
         keys = apply_rotary(keys, cos, sin)
         if cache is not None:
             keys, values = cache.update(self.layer_index, keys, values)
+        if weights_out is not None:
+            weights = attention_weights(queries, keys, causal=attention_mask.causal, mask=attention_mask.mask)
+            weights_out.append(weights)
+            per_head = keys.shape[2], queries.shape[2] // keys.shape[2]
+            values_per_head = values.repeat_interleave(per_head[1], dim=2).float()
+            attended = torch.einsum("bhmn,bnhd->bmhd", weights, values_per_head).to(queries.dtype)
+            return self.o_proj(attended.flatten(2))
         attended = attention(
             queries,
             keys,
@@ -132,12 +142,14 @@ class LlamaDecoderLayer(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
         attention_mask: AttentionMask,
         cache: KVCache | None,
+        weights_out: list[Tensor] | None = None,
     ) -> Tensor:
         attended = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             cache=cache,
+            weights_out=weights_out,
         )
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -151,10 +163,12 @@ class LlamaDecoderLayer(nn.Module):
         attention_mask: AttentionMask,
         position_ids: Int[Tensor, "#batch tokens"] | None = None,
         cache: KVCache | None = None,
+        weights_out: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch tokens dim"]:
-        """``position_ids`` is informational (rotation comes from ``position_embeddings``); hooks may read it."""
+        """``position_ids`` is informational (rotation comes from ``position_embeddings``); hooks may read it.
+        ``weights_out`` receives the attention weights (see ``LlamaAttention.forward``)."""
         if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
             return checkpoint(
                 self._block, hidden_states, position_embeddings, attention_mask, None, use_reentrant=False
             )
-        return self._block(hidden_states, position_embeddings, attention_mask, cache)
+        return self._block(hidden_states, position_embeddings, attention_mask, cache, weights_out)

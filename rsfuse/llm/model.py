@@ -44,6 +44,8 @@ class LlamaOutput:
     loss: Tensor | None
     logits: Tensor
     past_key_values: KVCache | None = None
+    attentions: list[Tensor] | None = None
+    """With ``output_attentions=True``: each layer's softmax weights ``[B, H, M, total]`` (float32)."""
 
 
 def build_attention_mask(
@@ -117,9 +119,11 @@ class LlamaModel(nn.Module):
         position_ids: Int[Tensor, "#batch new"] | None = None,
         cache: KVCache | None = None,
         injection: LayerInjection | None = None,
+        attention_weights: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch new dim"]:
         """Normed hidden states of the new positions. ``injection`` (a prefill's visual context bound to injectors)
-        edits the hidden states just before the layers it names; decoding steps pass none."""
+        edits the hidden states just before the layers it names; decoding steps pass none. ``attention_weights``: a
+        list that receives each layer's softmax weights ``[B, H, M, N]`` (float32), in layer order."""
         new_tokens = inputs_embeds.shape[1]
         device = inputs_embeds.device
         if isinstance(cache, StaticKVCache):
@@ -155,6 +159,7 @@ class LlamaModel(nn.Module):
                 attention_mask=mask,
                 position_ids=position_ids,
                 cache=cache,
+                weights_out=attention_weights,
             )
         if isinstance(cache, StaticKVCache):
             cache.end(new_tokens)
@@ -230,6 +235,7 @@ class LlamaForCausalLM(nn.Module):
         labels: Int[Tensor, "batch new"] | None = None,
         logits_to_keep: int = 0,
         injection: LayerInjection | None = None,
+        output_attentions: bool = False,
     ) -> LlamaOutput:
         """Logits for the new positions (``logits_to_keep > 0``: only the last that many); loss when ``labels`` given.
 
@@ -243,14 +249,17 @@ class LlamaForCausalLM(nn.Module):
         cache = past_key_values
         if use_cache and cache is None:
             cache = DynamicKVCache()
+        attentions: list[Tensor] | None = [] if output_attentions else None
         hidden_states = self.model(
-            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, injection=injection
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, injection=injection,
+            attention_weights=attentions,
         )
         if logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
         loss = None if labels is None else causal_lm_loss(logits, labels)
-        return LlamaOutput(loss=loss, logits=logits, past_key_values=cache if (use_cache or past_key_values is not None) else None)
+        kept = cache if (use_cache or past_key_values is not None) else None
+        return LlamaOutput(loss=loss, logits=logits, past_key_values=kept, attentions=attentions)
 
     # --------------------------------------------------------------------------------------------- checkpoints
     @classmethod

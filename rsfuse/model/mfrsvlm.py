@@ -62,6 +62,8 @@ class MFRSVLMOutput:
     """``[B, N]`` sequence indices of the visual tokens (None for a text-only batch)."""
     injection_stats: dict[int, InjectionStats] | None = None
     """With ``output_injection_stats=True``: per 0-based injection layer, gate mean ``[B, N]`` and router weights."""
+    attentions: list[Tensor] | None = None
+    """With ``output_attentions=True``: per decoder layer, softmax weights ``[B, H, T, T]`` (float32)."""
 
 
 class MFRSVLM(nn.Module):
@@ -327,10 +329,12 @@ class MFRSVLM(nn.Module):
         *,
         image_mask: Bool[Tensor, " batch"] | None = None,
         output_injection_stats: bool = False,
+        output_attentions: bool = False,
     ) -> MFRSVLMOutput:
         """Training / scoring forward (right padding). ``labels`` align with ``input_ids`` (HF style, −100 ignored).
 
         ``output_injection_stats``: also return each injector's gate mean and router weights (``injection_stats``).
+        ``output_attentions``: also return each decoder layer's attention weights ``[B, H, T, T]`` (``attentions``).
         """
         layout, embeds, injection = self.prefill_inputs(
             pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, keep_stats=output_injection_stats
@@ -340,6 +344,7 @@ class MFRSVLM(nn.Module):
             attention_mask=layout.attention_mask,
             position_ids=layout.position_ids,
             injection=injection,
+            output_attentions=output_attentions,
         )
         loss = None if layout.labels is None else causal_lm_loss(output.logits, layout.labels)
         return MFRSVLMOutput(
@@ -350,6 +355,7 @@ class MFRSVLM(nn.Module):
             labels=layout.labels,
             visual_positions=layout.visual_positions,
             injection_stats=None if injection is None or not output_injection_stats else injection.stats,
+            attentions=output.attentions,
         )
 
     # ----- generation ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from einops import rearrange, repeat
 
 from rsfuse._typing import Float, Tensor, typecheck
 
-__all__ = ["attention", "xformers_available", "BACKENDS"]
+__all__ = ["attention", "attention_weights", "xformers_available", "BACKENDS"]
 
 BACKENDS = ("auto", "sdpa", "xformers", "math")
 
@@ -86,6 +86,26 @@ def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) ->
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return torch.einsum("bhmn,bnhd->bmhd", probs, v.float()).to(q.dtype)
+
+
+def attention_weights(
+    q: Float[Tensor, "batch queries heads dim"],
+    k: Float[Tensor, "batch keys kv_heads dim"],
+    *,
+    causal: bool = False,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+) -> Float[Tensor, "batch heads queries keys"]:
+    """The softmax weights ``[B, H, M, N]`` (float32) that ``attention`` applies, with the same mask and causal
+    conventions (a row with no allowed key is all zeros): for analysis, not speed."""
+    _check(q, k, k, mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    keys = repeat(k, "b n h d -> b n (h g) d", g=q.shape[2] // k.shape[2])
+    scores = torch.einsum("bmhd,bnhd->bhmn", q.float(), keys.float()) * scale
+    merged = _combined_mask(mask, causal, q.shape[1], k.shape[1], q.device)
+    if merged is not None:
+        scores = scores.masked_fill(~merged, float("-inf")) if merged.dtype == torch.bool else scores + merged.float()
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
