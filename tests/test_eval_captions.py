@@ -161,3 +161,173 @@ def test_mismatched_ids_and_bad_inputs_raise():
         caption_scores({"a": "x"}, {"a": "x"})
     with pytest.raises(ValueError, match="protocol"):
         caption_scores({"a": "x"}, {"a": ["x"]}, protocol="spice")
+
+
+# ----- CIDEr-D and METEOR worked by hand -------------------------------------------------------------------------
+def cider_d_by_hand(preds: dict[str, str], refs: dict[str, list[str]], n: int = 4, sigma: float = 6.0) -> float:
+    """CIDEr-D as pycocoevalcap's ``CiderScorer`` defines it, written out with plain Python on whitespace tokens.
+
+    For every image: n-gram counts (n = 1..4) of the candidate and of each reference; weight of an n-gram =
+    count × idf, idf = log(#images) − log(max(1, #images whose references hold the n-gram)); per n the clipped cosine
+    Σ_g min(c_g, r_g)·r_g / (|c|·|r|) (0 when either vector is empty), times the length penalty
+    exp(−(ℓ_c − ℓ_r)² / (2σ²)) with ℓ = number of *bigrams* (pycocoevalcap counts length on n = 2); mean over n,
+    mean over the references, × 10; CIDEr = mean over images."""
+
+    def grams(text: str) -> dict[tuple[str, ...], int]:
+        words = text.split()
+        counts: dict[tuple[str, ...], int] = {}
+        for k in range(1, n + 1):
+            for i in range(len(words) - k + 1):
+                gram = tuple(words[i : i + k])
+                counts[gram] = counts.get(gram, 0) + 1
+        return counts
+
+    images = list(preds)
+    frequency: dict[tuple[str, ...], int] = {}
+    for image in images:
+        for gram in {g for ref in refs[image] for g in grams(ref)}:
+            frequency[gram] = frequency.get(gram, 0) + 1
+    log_images = math.log(len(images))
+
+    def vector(text: str):
+        counts = grams(text)
+        weights = [{} for _ in range(n)]
+        for gram, count in counts.items():
+            weights[len(gram) - 1][gram] = count * (log_images - math.log(max(1, frequency.get(gram, 0))))
+        norms = [math.sqrt(sum(w * w for w in level.values())) for level in weights]
+        length = sum(count for gram, count in counts.items() if len(gram) == 2)
+        return weights, norms, length
+
+    total = 0.0
+    for image in images:
+        cand, cand_norms, cand_length = vector(preds[image])
+        per_ref = []
+        for ref in refs[image]:
+            other, other_norms, other_length = vector(ref)
+            penalty = math.exp(-((cand_length - other_length) ** 2) / (2 * sigma**2))
+            levels = []
+            for k in range(n):
+                dot = sum(min(w, other[k].get(g, 0.0)) * other[k].get(g, 0.0) for g, w in cand[k].items())
+                if cand_norms[k] and other_norms[k]:
+                    dot /= cand_norms[k] * other_norms[k]
+                levels.append(dot * penalty)
+            per_ref.append(sum(levels) / n)
+        total += 10.0 * sum(per_ref) / len(per_ref)
+    return total / len(images)
+
+
+CIDER_CASES = {
+    # Every n-gram belongs to one image only (idf = log 2 everywhere, which cancels in the cosine); identical
+    # 3-word captions: cosine 1 for n = 1, 2, 3, no 4-grams (0): 10 × 3/4 per image.
+    "identical": ({"a": "a b c", "b": "d e f"}, {"a": ["a b c"], "b": ["d e f"]}, 7.5),
+    # "a" is in both images' references: idf 0, so the shared word earns nothing; image "x" matches nothing else
+    # (0), image "y" is identical (cosine 1 for n = 1, 2): (0 + 10 × 2/4) / 2.
+    "idf": ({"x": "a c", "y": "a d"}, {"x": ["a b"], "y": ["a d"]}, 2.5),
+    # Length penalty and clipping. Image "p": "a b c" vs "a b c d": cosines √3/2, √(2/3), 1/√2, 0; bigram lengths 2
+    # vs 3. Image "q": "e e e f" vs "e e f", counts clipped to the reference's: unigrams (min(3,2)·2 + 1)/(√10·√5),
+    # bigrams (min(2,1)·1 + 1)/(√5·√2), trigrams 1/√2, 4-grams 0; lengths 3 vs 2. Both penalties exp(−1/72).
+    "penalty-and-clipping": (
+        {"p": "a b c", "q": "e e e f"},
+        {"p": ["a b c d"], "q": ["e e f"]},
+        10 * math.exp(-1 / 72) * (
+            (math.sqrt(3) / 2 + math.sqrt(2 / 3) + 1 / math.sqrt(2)) / 4
+            + (5 / math.sqrt(50) + 2 / math.sqrt(10) + 1 / math.sqrt(2)) / 4
+        ) / 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CIDER_CASES))
+def test_cider_d_by_hand_closed_form(no_java, case):
+    preds, refs, expected = CIDER_CASES[case]
+    assert cider_d_by_hand(preds, refs) == pytest.approx(expected, abs=1e-12)
+    with pytest.warns(RuntimeWarning):
+        scores = caption_scores(preds, refs)
+    assert scores["CIDEr"] == pytest.approx(expected, abs=1e-9)
+
+
+RICH_PREDS = {
+    "1": "a plane parked at the airport near a plane",
+    "2": "green trees near a road",
+    "3": "a white ship in the harbor",
+    "4": "a road",
+}
+RICH_REFS = {
+    "1": ["an airplane is parked at the airport", "a plane on the apron near the terminal", "two planes"],
+    "2": ["many green trees beside a road", "trees and a road", "a road through a green forest"],
+    "3": ["a large ship in the harbor", "a white boat docked in the harbor"],
+    "4": ["a long straight road across the desert"],
+}
+
+
+def test_cider_d_by_hand_on_several_references_and_repeated_words(no_java):
+    with pytest.warns(RuntimeWarning):
+        scores = caption_scores(RICH_PREDS, RICH_REFS)
+    expected = cider_d_by_hand(RICH_PREDS, RICH_REFS)
+    assert 0 < expected < 10
+    assert scores["CIDEr"] == pytest.approx(expected, abs=1e-9)
+    # One image alone: log(1) − log(1) = 0 for every n-gram, so CIDEr-D is 0 whatever the captions.
+    with pytest.warns(RuntimeWarning):
+        assert caption_scores({"a": "a b c"}, {"a": ["a b c"]})["CIDEr"] == 0.0
+
+
+@pytest.mark.slow
+def test_coco_protocol_cider_by_hand_after_ptb_tokenization():
+    """With Java: the Stanford PTB tokenizer lower-cases and drops punctuation; CIDEr-D is then worked by hand on
+    the tokens written out here (not produced by any tokenizer)."""
+    preds = {"1": "A plane, parked at the airport.", "2": "Green trees near a road!", "3": "A white ship."}
+    refs = {
+        "1": ["An airplane is parked at the airport.", "A plane on the apron."],
+        "2": ["Many green trees beside a road.", "Trees and a road."],
+        "3": ["A large ship in the harbor.", "A WHITE ship, docked."],
+    }
+    tokens_preds = {"1": "a plane parked at the airport", "2": "green trees near a road", "3": "a white ship"}
+    tokens_refs = {
+        "1": ["an airplane is parked at the airport", "a plane on the apron"],
+        "2": ["many green trees beside a road", "trees and a road"],
+        "3": ["a large ship in the harbor", "a white ship docked"],
+    }
+    scores = caption_scores(preds, refs, protocol="coco")
+    assert scores["tokenizer"].startswith("Stanford PTB")
+    assert scores["CIDEr"] == pytest.approx(cider_d_by_hand(tokens_preds, tokens_refs), abs=1e-9)
+    assert scores["CIDEr"] != pytest.approx(cider_d_by_hand(preds, refs), abs=1e-3)  # tokenization matters here
+
+
+# METEOR 1.5 (``-l en -norm``, the default task's parameters alpha 0.85, beta 0.2, gamma 0.6, delta 0.75): with
+# exact matches only and words of one class (here all content words, so delta cancels),
+# P = m / |hyp|, R = m / |ref|, Fmean = P·R / (alpha·P + (1 − alpha)·R), Pen = gamma·(chunks / m)^beta,
+# score = Fmean·(1 − Pen); a perfect match (every word, one chunk) scores 1. The corpus score pycocoevalcap
+# returns aggregates the statistics (matches, lengths, chunks) over segments before applying the formula, and a
+# perfectly matched segment adds no chunk to the sum (MeteorStats.addStats in meteor-1.5.jar, read with javap:
+# its one chunk is skipped when every word of both sides matched), in line with its own fragmentation of 0.
+ALPHA, BETA_M, GAMMA = 0.85, 0.2, 0.6
+
+
+def meteor_by_hand(matches: int, hyp: int, ref: int, chunks: int) -> float:
+    precision, recall = matches / hyp, matches / ref
+    fmean = precision * recall / (ALPHA * precision + (1 - ALPHA) * recall)
+    return fmean * (1 - GAMMA * (chunks / matches) ** BETA_M)
+
+
+@pytest.mark.slow
+def test_coco_meteor_by_hand():
+    has_java, reason = captions.java_available()
+    if not has_java:
+        pytest.fail(f"Java is part of the dev environment: {reason}")
+    one = caption_scores({"a": "Large ship harbor."}, {"a": ["large ship harbor docked"]}, protocol="coco")
+    # 3 exact matches in 1 chunk, hyp 3 words, ref 4.
+    assert one["METEOR"] == pytest.approx(meteor_by_hand(3, 3, 4, 1), abs=1e-9)
+    corpus = caption_scores(
+        {"a": "large ship harbor", "b": "ship large harbor", "c": "ship harbor", "d": "qqzx vvyw"},
+        {"a": ["large ship harbor docked"], "b": ["large ship harbor docked"], "c": ["ship harbor"],
+         "d": ["large ship"]},
+        protocol="coco",
+    )
+    # Summed over segments: matches 3 + 3 + 2 + 0, hyp 3 + 3 + 2 + 2, ref 4 + 4 + 2 + 2, chunks 1 + 3 + 0 + 0
+    # ("ship large harbor" against "large ship harbor": no two neighbours keep their order, so 3 chunks; "c" is a
+    # perfect match and adds none).
+    assert corpus["METEOR"] == pytest.approx(meteor_by_hand(8, 10, 12, 4), abs=1e-9)
+    alone = caption_scores({"b": "ship large harbor"}, {"b": ["large ship harbor docked"]}, protocol="coco")
+    assert alone["METEOR"] == pytest.approx(meteor_by_hand(3, 3, 4, 3), abs=1e-9)
+    exact = caption_scores({"a": "ship harbor"}, {"a": ["Ship harbor."]}, protocol="coco")
+    assert exact["METEOR"] == pytest.approx(1.0, abs=1e-12)

@@ -60,6 +60,60 @@ def test_tiny_preset_runs_end_to_end():
     assert output.logits.shape == (1, 64 + 6, 256)
 
 
+@torch.no_grad()
+def test_tiny_preset_end_to_end_values():
+    """The tiny preset with its own initialisation, checked by value: the loss is the causal-LM cross-entropy
+    recomputed by hand from the logits (visual, prompt and padding positions ignored), text logits depend on the
+    image, each position sees only the past, and with residual scales 0 the model equals the global-only model
+    (detail=False) holding the same weights."""
+    torch.manual_seed(0)
+    config = MFRSVLMConfig.tiny()
+    model = MFRSVLM(config).eval()
+    tokens, vocab = model.num_visual_tokens, config.llm.vocab_size
+    pixels = _pixels(2, 112, seed=3)
+    ids = _ids(2, 8, seed=4) % (vocab - 3) + 3
+    attention = torch.ones_like(ids)
+    attention[1, 6:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :3] = -100  # prompt
+    output = model(pixels, ids, attention, labels)
+    logits = output.logits.double()
+    assert logits.shape == (2, tokens + 8, vocab)
+    # The loss by hand: position p predicts the token at p + 1; mean over every counted target of the batch.
+    total, count = 0.0, 0
+    for row in range(2):
+        for position in range(7):  # text position `position` predicts text token `position + 1`
+            if labels[row, position + 1] == -100 or attention[row, position + 1] == 0:
+                continue
+            scores = logits[row, tokens + position]
+            target = int(ids[row, position + 1])
+            total += float(torch.logsumexp(scores, dim=0) - scores[target])
+            count += 1
+    assert count == 5 + 3  # row 0: targets 3..7; row 1: targets 3..5 (6, 7 are padding)
+    assert abs(output.loss.item() - total / count) <= 1e-5 * max(1.0, total / count)
+    # Text logits depend on the image; the same inputs give the same logits.
+    other = model(torch.roll(pixels, 1, dims=0), ids, attention).logits
+    assert (other[:, tokens:] - output.logits[:, tokens:]).abs().amax(dim=(1, 2)).min() > 1e-3
+    torch.testing.assert_close(model(pixels, ids, attention).logits, output.logits, rtol=0, atol=0)
+    # Causal: changing the last text token leaves every earlier position unchanged.
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1 - 3) % (vocab - 3) + 3
+    after = model(pixels[:1], changed[:1]).logits
+    before = model(pixels[:1], ids[:1]).logits
+    torch.testing.assert_close(after[:, :-1], before[:, :-1], rtol=1e-5, atol=1e-5)
+    assert (after[:, -1] - before[:, -1]).abs().max() > 1e-3
+    # Residual scales 0: exactly the global-only model with the same weights; scales 1 (the preset's): not.
+    silent = MFRSVLM(MFRSVLMConfig.tiny(residual_scale_init=0.0)).eval()
+    baseline = MFRSVLM(MFRSVLMConfig.tiny(detail=False)).eval()
+    state = model.state_dict()
+    silent.load_state_dict({k: (torch.zeros_like(v) if k.endswith("residual_scale") else v) for k, v in state.items()})
+    baseline.load_state_dict({k: v for k, v in state.items() if not k.startswith("injectors.")}, strict=True)
+    plain = baseline(pixels[:1], ids[:1]).logits
+    torch.testing.assert_close(silent(pixels[:1], ids[:1]).logits, plain, rtol=1e-5, atol=1e-5)
+    assert config.residual_scale_init == 1.0
+    assert (before - plain).abs().max() > 1e-3
+
+
 def test_importing_rsfuse_stays_light():
     code = (
         "import sys, rsfuse\n"
