@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# One device call (H100/H200): the paper-scale benchmark, then a long-budget run of the ablation study's goal pair.
+# The GPU session's one device call: bench/gpu_paper_scale.py at paper sizes on one H100/H200 (see BENCHMARKS.md).
 #
-#   bash bench/gpu_session.sh            # on the device machine; results under $OUT (or ./gpu_out)
+#   here, once:   echo /.whl/ >> .git/info/exclude
+#                 python3 -m pip download --no-deps --only-binary=:all: -d .whl beartype==0.23.1
+#   device tool:  run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540)
+#   here, after:  mkdir -p bench/results/h200_paper_scale && cp <files_at>/* bench/results/h200_paper_scale/
 #
-# Environment: PAPER_TIMEOUT / STUDY_TIMEOUT (seconds; PAPER_TIMEOUT=0 skips the benchmark), PAPER_ARGS (arguments of bench/gpu_paper_scale.py),
-# STUDY_ARGS (arguments of studies/ablate_synthetic), STUDY_DEVICE (default cuda),
-# SHARED (a study's shared/ folder — tokenizer and pretrained tower — to reuse, so both machines train on the same).
-# Python packages missing from the device image travel as wheels in .whl/ (see /work/.library/device/README.md).
+# Results in $OUT (./gpu_out without it): gpu_paper_scale.json (rewritten after every section, so a run cut short
+# still returns what it measured), table.md, paper_scale.log (stdout + stderr), device.txt.
+# Environment: PAPER_TIMEOUT (seconds, default 480; the script's --budget-s is 40 s less, so its optional sections
+# are skipped rather than cut), PAPER_ARGS (more arguments, e.g. "--sections batch,tower" for a second call).
+# rsfuse imports beartype, which the device image lacks: its wheel travels in .whl/ (pure Python).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -16,30 +20,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi -L | tee "$OUT/device.txt"
-python3 -c "import torch, rsfuse; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/device.txt"
-
-if [ "${PAPER_TIMEOUT:-240}" != 0 ]; then
-  start=$(date +%s)
-  # shellcheck disable=SC2086
-  timeout "${PAPER_TIMEOUT:-240}" python3 bench/gpu_paper_scale.py ${PAPER_ARGS:-} > "$OUT/paper_scale.jsonl" \
-    2> "$OUT/paper_scale.err"
-  echo "paper_scale exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/device.txt"
-  tail -n 3 "$OUT/paper_scale.err"
+if ! python3 -c "import torch, transformers, rsfuse; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$OUT/device.txt"; then
+  echo "rsfuse does not import here: carry .whl/ with beartype (see the top of bench/gpu_session.sh)" | tee -a "$OUT/device.txt"
+  exit 2
 fi
-
-study=/tmp/study
-mkdir -p "$study"
-if [ -n "${SHARED:-}" ]; then cp -r "$SHARED" "$study/shared"; fi
+timeout_s=${PAPER_TIMEOUT:-480}
 start=$(date +%s)
 # shellcheck disable=SC2086
-timeout "${STUDY_TIMEOUT:-300}" python3 -m studies.ablate_synthetic --out "$study" --report "$OUT/ABLATIONS_gpu.md" \
-  --device "${STUDY_DEVICE:-cuda}" ${STUDY_ARGS:-} > "$OUT/study.log" 2>&1
-echo "study exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/device.txt"
-grep "\[ablate\]" "$OUT/study.log" | tail -n 20
-(cd "$study" && tar czf "$OUT/study_results.tgz" study.json shared/tower/pretrain.json \
-  $(ls runs/*/seed*/eval/metrics.json runs/*/seed*/summary.json runs/*/seed*/wall_seconds.json \
-       runs/*/seed*/metrics.jsonl 2>/dev/null))
-for log in "$study"/runs/*/seed*/run.log; do
-  [ -f "$log" ] && grep -q -i "error\|traceback" "$log" && { echo "== $log"; tail -n 15 "$log"; }
-done
-exit 0
+timeout "$timeout_s" python3 bench/gpu_paper_scale.py --out "$OUT" --budget-s $((timeout_s - 40)) ${PAPER_ARGS:-} \
+  > "$OUT/paper_scale.log" 2>&1
+status=$?
+echo "gpu_paper_scale exit $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/device.txt"
+if [ -f "$OUT/table.md" ]; then cat "$OUT/table.md"; else tail -n 40 "$OUT/paper_scale.log"; fi
+exit $status
