@@ -23,10 +23,10 @@ import torch
 from rsfuse.checkpoints.clip import read_clip_vision
 from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key
-from rsfuse.encoders.clip_config import CLIPVisionConfig
+from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["RELEASED_MODEL_TYPES", "read_released_mfrsvlm", "released_config", "rename_released_key", "detail_fractions_to_layers"]
+__all__ = ["RELEASED_MODEL_TYPES", "read_released_mfrsvlm", "released_config", "rename_released_key"]
 
 RELEASED_MODEL_TYPES = ("mfrsvlm", "vhm")
 VISION_SUBFOLDER = "vision_tower"
@@ -42,11 +42,6 @@ _INJECTOR_KEY = re.compile(r"^model\.(deepstack_[a-z_]+)\.(\d+)\.(.+)$")
 _PROJECTOR_KEY = re.compile(r"^model\.mm_projector\.([02])\.(weight|bias)$")
 _TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 RESIDUAL_SCALE_KEY = "model.deepstack_residual_scale"
-
-
-def detail_fractions_to_layers(fractions: list[float], depth: int) -> list[int]:
-    """``round(f × depth)`` clamped to ``[1, depth]`` ([0.33, 0.66, 1.0] of 24 → [8, 16, 24])."""
-    return [min(depth, max(1, round(float(fraction) * depth))) for fraction in fractions]
 
 
 def _as_int_list(value: Any, field: str, path: Path) -> list[int]:
@@ -65,7 +60,7 @@ def released_config(data: dict[str, Any], vision: CLIPVisionConfig, *, path: Pat
     projector_type = data.get("mm_projector_type", "mlp2x_gelu")
     if projector_type != "mlp2x_gelu":
         raise CheckpointError(f"{path}: mm_projector_type {projector_type!r} is not supported (only 'mlp2x_gelu')")
-    fractions = data.get("deepstack_detail_layers", [0.33, 0.66, 1.0])
+    fractions = data.get("deepstack_detail_layers", list(PAPER_DETAIL_FRACTIONS))
     if not isinstance(fractions, list) or not fractions:
         raise CheckpointError(f"{path}: deepstack_detail_layers must be a list of fractions, got {fractions!r}")
     injection = _as_int_list(data.get("deepstack_injection_layers", [2, 4, 6, 8]), "deepstack_injection_layers", path)
@@ -77,7 +72,7 @@ def released_config(data: dict[str, Any], vision: CLIPVisionConfig, *, path: Pat
         "vision": vision.to_dict(),
         "llm": llm.to_dict(),
         "global_layer": select[0],
-        "detail_layers": detail_fractions_to_layers(fractions, depth),
+        "detail_layers": list(detail_layers_from_fractions(fractions, depth)),
         "window_scales": [float(scale) for scale in scales],
         "stack_factor": int(data.get("deepstack_downsample_factor", 2)),
         "injection_layers": sorted(injection),

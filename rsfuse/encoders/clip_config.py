@@ -9,7 +9,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["CLIPVisionConfig", "SUPPORTED_ACTIVATIONS"]
+__all__ = ["CLIPVisionConfig", "PAPER_DETAIL_FRACTIONS", "SUPPORTED_ACTIVATIONS", "detail_layers_from_fractions"]
+
+PAPER_DETAIL_FRACTIONS = (0.33, 0.66, 1.0)
+"""The detail layers as fractions of the tower depth (the released config's ``deepstack_detail_layers``)."""
+
+
+def detail_layers_from_fractions(fractions, depth: int) -> tuple[int, ...]:
+    """Tower hidden-state indices from depth fractions: ``round(f × depth)`` clamped to ``[1, depth]``
+    ([0.33, 0.66, 1.0] of 24 → 8, 16, 24)."""
+    return tuple(min(depth, max(1, round(float(fraction) * depth))) for fraction in fractions)
 
 SUPPORTED_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
 

@@ -20,6 +20,7 @@ train them. This module imports no model code and no torch.
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
+from rsfuse.llm.model import IGNORE_INDEX
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "tokenize_conversation",
 ]
 
-IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 
 USER_SPEAKERS = frozenset({"human", "user"})

@@ -9,23 +9,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from rsfuse.encoders.clip_config import CLIPVisionConfig
+from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
 
 __all__ = ["MFRSVLMConfig", "detail_layers_from_fractions", "PAPER_DETAIL_FRACTIONS", "PRESETS"]
 
-PAPER_DETAIL_FRACTIONS = (0.33, 0.66, 1.0)
 CANVAS_SOURCES = ("upsampled", "image")
 IMAGE_PLACEMENTS = ("prefix", "token")
 WINDOW_LAYOUTS = ("spatial", "reference")
 BLENDS = ("hann", "mean")
 ROUTER_MODES = ("sample", "token")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
-
-
-def detail_layers_from_fractions(fractions: tuple[float, ...] | list[float], depth: int) -> tuple[int, ...]:
-    """Tower hidden-state indices from depth fractions: ``round(f × depth)`` clamped to ``[1, depth]``."""
-    return tuple(min(depth, max(1, round(float(fraction) * depth))) for fraction in fractions)
 
 
 def _positive_int_tuple(name: str, values: Any) -> tuple[int, ...]:
