@@ -8,7 +8,6 @@ The variable is read once, when this module is first imported.
 import os
 from typing import Callable, TypeVar
 
-from beartype import beartype
 from jaxtyping import Bool, Float, Int, Shaped, UInt8, jaxtyped
 from torch import Tensor
 
@@ -23,4 +22,6 @@ def typecheck(fn: F) -> F:
     """Check jaxtyping shape annotations of ``fn`` at call time when ``RSFUSE_TYPECHECK=1``."""
     if not TYPECHECK:
         return fn
+    from beartype import beartype  # noqa: PLC0415  (only needed when checking: run time does not import it)
+
     return jaxtyped(typechecker=beartype)(fn)

@@ -145,3 +145,11 @@ def test_compiled_decoding_gives_the_eager_greedy_tokens(model):
     compiled = model.generate(pixels, ids, max_new_tokens=12, eos_token_id=[], compile=True)
     assert torch.equal(compiled, eager)
     assert eager[0].tolist() == _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 12)
+    # Another prompt length in the same cache-length bucket reuses the session and the compiled step.
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
+    session = model._compiled_session[1]
+    longer = torch.cat([_prompt(13, 5), _prompt(13, 6)])
+    again = model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[], compile=True)
+    assert model._compiled_session[1] is session and counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(again, model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[]))

@@ -194,6 +194,13 @@ class StaticKVCache(KVCache):
         self.lengths[row] = 0
         self.active[row] = False
 
+    def reset(self) -> None:
+        """Empty every row (the buffers are kept, so a compiled step captured on them stays valid)."""
+        self.key_mask.zero_()
+        self.lengths.zero_()
+        self.active.fill_(True)
+        self.is_empty, self.track_fill, self._filled, self._prefill, self._write = True, True, 0, False, None
+
     def sync_fill_level(self) -> int:
         """Re-read the longest row's fill level from the device (one host sync); the overflow check uses it."""
         self._filled = int(self.lengths.max()) if self.batch_size else 0

@@ -141,6 +141,16 @@ class GenerationSession:
             mode = "reduce-overhead" if device.type == "cuda" else None
             self._step = torch.compile(self._decode_logits, mode=mode, dynamic=False)
 
+    def reset(self, *, generator: torch.Generator | None = None) -> None:
+        """Free every row and empty the cache, keeping its buffers (and a compiled step's graphs) for reuse."""
+        self.cache.reset()
+        self.cache.active.fill_(False)
+        self.rows = [None] * self.max_batch
+        self.done.fill_(True)
+        self.count.zero_()
+        self._seen = [0] * self.max_batch
+        self.generator = generator
+
     # ----- rows ----------------------------------------------------------------------------------------------------
     @property
     def free_rows(self) -> list[int]:
@@ -367,14 +377,10 @@ def generate(
     batch = input_ids.shape[0]
     visual = model.config.num_visual_tokens if pixel_values is not None else 0
     needed = input_ids.shape[1] + visual + max_new_tokens  # an upper bound: the layout drops placeholders
-    session = GenerationSession(
-        model,
-        max_batch=batch,
-        max_length=min(needed, model.config.llm.max_position_embeddings),
-        compile=compile,
-        generator=generator,
-        pad_token_id=pad,
-    )
+    if compile:  # fixed cache lengths, so prompts of other lengths reuse the compiled step instead of recompiling
+        needed = -(-needed // COMPILED_LENGTH_BUCKET) * COMPILED_LENGTH_BUCKET
+    max_length = min(needed, model.config.llm.max_position_embeddings)
+    session = _session_for(model, batch=batch, max_length=max_length, compile=compile, generator=generator, pad=pad)
     rows = session.add(pixel_values, input_ids, attention_mask, params=params, image_mask=image_mask)
     for step in range(1, max_new_tokens):
         if step % sync_every == 0:
@@ -389,6 +395,27 @@ def generate(
     for index, row in enumerate(tokens):
         out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out.to(input_ids.device)
+
+
+COMPILED_LENGTH_BUCKET = 128
+"""``generate(compile=True)`` sizes its cache in multiples of this many positions."""
+
+
+def _session_for(model, *, batch: int, max_length: int, compile: bool, generator, pad: int) -> GenerationSession:
+    """A new session; with ``compile``, the model's last compiled session when it has the same shape (its buffers,
+    hence a GPU's captured CUDA graphs, are reused across ``generate`` calls)."""
+    if not compile:
+        return GenerationSession(model, max_batch=batch, max_length=max_length, generator=generator, pad_token_id=pad)
+    key = (batch, max_length, pad, model.dtype, model.device)
+    cached = getattr(model, "_compiled_session", None)
+    if cached is not None and cached[0] == key:
+        cached[1].reset(generator=generator)
+        return cached[1]
+    session = GenerationSession(
+        model, max_batch=batch, max_length=max_length, compile=True, generator=generator, pad_token_id=pad
+    )
+    model._compiled_session = (key, session)
+    return session
 
 
 def _generate_without_cache(model, pixel_values, input_ids, attention_mask, params, pad, image_mask, generator):
