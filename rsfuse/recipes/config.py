@@ -25,7 +25,6 @@ from typing import Any, Iterator, Sequence
 import yaml
 
 from rsfuse.recipes.config_values import ConfigError, Option, check_value, option
-from rsfuse.recipes.config_values import Field, _coerce  # noqa: F401  (the evaluation recipe's flat schema)
 
 __all__ = [
     "ConfigError",

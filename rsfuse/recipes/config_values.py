@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "Option", "option", "check_value", "describe_type", "Field"]
+__all__ = ["ConfigError", "Option", "option", "check_value", "describe_type"]
 
 
 class ConfigError(ValueError):
@@ -191,20 +191,3 @@ def check_value(key: str, value: Any, spec: Option, origin: str = "") -> Any:
         if problem is not None:
             raise ConfigError(f"config key {key!r}{where}: {problem}, got {value!r}")
     return result
-
-
-# ------------------------------------------------------------------------------------ flat schemas (evaluation)
-
-
-def Field(type: Any, default: Any, help: str, *, choices: tuple = (), nullable: bool = False, **bounds: Any) -> Option:
-    """A setting of a flat ``{key: Field}`` schema (the evaluation recipe's, until it moves to a dataclass):
-    an `Option` whose type is ``Literal[choices]`` when choices are given and ``type | None`` when nullable."""
-    hint = Literal[tuple(choices)] if choices else (list[int] if type is list else type)
-    if nullable:
-        hint = hint | None
-    return Option(type=hint, default=default, help=help, **bounds)
-
-
-def _coerce(key: str, value: Any, field: Option, origin: str) -> Any:
-    """`check_value` under its former name (used by the evaluation recipe's flat schema)."""
-    return check_value(key, value, field, origin)

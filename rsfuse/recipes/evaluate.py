@@ -24,7 +24,8 @@ What it supports:
 - **In-process use**: `evaluate(model, tokenizer, task, records, ...)` (what the training recipe can call after
   training) and `generate_predictions(...)`.
 
-Keys (``key=value`` on the command line, or a YAML file with ``--config``): see `EVAL_SCHEMA` or ``--help``.
+Keys (``key=value`` on the command line, or a YAML file with ``--config``): `rsfuse.recipes.eval_args.EvalConfig`,
+or ``--help``.
 """
 
 import json
@@ -36,13 +37,12 @@ from typing import Any
 
 import torch
 
-# The training recipe's config machinery: same key=value parsing and type coercion rules.
 from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, read_predictions
-from rsfuse.eval.tasks import EvalTask, get_task, task_protocols
-from rsfuse.recipes.config import ConfigError, Field, _coerce, config_entries, split_config_argv
+from rsfuse.eval.tasks import get_task, task_protocols
+from rsfuse.recipes.config import ConfigError
+from rsfuse.recipes.eval_args import TOO_LONG_POLICIES, EvalConfig, load_eval_config, parse_eval_args, task_of
 
 __all__ = [
-    "EVAL_SCHEMA",
     "TASK_PROTOCOLS",
     "EvalInputError",
     "PredictionsMismatchError",
@@ -61,7 +61,6 @@ METRICS_FILE = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
 UNANSWERED_FILE = "unanswered.jsonl"
 EXIT_CONFIG = 2
-TOO_LONG_POLICIES = ("count", "refuse")
 TOO_LONG = "too_long"  # prompt + max_new_tokens beyond the decoder's max_position_embeddings
 BAD_IMAGE = "bad_image"  # an image that cannot be read (skip_bad=true)
 EXIT_MISMATCH = 2  # a predictions file of another run: an expected error like any other (one line, status 2)
@@ -69,117 +68,13 @@ EXIT_MISMATCH = 2  # a predictions file of another run: an expected error like a
 # Protocols each registered task can be scored under (a live view of the task registry); the first is the default.
 TASK_PROTOCOLS = task_protocols
 
-EVAL_SCHEMA: dict[str, Field] = {
-    "task": Field(str, "synthetic", "which benchmark (a name in rsfuse.eval.TASKS)"),
-    "model": Field(str, "", "model folder (anything MFRSVLM.from_pretrained reads)"),
-    "tokenizer": Field(str, "", "tokenizer folder ('' = the model folder)"),
-    "data": Field(str, "", "annotation file (or folder for cls / rsvqa_lr releases)"),
-    "image_root": Field(str, "", "root of the image paths ('' = the reader's default, usually the data file's folder)"),
-    "split": Field(str, "test", "split for the caption (Karpathy) and rsvqa_lr (release folder) readers"),
-    "output_dir": Field(str, "runs/eval", "where predictions.jsonl, metrics.json and metrics.md go"),
-    "batch_size": Field(int, 16, "prompts per generate call"),
-    "max_new_tokens": Field(int, 32, "generation budget per answer"),
-    "limit": Field(int, 0, "evaluate the first N records only (0 = all)"),
-    "protocol": Field(str, "", "scoring protocol where a task has several ('' = the task's default)"),
-    "template": Field(str, "vicuna_v1", "conversation template of the prompts"),
-    "device": Field(str, "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
-    "dtype": Field(str, "fp32", "model dtype: fp32 | bf16 | fp16", choices=("fp32", "bf16", "fp16")),
-    "fingerprint_weights": Field(str, "stat", "how predictions.jsonl identifies the weights: stat (sizes and "
-                                 "modification times) | content (hash every byte)", choices=("stat", "content")),
-    "num_threads": Field(int, 0, "torch CPU threads (0 = torch's default)"),
-    "skip_bad": Field(bool, False, "skip and count records whose image cannot be read (else stop, naming the file, "
-                      "after saving every finished answer)"),
-    "too_long": Field(str, "count", "records whose prompt + max_new_tokens exceed the decoder's "
-                      "max_position_embeddings: count (skip, report) | refuse (stop before generating)",
-                      choices=TOO_LONG_POLICIES),
-    "progress": Field(bool, True, "show a progress bar"),
-}
-
-
-# ---------------------------------------------------------------------------------------------------- config
-
-
-class EvalConfig(dict):
-    """Validated evaluation settings (schema key -> typed value)."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self:
-            raise KeyError(f"unknown eval config key {key!r}")
-        return super().__getitem__(key)
-
-
-def _apply(values: dict, key: str, value: Any, origin: str) -> None:
-    import difflib
-
-    if key not in EVAL_SCHEMA:
-        close = difflib.get_close_matches(key, list(EVAL_SCHEMA), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        where = f" (in {origin})" if origin else ""
-        raise ConfigError(f"unknown eval config key {key!r}{where}{hint}")
-    values[key] = _coerce(key, value, EVAL_SCHEMA[key], origin)
-
-
-def load_eval_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> EvalConfig:
-    """Defaults < YAML file at ``path`` < ``key=value`` overrides; unknown keys and bad values raise `ConfigError`."""
-    values = {key: field.default for key, field in EVAL_SCHEMA.items()}
-    for key, value, origin in config_entries(path, overrides):
-        _apply(values, key, value, origin)
-    config = EvalConfig(values)
-    _validate(config)
-    return config
-
-
-def _task(name: str) -> EvalTask:
-    try:
-        return get_task(name)
-    except KeyError as error:
-        raise ConfigError(f"config key 'task': {error.args[0]}") from None
-
-
-def _validate(config: EvalConfig) -> None:
-    task = config["task"]
-    allowed = _task(task).protocols
-    if config["protocol"] and config["protocol"] not in allowed:
-        raise ConfigError(f"config key 'protocol': {config['protocol']!r} is not a protocol of task {task!r} "
-                          f"(choose from {', '.join(allowed)})")
-    for key in ("batch_size", "max_new_tokens"):
-        if config[key] < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {config[key]}")
-    if config["limit"] < 0:
-        raise ConfigError(f"config key 'limit' must be >= 0, got {config['limit']}")
-
-
-USAGE = """usage: mf_rsvlm_eval.py [--config FILE] [key=value ...]
-
-Evaluate a model folder on one benchmark: task=... model=DIR data=FILE [image_root=DIR] output_dir=DIR.
-Keys:
-"""
-
-
-def help_text() -> str:
-    lines = [USAGE]
-    for key, field in EVAL_SCHEMA.items():
-        lines.append(f"  {key:16s} {field.help} [default: {field.default!r}]")
-    lines.append("\ntasks (protocols, the first is the default):")
-    for name in TASK_PROTOCOLS:
-        task = get_task(name)
-        lines.append(f"  {name:16s} {task.summary} [{', '.join(task.protocols)}]")
-    return "\n".join(lines)
-
-
-def parse_eval_args(argv: Sequence[str]) -> EvalConfig | None:
-    """``[--config FILE] [key=value ...]``; None after printing help for ``-h`` / ``--help``."""
-    parsed = split_config_argv(argv, help_text())
-    return None if parsed is None else load_eval_config(*parsed)
-
-
 # ---------------------------------------------------------------------------------------------------- records
 
 
 def read_task(task: str, data: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
               split: str = "test", check_images: bool = True) -> list[dict]:
     """Records of ``task`` from ``data`` through the registered task's reader (`rsfuse.eval.tasks.get_task`)."""
-    return _task(task).read(data, image_root or None, split=split, check_images=check_images)
+    return task_of(task).read(data, image_root or None, split=split, check_images=check_images)
 
 
 class EvalInputError(ValueError):
@@ -599,11 +494,11 @@ def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> di
     """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, generation and input settings."""
     from rsfuse.eval.fingerprint import run_fingerprint
 
-    image_root = str(Path(config["image_root"]).resolve()) if config["image_root"] else ""
-    settings = {"max_new_tokens": config["max_new_tokens"], "template": config["template"], "dtype": config["dtype"],
-                "decoding": "greedy", "split": config["split"], "image_root": image_root}
-    return run_fingerprint(model_dir=model_dir, data=config["data"], tokenizer_dir=tokenizer_dir,
-                           weights=config["fingerprint_weights"], settings=settings)
+    image_root = str(Path(config.image_root).resolve()) if config.image_root else ""
+    settings = {"max_new_tokens": config.max_new_tokens, "template": config.template, "dtype": config.dtype,
+                "decoding": "greedy", "split": config.split, "image_root": image_root}
+    return run_fingerprint(model_dir=model_dir, data=config.data, tokenizer_dir=tokenizer_dir,
+                           weights=config.fingerprint_weights, settings=settings)
 
 
 def _other_run(path: Path, identity: Mapping[str, Any]) -> str | None:
@@ -658,40 +553,40 @@ def run(config: EvalConfig) -> dict:
     from rsfuse.model import MFRSVLM
 
     for key in ("model", "data"):
-        if not config[key]:
+        if not getattr(config, key):
             raise ConfigError(f"config key {key!r} is required (e.g. {key}=PATH)")
-    model_dir = Path(config["model"])
+    model_dir = Path(config.model)
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"config key 'model': {model_dir} holds no config.json (not a model folder)")
-    tokenizer_dir = Path(config["tokenizer"] or model_dir)
+    tokenizer_dir = Path(config.tokenizer or model_dir)
     if not (tokenizer_dir / "tokenizer.model").is_file():
         raise ConfigError(f"config key 'tokenizer': {tokenizer_dir} holds no tokenizer.model")
-    if config["num_threads"] > 0:
-        torch.set_num_threads(config["num_threads"])
-    task = config["task"]
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    task = config.task
     try:  # with skip_bad, a missing image is counted when it is loaded instead of refused here
-        records = read_task(task, config["data"], config["image_root"] or None, split=config["split"],
-                            check_images=not config["skip_bad"])
+        records = read_task(task, config.data, config.image_root or None, split=config.split,
+                            check_images=not config.skip_bad)
     except (OSError, KeyError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
         raise EvalInputError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from None
     if not records:
-        raise EvalInputError(f"{config['data']}: no records for task {task!r}")
-    if config["limit"] > 0:
-        records = records[: config["limit"]]
-    output_dir = Path(config["output_dir"])
+        raise EvalInputError(f"{config.data}: no records for task {task!r}")
+    if config.limit > 0:
+        records = records[: config.limit]
+    output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world_size, local_rank, started = _launch()
     counts: dict[str, Any] = {}
     try:
-        identity = {**_identity(task, str(model_dir.resolve()), str(Path(config["data"]).resolve())),
+        identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
                     "fingerprint": _shared(lambda: _fingerprint(config, model_dir, tokenizer_dir), rank, world_size)}
         refusal = _shared(lambda: _other_run(output_dir / PREDICTIONS_FILE, identity), rank, world_size)
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
-        device = _device(config["device"], local_rank)
-        model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config["dtype"]], device=device)
+        device = _device(config.device, local_rank)
+        model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config.dtype], device=device)
         model.requires_grad_(False)
         model.enable_vision_feature_cache()  # questions about the same image encode it once
         tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
@@ -700,18 +595,18 @@ def run(config: EvalConfig) -> dict:
             tokenizer,
             task,
             records,
-            protocol=config["protocol"] or None,
-            batch_size=config["batch_size"],
-            max_new_tokens=config["max_new_tokens"],
-            template=config["template"],
+            protocol=config.protocol or None,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            template=config.template,
             predictions_path=output_dir / PREDICTIONS_FILE,
             identity=identity,
-            progress=config["progress"],
+            progress=config.progress,
             rank=rank,
             world_size=world_size,
             report=counts,
-            skip_bad=config["skip_bad"],
-            too_long=config["too_long"],
+            skip_bad=config.skip_bad,
+            too_long=config.too_long,
         )
     finally:
         if started:
@@ -719,7 +614,7 @@ def run(config: EvalConfig) -> dict:
 
             dist.destroy_process_group()
     summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
-               "template": config["template"], "processes": world_size, "result": _json_ready(result)}
+               "template": config.template, "processes": world_size, "result": _json_ready(result)}
     if rank != 0:
         return {**summary, "run": counts}
     per_rank = f" ({', '.join(map(str, counts['generated_per_rank']))} per process)" if world_size > 1 else ""
