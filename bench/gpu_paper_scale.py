@@ -347,7 +347,7 @@ def build_hf_clip(model: MFRSVLM, device: torch.device, dtype: torch.dtype):
 # ----- the authors' detail stage -----------------------------------------------------------------------------------
 class AuthorsDetailStage:
     """The detail stage as the authors' code runs it (Yunkaidang/RSVLM ``DeepStackProcessor`` with the
-    ``CLIPVisionTower.extract_hidden_states`` of its LLaVA tower), re-stated from its mechanics (DESIGN §1):
+    ``CLIPVisionTower.extract_hidden_states`` of its LLaVA tower), re-stated from its mechanics (docs/DESIGN_NOTES.md §1):
 
     * images in a dtype other than fp16/fp32/fp64 (bf16) are worked on in fp32; global view and canvas by bilinear
       ``F.interpolate`` (``align_corners=False``);

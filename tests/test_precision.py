@@ -168,7 +168,7 @@ _INJECTOR_PARTS = {
 
 
 def _released_expected(folder, layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """The released layout's files under rsfuse names, by DESIGN §3 (``layers``: 0-based layer of rank 0, 1, ...)."""
+    """The released layout's files under rsfuse names, by the design notes §3 (docs/DESIGN_NOTES.md; ``layers``: 0-based layer of rank 0, 1, ...)."""
     expected: dict[str, torch.Tensor] = {}
     for key, value in _files(folder).items():
         if key.startswith("model.mm_projector."):
@@ -287,7 +287,7 @@ def test_clip_tower_from_pretrained_hf_folder(clip_folder, dtype):
 
 
 def _openai_expected(path) -> dict[str, torch.Tensor]:
-    """OpenAI layout → HF-style tower keys by DESIGN §3 (fused q/k/v split in three; ``visual.proj`` ignored)."""
+    """OpenAI layout → HF-style tower keys by the design notes §3 (docs/DESIGN_NOTES.md; fused q/k/v split in three; ``visual.proj`` ignored)."""
     raw = {key.removeprefix("visual."): value for key, value in load_file(str(path)).items() if key.startswith("visual.")}
     expected = {
         "embeddings.patch_embedding.weight": raw.pop("conv1.weight"),

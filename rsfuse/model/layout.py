@@ -1,4 +1,4 @@
-"""Where every token of a multimodal sequence goes (DESIGN §1.9): one pure function on token ids, shared by
+"""Where every token of a multimodal sequence goes (docs/DESIGN_NOTES.md §1, the sequence): one pure function on token ids, shared by
 ``MFRSVLMProcessor`` (which decides the layout once) and ``MFRSVLM`` (which re-applies it to raw ids; applying it
 to an already laid-out sequence changes nothing).
 
