@@ -15,8 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ENTRY), *args]
-    return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    # Loopback only, by address (not "localhost", which may resolve to ::1 while gloo binds IPv4) and by interface;
+    # port 0: the rendezvous store binds a free port itself (no pick-then-bind race).
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", "127.0.0.1:0", "--nproc_per_node", "2", str(ENTRY), *args]
+    env = child_env(GLOO_SOCKET_IFNAME="lo")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _weights(folder):
