@@ -7,10 +7,11 @@ What it supports:
   ``lenient``), ``vrsbench_cap`` and ``caption`` (protocol ``coco`` or ``compat``; ``auto`` = coco when Java runs,
   else compat), ``cls``, ``rsvqa_lr``, ``grounding``, ``synthetic``. Every number in ``metrics.json`` /
   ``metrics.md`` sits under the protocol that produced it.
-- **Generation**: greedy, KV-cached (`MFRSVLM.generate`), prompts batched by token length (longest first, left-padded)
-  and answers put back in record order; a tqdm progress bar.
-- **Several processes**: under ``torchrun --nproc_per_node N`` (a gloo group for the bookkeeping, one GPU per process
-  when there are GPUs) the pending records are dealt round-robin by length to the processes; each appends to
+- **Generation** (`rsfuse.eval.generation`): greedy, KV-cached (`MFRSVLM.generate`), prompts batched by token length
+  (longest first) through ``MFRSVLMProcessor`` (the input path of ``predict`` and ``serve``), answers put back in
+  record order; a tqdm progress bar.
+- **Several processes** (`rsfuse.eval.ranks`): under ``torchrun --nproc_per_node N`` (a gloo group for the
+  bookkeeping, one GPU per process when there are GPUs) the pending records are dealt round-robin by length to the processes; each appends to
   ``predictions.rank{r}.jsonl`` and rank 0 folds them into one ``predictions.jsonl`` in record order.
 - **Resume**: each batch's predictions are appended and flushed; a rerun (with any number of processes) skips the ids
   already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files; a torn last line (a kill
@@ -31,13 +32,26 @@ or ``--help``.
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rsfuse.eval.generation import (
+    BAD_IMAGE,
+    TOO_LONG,
+    EvalInputError,
+    answerable,
+    context_limit,
+    decoder_length,
+    encode_prompt,
+    generate_batches,
+    generate_predictions,
+    length_order,
+)
 from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, read_predictions
+from rsfuse.eval.ranks import RankGroup, capture, finish, launch, picklable
 from rsfuse.eval.tasks import get_task, task_protocols
 from rsfuse.recipes.config import ConfigError
 from rsfuse.recipes.eval_args import TOO_LONG_POLICIES, EvalConfig, load_eval_config, parse_eval_args, task_of
@@ -51,6 +65,10 @@ __all__ = [
     "parse_eval_args",
     "read_task",
     "generate_predictions",
+    "encode_prompt",
+    "length_order",
+    "decoder_length",
+    "context_limit",
     "score",
     "evaluate",
     "run",
@@ -61,8 +79,6 @@ METRICS_FILE = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
 UNANSWERED_FILE = "unanswered.jsonl"
 EXIT_CONFIG = 2
-TOO_LONG = "too_long"  # prompt + max_new_tokens beyond the decoder's max_position_embeddings
-BAD_IMAGE = "bad_image"  # an image that cannot be read (skip_bad=true)
 EXIT_MISMATCH = 2  # a predictions file of another run: an expected error like any other (one line, status 2)
 
 # Protocols each registered task can be scored under (a live view of the task registry); the first is the default.
@@ -75,11 +91,6 @@ def read_task(task: str, data: str | os.PathLike, image_root: str | os.PathLike 
               split: str = "test", check_images: bool = True) -> list[dict]:
     """Records of ``task`` from ``data`` through the registered task's reader (`rsfuse.eval.tasks.get_task`)."""
     return task_of(task).read(data, image_root or None, split=split, check_images=check_images)
-
-
-class EvalInputError(ValueError):
-    """A record cannot be evaluated (an unreadable image, a prompt beyond the context, an unreadable data file); the
-    message names the file and the record."""
 
 
 def _unanswered_text(counts: Mapping[str, int]) -> str:
@@ -95,144 +106,6 @@ def _check_ids(records: Sequence[Mapping[str, Any]]) -> None:
         if identifier in seen:
             raise ValueError(f"record {index}: id {identifier!r} appears twice; resuming needs unique ids")
         seen.add(identifier)
-
-
-# ---------------------------------------------------------------------------------------------------- generation
-
-
-def encode_prompt(record: Mapping[str, Any], tokenizer, template: str) -> list[int]:
-    """Token ids of the generation prompt of one record (BOS first, -200 where the image goes).
-
-    The only place the recipe turns a record into model input ids: ``MFRSVLMProcessor``'s prompt rule.
-    """
-    from rsfuse.processor import prompt_token_ids
-
-    return prompt_token_ids(str(record["prompt"]), tokenizer, template)
-
-
-def length_order(lengths: Sequence[int]) -> list[int]:
-    """Positions sorted longest first (ties keep their order): batches of similar lengths waste little padding, and a
-    run that runs out of memory does so in its first batch."""
-    return sorted(range(len(lengths)), key=lambda position: (-lengths[position], position))
-
-
-def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
-    return input_ids, attention_mask
-
-
-def _decode(tokens: list[int], tokenizer, eos_id: int) -> str:
-    if eos_id in tokens:
-        tokens = tokens[: tokens.index(eos_id)]
-    return tokenizer.decode(tokens).strip()
-
-
-def _load_batch(chunk, processor, skip_bad: bool, skipped: list[dict]):
-    """``(kept items, their pixels, first unreadable image's error or None)``; with ``skip_bad`` the unreadable ones
-    are added to ``skipped`` instead of being reported as the error."""
-    from rsfuse.data import load_image
-    from rsfuse.data.images import ImageLoadError
-
-    kept, pixels, failure = [], [], None
-    for record, prompt in chunk:
-        try:
-            pixels.append(processor(load_image(record["image_path"])))
-        except ImageLoadError as error:
-            if skip_bad:
-                skipped.append({"id": str(record["id"]), "reason": BAD_IMAGE, "detail": str(error)})
-            elif failure is None:
-                failure = EvalInputError(f"{error} (record {str(record['id'])!r}); pass skip_bad=true to skip and "
-                                         "count unreadable images")
-            continue
-        kept.append((record, prompt))
-    return kept, pixels, failure
-
-
-def _generate_batches(
-    model,
-    tokenizer,
-    items: Sequence[tuple[Mapping[str, Any], list[int]]],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    progress: bool,
-    skip_bad: bool = False,
-    skipped: list[dict] | None = None,
-) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
-    """``items`` are ``(record, prompt ids)`` in the order to batch them; one list of answers per batch.
-
-    An unreadable image is skipped (``skip_bad``, appended to ``skipped``) or raises `EvalInputError` naming the file
-    and the record, after the rest of its batch has been answered and yielded.
-    """
-    from rsfuse.data import ImageProcessor
-
-    processor = ImageProcessor(model.config.input_size)
-    device = model.device
-    skipped = [] if skipped is None else skipped
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), desc="eval", unit="q", file=sys.stderr)
-    try:
-        for start in range(0, len(items), batch_size):
-            chunk, pixels, failure = _load_batch(items[start : start + batch_size], processor, skip_bad, skipped)
-            if chunk:
-                input_ids, attention_mask = _left_padded([prompt for _, prompt in chunk], tokenizer.pad_id)
-                new_tokens = model.generate(
-                    torch.stack(pixels).to(device=device, dtype=model.dtype),
-                    input_ids.to(device),
-                    attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=tokenizer.eos_id,
-                )
-                yield [(record, _decode(tokens, tokenizer, tokenizer.eos_id))
-                       for (record, _), tokens in zip(chunk, new_tokens.tolist())]
-            if failure is not None:
-                raise failure
-            if bar is not None:
-                bar.update(len(items[start : start + batch_size]))
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def decoder_length(prompt: Sequence[int], model) -> int:
-    """Positions the decoder's sequence takes for a prompt, as `MFRSVLM.generate` counts them against
-    ``max_position_embeddings``: the prompt's ids (a single -200 placeholder keeps its column, as padding) plus the
-    visual tokens; a placeholder repeated per visual token already holds their places."""
-    placeholder = model.config.image_token_index
-    repeated = sum(1 for token in prompt if token == placeholder) > 1
-    return len(prompt) + (0 if repeated else model.num_visual_tokens)
-
-
-def context_limit(model) -> int:
-    """The decoder's ``max_position_embeddings``."""
-    return int(model.config.llm.max_position_embeddings)
-
-
-@torch.no_grad()
-def generate_predictions(
-    model,
-    tokenizer,
-    records: Sequence[Mapping[str, Any]],
-    *,
-    batch_size: int = 16,
-    max_new_tokens: int = 32,
-    template: str = "vicuna_v1",
-    progress: bool = False,
-) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
-    """Yield ``[(record, prediction), ...]`` one batch at a time: greedy, KV-cached, left-padded prompts, batched by
-    prompt length (longest first), so batches do not come in the order of ``records``."""
-    prompts = [encode_prompt(record, tokenizer, template) for record in records]
-    order = length_order([len(prompt) for prompt in prompts])
-    yield from _generate_batches(model, tokenizer, [(records[i], prompts[i]) for i in order],
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -258,76 +131,6 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): _json_ready(item) for key, item in value.items()}
     return value
-
-
-# Expected errors: the CLI prints them as one line (exit status 2); under torchrun they reach every rank by type.
-REPORTED_ERRORS = (ConfigError, PredictionsMismatchError, EvalInputError)
-
-
-class _Group:
-    """The processes sharing an evaluation: this one is ``rank`` of ``world_size`` (a started process group when
-    more than one). Collectives are object all-gathers over whatever backend the group runs."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"evaluate: rank {rank} of world_size {world_size} is not a valid shard")
-        if world_size > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                raise ValueError("evaluate: world_size > 1 needs a started torch.distributed process group")
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every process's ``value``, in rank order (also a barrier)."""
-        if self.world_size == 1:
-            return [value]
-        import torch.distributed as dist
-
-        values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
-        return values
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every process."""
-        if self.world_size == 1:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def raise_first(self, errors: Sequence[BaseException | None]) -> None:
-        """Raise the first rank's error on every process (its type kept when it is one the CLI reports)."""
-        for rank, error in enumerate(errors):
-            if error is None:
-                continue
-            if rank == self.rank:
-                raise error
-            kind = type(error) if isinstance(error, REPORTED_ERRORS) else RuntimeError
-            relayed = kind(f"rank {rank}: {error}")
-            relayed.relayed = True
-            raise relayed
-
-
-def _capture(action: Callable[[], Any]) -> tuple[Any, BaseException | None]:
-    try:
-        return action(), None
-    except Exception as error:  # noqa: BLE001 (handed to every rank, then raised)
-        return None, error
-
-
-def _picklable(error: BaseException | None) -> BaseException | None:
-    """The error as sent to the other ranks: its type when the CLI reports that type, else a RuntimeError."""
-    if error is None:
-        return None
-    kind = type(error) if isinstance(error, REPORTED_ERRORS) else RuntimeError
-    return kind(str(error))
 
 
 def evaluate(
@@ -384,7 +187,7 @@ def evaluate(
         raise ValueError(f"evaluate: no records for task {task!r}")
     _check_ids(records)
     protocol = evaluation.resolve_protocol(protocol)
-    group = _Group(rank, world_size)
+    group = RankGroup(rank, world_size)
     identity = dict(identity or _identity(task, "<in-memory model>", "<records>"))
     ids = [str(record["id"]) for record in records]
     path = Path(predictions_path) if predictions_path is not None else None
@@ -393,29 +196,16 @@ def evaluate(
     done: dict[str, str] = {}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        done, error = _capture(lambda: consolidate(path, identity, ids)) if group.is_main else ({}, None)
-        group.raise_first(group.gather(_picklable(error)))
+        done, error = capture(lambda: consolidate(path, identity, ids)) if group.is_main else ({}, None)
+        group.raise_first(group.gather(picklable(error)))
         if not group.is_main:
             done = read_predictions(path, identity, repair=False)
 
     # 2. This process's share of the rest, batched by prompt length.
     pending = [record for record in records if str(record["id"]) not in done]
-    prompts = [encode_prompt(record, tokenizer, template) for record in pending]
-    lengths = [decoder_length(prompt, model) for prompt in prompts]
-    limit = context_limit(model)
-    overlong = [i for i, length in enumerate(lengths) if length + max_new_tokens > limit]
-    if overlong and too_long == "refuse":
-        first = overlong[0]
-        raise EvalInputError(
-            f"{len(overlong)} of {len(pending)} records need more positions than the decoder's max_position_embeddings "
-            f"{limit} (first: record {str(pending[first]['id'])!r}, prompt {lengths[first]} positions + max_new_tokens "
-            f"{max_new_tokens}); lower max_new_tokens, or pass too_long=count to skip and count them"
-        )
-    unanswered = [{"id": str(pending[i]["id"]), "reason": TOO_LONG,
-                   "detail": f"prompt {lengths[i]} positions + max_new_tokens {max_new_tokens} > {limit}"}
-                  for i in overlong]
-    fitting = [i for i in length_order([len(prompt) for prompt in prompts]) if lengths[i] + max_new_tokens <= limit]
-    items = [(pending[i], prompts[i]) for i in fitting[group.rank :: group.world_size]]
+    fitting, unanswered = answerable(pending, model, tokenizer, template=template, max_new_tokens=max_new_tokens,
+                                     refuse=too_long == "refuse")
+    items = fitting[group.rank :: group.world_size]
 
     # 3. Generate, appending each batch to this process's file.
     answers: dict[str, str] = {}
@@ -428,9 +218,10 @@ def evaluate(
 
     def generate_all() -> None:
         with torch.no_grad():
-            for batch in _generate_batches(model, tokenizer, items, batch_size=batch_size,
-                                           max_new_tokens=max_new_tokens, progress=progress and group.is_main,
-                                           skip_bad=skip_bad, skipped=bad_images):
+            for batch in generate_batches(model, tokenizer, items, batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens, template=template,
+                                          progress=progress and group.is_main, skip_bad=skip_bad,
+                                          skipped=bad_images):
                 finished = [(str(record["id"]), prediction) for record, prediction in batch]
                 answers.update(finished)
                 if writer is not None:
@@ -439,7 +230,7 @@ def evaluate(
                     on_batch(len(done) + len(answers))
 
     try:
-        _, error = _capture(generate_all)
+        _, error = capture(generate_all)
     finally:
         if writer is not None:
             writer.close()
@@ -447,7 +238,7 @@ def evaluate(
 
     # 4. Every rank's answers to every rank; rank 0 leaves one file in record order; errors raised after that.
     reused = len(done)
-    gathered = group.gather((answers, bad_images, _picklable(error)))
+    gathered = group.gather((answers, bad_images, picklable(error)))
     for rank_answers, rank_bad, _ in gathered:
         done.update(rank_answers)
         unanswered += rank_bad
@@ -457,8 +248,8 @@ def evaluate(
     errors = [rank_error for _, _, rank_error in gathered]
     errors[group.rank] = error
     if path is not None:
-        _, merge_error = _capture(lambda: consolidate(path, identity, ids)) if group.is_main else (None, None)
-        merged = group.gather(_picklable(merge_error))
+        _, merge_error = capture(lambda: consolidate(path, identity, ids)) if group.is_main else (None, None)
+        merged = group.gather(picklable(merge_error))
         errors = [first or second for first, second in zip(errors, merged)]
     group.raise_first(errors)
 
@@ -469,8 +260,8 @@ def evaluate(
         report.update(scored=len(scored), unanswered=counts, unanswered_records=unanswered)
     if not scored:
         raise EvalInputError(f"no record of task {task!r} could be answered ({_unanswered_text(counts)})")
-    result, error = _capture(lambda: evaluation.score(scored, protocol)) if group.is_main else (None, None)
-    shared = group.broadcast((result, _picklable(error)))
+    result, error = capture(lambda: evaluation.score(scored, protocol)) if group.is_main else (None, None)
+    shared = group.broadcast((result, picklable(error)))
     if error is not None:
         raise error
     result, error = shared
@@ -514,35 +305,6 @@ def _other_run(path: Path, identity: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _shared(compute: Callable[[], Any], rank: int, world_size: int) -> Any:
-    """``compute()`` on rank 0, its value on every rank (hashing weights once, not once per process)."""
-    if world_size == 1:
-        return compute()
-    import torch.distributed as dist
-
-    box = [compute() if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _launch() -> tuple[int, int, int, bool]:
-    """``(rank, world_size, local_rank, started)`` from torchrun's environment; with more than one process a gloo
-    group is started here unless one runs already (evaluation only gathers small objects, so gloo serves GPUs too)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 1:
-        return 0, 1, 0, False
-    import datetime
-
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return rank, world_size, local_rank, False
-    dist.init_process_group(backend="gloo", timeout=datetime.timedelta(minutes=60))
-    return rank, world_size, local_rank, True
-
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -577,12 +339,13 @@ def run(config: EvalConfig) -> dict:
         records = records[: config.limit]
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rank, world_size, local_rank, started = _launch()
+    rank, world_size, local_rank, started = launch()
     counts: dict[str, Any] = {}
     try:
+        group = RankGroup(rank, world_size)
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
-                    "fingerprint": _shared(lambda: _fingerprint(config, model_dir, tokenizer_dir), rank, world_size)}
-        refusal = _shared(lambda: _other_run(output_dir / PREDICTIONS_FILE, identity), rank, world_size)
+                    "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir))}
+        refusal = group.shared(lambda: _other_run(output_dir / PREDICTIONS_FILE, identity))
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
         device = _device(config.device, local_rank)
@@ -609,10 +372,7 @@ def run(config: EvalConfig) -> dict:
             too_long=config.too_long,
         )
     finally:
-        if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        finish(started)
     summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
                "template": config.template, "processes": world_size, "result": _json_ready(result)}
     if rank != 0:
