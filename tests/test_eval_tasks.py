@@ -8,17 +8,15 @@ from factories.eval_data import (
     write_karpathy_captions,
     write_rsvqa_lr_flat,
     write_rsvqa_lr_release,
-    write_synthetic_benchmark,
     write_vrsbench,
 )
 
-from rsfuse.eval import TASK_READERS, caption, cls, grounding, rsvqa_lr, synthetic, vrsbench_cap, vrsbench_vqa
+from rsfuse.eval import TASK_READERS, caption, cls, grounding, rsvqa_lr, vrsbench_cap, vrsbench_vqa
 from rsfuse.eval import (
     caption_scores,
     classification_scores,
     grounding_scores,
     rsvqa_lr_scores,
-    synthetic_scores,
     vrsbench_vqa_score,
 )
 
@@ -138,18 +136,6 @@ def test_grounding_reader_all_layouts(tmp_path):
     predictions = ["[[100, 100, 300, 500]]", "[[100, 200, 300, 600]]", "[[100, 200, 500, 600]]"]
     records = [{**record, "prediction": text} for record, text in zip([manifest, referring, generic], predictions)]
     assert grounding_scores(records)["mIoU"] == pytest.approx(1.0)
-
-
-def test_synthetic_reader(tmp_path):
-    path = write_synthetic_benchmark(tmp_path)
-    records = synthetic(path)
-    assert records[0]["image_path"] == tmp_path / "synthetic" / "img_000.png"
-    assert records[0]["prompt"] == "How many red squares are there?"
-    assert records[1]["prompt"] == "What colour is the circle?"
-    assert records[1]["answer"] == "blue"  # from the gpt turn when no answer field
-    assert (records[0]["type"], records[0]["small_object"]) == ("count", True)
-    scores = synthetic_scores([{**record, "prediction": record["answer"]} for record in records])
-    assert scores["avg"]["exact_accuracy"] == 1.0
 
 
 def test_reader_registry_names():

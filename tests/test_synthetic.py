@@ -8,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories.eval_data import write_synthetic_benchmark
 from PIL import Image
 
+from rsfuse.eval import get_task, synthetic_scores
 from rsfuse.synthetic.benchmark import generate, load_scenes, main
 from rsfuse.synthetic.layouts import make_scene
 from rsfuse.synthetic.questions import ask_questions
 from rsfuse.synthetic.render import render_scene
 from rsfuse.synthetic.scene import SCENE_CLASSES, Scene
+from rsfuse.synthetic.task import synthetic
 
 N_IMAGES = 40
 SIZE = 224
@@ -298,3 +301,22 @@ def test_cli_object_scale(tmp_path):
     out = tmp_path / "cli"
     assert main([str(out), "--n", "4", "--seed", "1", "--object-scale", "0.5", "--workers", "1"]) == 0
     assert json.loads((out / "meta.json").read_text())["object_scale"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------- the eval task
+
+
+def test_synthetic_reader(tmp_path):
+    path = write_synthetic_benchmark(tmp_path)
+    records = synthetic(path)
+    assert records[0]["image_path"] == tmp_path / "synthetic" / "img_000.png"
+    assert records[0]["prompt"] == "How many red squares are there?"
+    assert records[1]["prompt"] == "What colour is the circle?"
+    assert records[1]["answer"] == "blue"  # from the gpt turn when no answer field
+    assert (records[0]["type"], records[0]["small_object"]) == ("count", True)
+    scores = synthetic_scores([{**record, "prediction": record["answer"]} for record in records])
+    assert scores["avg"]["exact_accuracy"] == 1.0
+
+
+def test_synthetic_task_is_registered_for_evaluation():
+    assert get_task("synthetic").protocols == ("synthetic",)

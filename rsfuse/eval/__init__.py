@@ -12,9 +12,8 @@ from rsfuse.eval.captions import CAPTION_METRICS, caption_scores, java_available
 from rsfuse.eval.grounding import box_iou, grounding_scores, parse_box, to_pixels
 from rsfuse.eval.matching import classification_scores, contains_match, exact_match, lenient_match
 from rsfuse.eval.report import metrics_to_markdown
+from rsfuse.eval import tasks as _tasks
 from rsfuse.eval.tasks import (
-    TASK_READERS,
-    TASKS,
     EvalTask,
     get_task,
     register_task,
@@ -22,7 +21,6 @@ from rsfuse.eval.tasks import (
     cls,
     grounding,
     rsvqa_lr,
-    synthetic,
     vrsbench_cap,
     vrsbench_vqa,
 )
@@ -66,3 +64,11 @@ __all__ = [
     "vrsbench_vqa_score",
     "wordnet_available",
 ]
+
+
+def __getattr__(name: str):
+    """``TASKS``, ``TASK_READERS`` and the synthetic reader ``synthetic`` (now `rsfuse.synthetic.task`), loaded on
+    first access: the synthetic benchmark's package builds on rsfuse.eval."""
+    if name in ("TASKS", "TASK_READERS", "synthetic"):
+        return getattr(_tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,10 @@
 """The synthetic remote-sensing benchmark, in one place: scenes (`scene`), their layouts (`layouts`), rendering
 (`render`), questions (`questions`), the benchmark writer and ``rsfuse synth`` (`benchmark`), and the tower
-pretraining on its per-patch labels (`tower_pretrain`). Its scorer is the evaluation task ``synthetic``
-(`rsfuse.eval.tasks.synthetic`, `rsfuse.eval.synthetic_scores`).
+pretraining on its per-patch labels (`tower_pretrain`), and the evaluation task ``synthetic`` (`task`: reader and
+`SYNTHETIC_TASK`, registered in the evaluation registry when it is first read; scorer `rsfuse.eval.synthetic_scores`).
 
 Imports: numpy / PIL for the benchmark; `rsfuse.encoders`, `rsfuse.checkpoints` and `rsfuse.data` for the tower
-pretraining (imported when first used).
+pretraining (imported when first used); `rsfuse.eval` for the task (`rsfuse.synthetic.task`, not imported here).
 """
 
 from rsfuse.synthetic.benchmark import IDENTITY_DEFAULTS, generate, load_scenes

@@ -1,4 +1,7 @@
-"""Reader for the project's synthetic benchmark: a LLaVA-style JSON list whose entries also carry
+"""The synthetic benchmark as an evaluation task (``rsfuse eval task=synthetic``): its reader and `SYNTHETIC_TASK`,
+which the evaluation registry (`rsfuse.eval.tasks.registry`) imports and registers the first time it is read.
+
+The reader takes the benchmark's files (`rsfuse.synthetic.generate`): a LLaVA-style JSON list whose entries also carry
 ``question_type``, ``answer`` and ``small_object``:
 ``{"id", "image", "source_dataset"?, "conversations": [{"from": "human", "value": "<image>\\n..."},
 {"from": "gpt", "value": ...}], "question_type", "answer", "small_object"}``.

@@ -1,17 +1,21 @@
 """Evaluation tasks as objects: how a benchmark's records are read, which protocols can score them, and the scorer.
 
 An `EvalTask` ties a reader (files -> records) to its scorer (records with ``prediction`` -> metrics naming their
-protocol). The built-in tasks are registered in ``rsfuse.eval.tasks``; `register_task` adds one (a new benchmark needs
-no change to the recipe), `get_task` looks one up by name with an error that lists the known names.
+protocol). The built-in tasks are registered in ``rsfuse.eval.tasks``, except those defined beside their benchmark in a
+package built on ``rsfuse.eval`` (``TASK_MODULES``: the synthetic benchmark's), which are imported and registered the
+first time the registry is read (`load_task_modules`), so that importing ``rsfuse.eval`` never imports them.
+`register_task` adds one (a new benchmark needs no change to the recipe), `get_task` looks one up by name with an
+error that lists the known names.
 """
 
+import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvalTask", "TASKS", "get_task", "register_task", "task_protocols"]
+__all__ = ["EvalTask", "TASKS", "TASK_MODULES", "get_task", "load_task_modules", "register_task", "task_protocols"]
 
 # reader(data, image_root or None, split, check_images) -> records
 Reader = Callable[[Path, "Path | None", str, bool], list[dict]]
@@ -58,6 +62,20 @@ class EvalTask:
 
 TASKS: dict[str, EvalTask] = {}
 
+TASK_MODULES: tuple[str, ...] = ("rsfuse.synthetic.task:SYNTHETIC_TASK",)
+"""Built-in tasks kept with their benchmark, as ``module:attribute``; registered by `load_task_modules`."""
+_unloaded = list(TASK_MODULES)
+
+
+def load_task_modules() -> dict[str, EvalTask]:
+    """Import and register the ``TASK_MODULES`` tasks not registered yet (a name registered already is kept);
+    returns ``TASKS``."""
+    while _unloaded:
+        module, attribute = _unloaded.pop(0).split(":")
+        task = getattr(importlib.import_module(module), attribute)
+        TASKS.setdefault(task.name, task)
+    return TASKS
+
 
 def register_task(task: EvalTask, *, replace: bool = False) -> EvalTask:
     """Add ``task`` under ``task.name``; an existing name is refused unless ``replace``."""
@@ -69,6 +87,7 @@ def register_task(task: EvalTask, *, replace: bool = False) -> EvalTask:
 
 def get_task(name: str) -> EvalTask:
     """The registered task ``name``; a KeyError listing the known names otherwise."""
+    load_task_modules()
     try:
         return TASKS[name]
     except KeyError:
@@ -79,13 +98,13 @@ class _Protocols(Mapping):
     """Read-only live view: task name -> its protocols."""
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
-        return TASKS[name].protocols
+        return load_task_modules()[name].protocols
 
     def __iter__(self) -> Iterator[str]:
-        return iter(TASKS)
+        return iter(load_task_modules())
 
     def __len__(self) -> int:
-        return len(TASKS)
+        return len(load_task_modules())
 
     def __repr__(self) -> str:
         return repr(dict(self))
