@@ -3,7 +3,13 @@
 Nothing in this package imports a model class, so the composed model can call these readers without import cycles.
 """
 
-from rsfuse.checkpoints.clip import clip_vision_shapes, openai_to_hf_vision, read_clip_vision, save_clip_vision
+from rsfuse.checkpoints.clip import (
+    clip_vision_shapes,
+    openai_to_hf_vision,
+    read_clip_vision,
+    read_clip_vision_config,
+    save_clip_vision,
+)
 from rsfuse.checkpoints.io import (
     CheckpointError,
     check_finite_tensors,
@@ -22,7 +28,7 @@ from rsfuse.checkpoints.llama import (
     split_llama_state_dict,
 )
 from rsfuse.checkpoints.llava import LlavaParts, read_llava
-from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf
+from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf, read_llava_hf_config
 from rsfuse.checkpoints.mfrsvlm import read_released_mfrsvlm
 from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_folder, write_rsfuse_folder
 
@@ -32,6 +38,7 @@ __all__ = [
     "clip_vision_shapes",
     "openai_to_hf_vision",
     "read_clip_vision",
+    "read_clip_vision_config",
     "save_clip_vision",
     "find_weight_files",
     "iter_weight_shards",
@@ -48,6 +55,7 @@ __all__ = [
     "read_llava",
     "is_llava_hf_config",
     "read_llava_hf",
+    "read_llava_hf_config",
     "read_released_mfrsvlm",
     "checkpoint_model_type",
     "read_rsfuse_folder",

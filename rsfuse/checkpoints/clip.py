@@ -30,7 +30,13 @@ from rsfuse.checkpoints.io import (
 )
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 
-__all__ = ["read_clip_vision", "clip_vision_shapes", "save_clip_vision", "openai_to_hf_vision"]
+__all__ = [
+    "read_clip_vision",
+    "read_clip_vision_config",
+    "clip_vision_shapes",
+    "save_clip_vision",
+    "openai_to_hf_vision",
+]
 
 HF_PREFIX = "vision_model."
 OPENAI_PREFIX = "visual."
@@ -213,6 +219,13 @@ def _hf_config(config_path: Path) -> CLIPVisionConfig:
         return CLIPVisionConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: {error}") from None
+
+
+def read_clip_vision_config(path: str | os.PathLike) -> CLIPVisionConfig:
+    """The `CLIPVisionConfig` of an HF CLIP folder (vision-only or full) or of its ``config.json``, from that file
+    alone (no weight is read); ``CheckpointError`` naming the file otherwise."""
+    path = Path(path)
+    return _hf_config(path / "config.json" if path.is_dir() else path)
 
 
 def _open_clip_hints(folder: Path) -> dict:

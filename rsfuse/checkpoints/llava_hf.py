@@ -31,7 +31,13 @@ from rsfuse.checkpoints.llama import is_llama_key
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["LLAVA_HF_DEFAULT_VISION", "is_llava_hf_config", "read_llava_hf", "rename_llava_hf_key"]
+__all__ = [
+    "LLAVA_HF_DEFAULT_VISION",
+    "is_llava_hf_config",
+    "read_llava_hf",
+    "read_llava_hf_config",
+    "rename_llava_hf_key",
+]
 
 # transformers' LlavaConfig builds this tower when ``vision_config`` is absent (fields beyond CLIP's own defaults).
 LLAVA_HF_DEFAULT_VISION = {
@@ -154,6 +160,25 @@ def _vision_config(data: Mapping[str, Any], config_path: Path) -> CLIPVisionConf
         return CLIPVisionConfig.from_dict(vision)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: vision_config: {error}") from None
+
+
+def read_llava_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a transformers LLaVA folder from its ``config.json`` alone (no weight is read): a dict with
+    ``llm_config``, ``vision_config``, ``vision_select_layer`` (``vision_feature_layer``) and ``image_token_index``
+    (the in-vocabulary image token id), checked as `read_llava_hf` checks them (``CheckpointError`` naming the file
+    and the setting)."""
+    config_path = Path(folder) / "config.json"
+    data = read_json(config_path)
+    if data.get("model_type", "llava") != "llava":
+        raise CheckpointError(f"{config_path}: model_type {data.get('model_type')!r} is not transformers' 'llava'")
+    _settings(data, config_path)
+    llm_config = _llm_config(data, config_path)
+    return {
+        "llm_config": llm_config,
+        "vision_config": _vision_config(data, config_path),
+        "vision_select_layer": _feature_layer(data, config_path),
+        "image_token_index": _image_token_id(data, llm_config.vocab_size, config_path),
+    }
 
 
 def read_llava_hf(folder: str | os.PathLike, *, check_finite: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``MFRSVLMProcessor``: images and questions (or LLaVA / OpenAI-style conversations) → the model's inputs, and
+"""``MFRSVLMProcessor`` (the package's parts: `prompts`, `settings`, `images`): images and questions (or LLaVA / OpenAI-style conversations) → the model's inputs, and
 generated ids → text, the way users of transformers' ``LlavaProcessor`` expect it::
 
     processor = MFRSVLMProcessor.from_pretrained(folder)     # any folder MFRSVLM reads; config and tokenizer only
@@ -25,40 +25,31 @@ HF ``preprocessor_config.json`` when present. Images are padded to a square with
 (LLaVA-1.5's ``pad`` preprocessing; llava-hf's own processor centre-crops instead).
 """
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from rsfuse.data.images import CLIP_MEAN, CLIP_STD, ImageProcessor, stretch_to_uint8
-from rsfuse.llm.templates import (
-    IGNORE_INDEX,
-    IMAGE_PLACEHOLDER,
-    ConversationTemplate,
-    get_template,
-    tokenize_conversation,
-    tokenize_prompt,
-)
+from rsfuse.data.images import CLIP_MEAN, CLIP_STD, ImageProcessor
+from rsfuse.llm.templates import IGNORE_INDEX, ConversationTemplate, get_template, tokenize_conversation, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 from rsfuse.model.layout import layout_sequence
-
-__all__ = ["MFRSVLMProcessor", "ProcessorInputs", "PROCESSOR_CONFIG_FILE", "prompt_token_ids"]
-
-PROCESSOR_CONFIG_FILE = "processor_config.json"
-PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
-PROCESSOR_CLASS = "MFRSVLMProcessor"
-DEFAULT_TEMPLATE = "vicuna_v1"
-_SETTINGS = (
-    "image_size", "image_mean", "image_std", "num_visual_tokens", "image_token_index", "image_placement",
-    "pad_token_id", "eos_token_id", "max_length", "template",
+from rsfuse.processor.images import to_image
+from rsfuse.processor.prompts import DEFAULT_TEMPLATE, prompt_text, template_and_rounds
+from rsfuse.processor.settings import (
+    PREPROCESSOR_CONFIG_FILE,
+    PROCESSOR_CLASS,
+    PROCESSOR_CONFIG_FILE,
+    SETTINGS,
+    model_config,
+    read_json_object,
+    settings_from_config,
 )
-_USER_ROLES = {"human": "user", "user": "user"}
-_ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant"}
+
+__all__ = ["MFRSVLMProcessor", "ProcessorInputs"]
 
 
 class ProcessorInputs(dict):
@@ -72,211 +63,6 @@ class ProcessorInputs(dict):
                 value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
             moved[key] = value
         return moved
-
-
-# ---------------------------------------------------------------------------------------------------- prompt text
-
-
-def _turn_text(turn: Any, where: str) -> tuple[str, str, bool]:
-    """``(role, text, has_image_part)`` of one turn; role is "user", "assistant" or "system"."""
-    if not isinstance(turn, Mapping):
-        raise ValueError(f"{where}: a turn must be a dict with 'from'/'value' or 'role'/'content', got {turn!r}")
-    if "from" in turn:
-        speaker, content = turn["from"], turn.get("value")
-    elif "role" in turn:
-        speaker, content = turn["role"], turn.get("content")
-    else:
-        raise ValueError(f"{where}: a turn needs 'from' (LLaVA) or 'role' (OpenAI), got keys {sorted(turn)}")
-    role = _USER_ROLES.get(speaker) or _ASSISTANT_ROLES.get(speaker) or ("system" if speaker == "system" else None)
-    if role is None:
-        raise ValueError(
-            f"{where}: unknown role {speaker!r} (known: human/user, gpt/assistant, system)"
-        )
-    has_image_part = False
-    if isinstance(content, list):  # OpenAI / HF chat parts: [{"type": "image"}, {"type": "text", "text": ...}]
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif kind in ("image", "image_url"):
-                has_image_part = True
-            else:
-                raise ValueError(f"{where}: content part {part!r} is neither a 'text' nor an 'image' part")
-        content = "\n".join(texts)
-    if not isinstance(content, str):
-        raise ValueError(f"{where}: the text of a {role} turn must be a string, got {type(content).__name__}")
-    return role, content, has_image_part
-
-
-def _rounds(
-    conversation: Sequence[Any], where: str, *, has_image: bool
-) -> tuple[str | None, list[tuple[str, str | None]]]:
-    """``(system or None, [(question, answer or None), ...])``; the image marker put in its user turn."""
-    if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence) or not conversation:
-        raise ValueError(f"{where}: a conversation must be a non-empty list of turns")
-    system = None
-    turns: list[tuple[str, str]] = []
-    image_turn: int | None = None
-    for index, turn in enumerate(conversation):
-        role, text, image_part = _turn_text(turn, f"{where}[{index}]")
-        if role == "system":
-            if index != 0:
-                raise ValueError(f"{where}[{index}]: a system turn may only come first")
-            system = text
-            continue
-        expected = "user" if len(turns) % 2 == 0 else "assistant"
-        if role != expected:
-            raise ValueError(
-                f"{where}[{index}]: a {role} turn where a {expected} turn is expected (turns alternate, user first)"
-            )
-        if not text.strip() and not image_part:
-            raise ValueError(f"{where}[{index}]: the {role} turn is empty")
-        if IMAGE_PLACEHOLDER in text or image_part:
-            if role != "user":
-                raise ValueError(f"{where}[{index}]: an image in an assistant turn")
-            if image_turn is not None or text.count(IMAGE_PLACEHOLDER) > 1:
-                raise ValueError(f"{where}: more than one image marker; one image per sample")
-            image_turn = len(turns)
-            text = text.replace(IMAGE_PLACEHOLDER, "").strip()
-        turns.append((role, text))
-    if not turns:
-        raise ValueError(f"{where}: the conversation has no user turn")
-    if image_turn is not None and not has_image:
-        raise ValueError(f"{where}: the conversation marks an image ({IMAGE_PLACEHOLDER}) but its image is None")
-    if has_image:
-        first = 0 if image_turn is None else image_turn
-        role, text = turns[first]
-        turns[first] = (role, IMAGE_PLACEHOLDER + "\n" + text.strip())
-    rounds = [(turns[i][1], turns[i + 1][1] if i + 1 < len(turns) else None) for i in range(0, len(turns), 2)]
-    return system, rounds
-
-
-def _prompt_text(template: ConversationTemplate, rounds: list[tuple[str, str | None]], *, open_turn: bool) -> str:
-    """The template's prompt: every round closed with ``sep2`` after its answer; a last round without an answer ends
-    with the assistant's turn open (``open_turn``) or right after the question."""
-    if template.style == "plain":
-        question, answer = rounds[-1]
-        if len(rounds) != 1 or IMAGE_PLACEHOLDER not in question:
-            raise ValueError("template 'plain' takes one question with an image")
-        return IMAGE_PLACEHOLDER if answer is None else IMAGE_PLACEHOLDER + answer + template.sep
-    user, assistant = template.roles
-    text = template.system + template.sep
-    for question, answer in rounds:
-        text += f"{user}: {question}{template.sep}"
-        if answer is not None:
-            text += f"{assistant}: {answer}{template.sep2}"
-        elif open_turn:
-            text += f"{assistant}:"
-    return text
-
-
-def prompt_token_ids(
-    text: str | Sequence[Mapping[str, Any]],
-    tokenizer: Tokenizer,
-    template: str | ConversationTemplate = DEFAULT_TEMPLATE,
-    *,
-    has_image: bool = True,
-    add_generation_prompt: bool = True,
-) -> list[int]:
-    """Raw prompt ids of one sample (BOS first, ``-200`` where the image goes), before layout: a question is one
-    user turn (LLaVA's ``<image>\\n`` in front when ``has_image``); a conversation is every turn in the template,
-    the assistant's turn left open after a last user turn (``add_generation_prompt``)."""
-    conversation: Sequence[Any] = [{"from": "human", "value": text}] if isinstance(text, str) else text
-    template, rounds = _template_and_rounds(get_template(template), conversation, "text", has_image=has_image)
-    return tokenize_prompt(_prompt_text(template, rounds, open_turn=add_generation_prompt), tokenizer)
-
-
-def _template_and_rounds(
-    template: ConversationTemplate, conversation: Sequence[Any], where: str, *, has_image: bool
-) -> tuple[ConversationTemplate, list[tuple[str, str | None]]]:
-    """The rounds of ``conversation`` and the template with its system text replaced by a system turn, if any."""
-    system, rounds = _rounds(conversation, where, has_image=has_image)
-    return (template if system is None else dataclasses.replace(template, system=system)), rounds
-
-
-# ---------------------------------------------------------------------------------------------------- settings
-
-
-def _pad_id(llm: Any) -> int:
-    """``MFRSVLM.pad_token_id``'s rule: the config's pad id, else its (first) EOS, else 0."""
-    pad = llm.pad_token_id
-    if pad is None:
-        eos = llm.eos_token_id
-        pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    return int(pad)
-
-
-def settings_from_config(config: Any) -> dict[str, Any]:
-    """Processor settings implied by an ``MFRSVLMConfig``."""
-    eos = config.llm.eos_token_id
-    return {
-        "image_size": config.input_size,
-        "num_visual_tokens": config.num_visual_tokens,
-        "image_token_index": config.image_token_index,
-        "image_placement": config.image_placement,
-        "pad_token_id": _pad_id(config.llm),
-        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
-        "max_length": config.llm.max_position_embeddings,
-    }
-
-
-def _model_config(folder: Path) -> Any:
-    """The ``MFRSVLMConfig`` a model folder describes, from its config files only (no weight is read)."""
-    from rsfuse.checkpoints.clip import _hf_config  # noqa: PLC0415
-    from rsfuse.checkpoints.io import CheckpointError, read_json  # noqa: PLC0415
-    from rsfuse.checkpoints.llava_hf import (  # noqa: PLC0415
-        _feature_layer,
-        _image_token_id,
-        _llm_config,
-        _settings,
-        _vision_config,
-        is_llava_hf_config,
-    )
-    from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, VISION_SUBFOLDER, released_config  # noqa: PLC0415
-    from rsfuse.checkpoints.rsfuse_folder import RSFUSE_MODEL_TYPE  # noqa: PLC0415
-    from rsfuse.model.config import MFRSVLMConfig  # noqa: PLC0415
-
-    path = folder / "config.json"
-    data = read_json(path)
-    model_type = data.get("model_type")
-    try:
-        if model_type == RSFUSE_MODEL_TYPE:
-            skip = ("model_type", "architectures", "torch_dtype")
-            return MFRSVLMConfig.from_dict({key: value for key, value in data.items() if key not in skip})
-        if model_type in RELEASED_MODEL_TYPES:
-            vision = _hf_config(folder / VISION_SUBFOLDER / "config.json")
-            return MFRSVLMConfig.from_dict(released_config(data, vision, path=path))
-        if model_type == "llava" and is_llava_hf_config(data):
-            _settings(data, path)
-            llm = _llm_config(data, path)
-            return MFRSVLMConfig(
-                vision=_vision_config(data, path),
-                llm=llm,
-                global_layer=_feature_layer(data, path),
-                detail=False,
-                injection_layers=(),
-                image_placement="token",
-                image_token_index=_image_token_id(data, llm.vocab_size, path),
-            )
-    except (TypeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: {error}") from None
-    raise CheckpointError(
-        f"{path}: model_type {model_type!r} is not a folder MFRSVLMProcessor reads (rsfuse 'rsfuse_mfrsvlm', released "
-        "'mfrsvlm'/'vhm', transformers 'llava'); build one with MFRSVLMProcessor.from_model(model, tokenizer)"
-    )
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------------- processor
@@ -366,16 +152,16 @@ class MFRSVLMProcessor:
             raise FileNotFoundError(f"{folder}: no such folder")
         settings: dict[str, Any] = {}
         if (folder / "config.json").is_file():
-            settings.update(settings_from_config(_model_config(folder)))
+            settings.update(settings_from_config(model_config(folder)))
         preprocessor = folder / PREPROCESSOR_CONFIG_FILE
         if preprocessor.is_file():
-            data = _read_json_object(preprocessor)
+            data = read_json_object(preprocessor)
             settings.update({key: data[key] for key in ("image_mean", "image_std") if key in data})
         own = folder / PROCESSOR_CONFIG_FILE
         if own.is_file():
-            data = _read_json_object(own)
+            data = read_json_object(own)
             if data.get("processor_class") == PROCESSOR_CLASS:  # transformers' LlavaProcessor writes the same name
-                unknown = sorted(set(data) - set(_SETTINGS) - {"processor_class"})
+                unknown = sorted(set(data) - set(SETTINGS) - {"processor_class"})
                 if unknown:
                     raise ValueError(f"{own}: unknown field(s) {unknown}")
                 settings.update({key: value for key, value in data.items() if key != "processor_class"})
@@ -415,7 +201,7 @@ class MFRSVLMProcessor:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / PROCESSOR_CONFIG_FILE
-        if target.is_file() and _read_json_object(target).get("processor_class", PROCESSOR_CLASS) != PROCESSOR_CLASS:
+        if target.is_file() and read_json_object(target).get("processor_class", PROCESSOR_CLASS) != PROCESSOR_CLASS:
             raise ValueError(f"{target}: holds another processor's settings (transformers'?); save elsewhere")
         self.tokenizer.save_pretrained(folder)
         target.write_text(json.dumps(self.settings(), indent=2) + "\n")
@@ -429,45 +215,9 @@ class MFRSVLMProcessor:
         )
 
     # ----- images ----------------------------------------------------------------------------------------------
-    def _pil(self, image: Any, where: str):
-        from PIL import Image  # noqa: PLC0415
-
-        if isinstance(image, (str, os.PathLike)):
-            return Path(image)
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, np.ndarray):
-            array = image
-            if array.ndim == 3 and array.shape[-1] == 1:
-                array = array[..., 0]
-            if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-                raise ValueError(
-                    f"{where}: an array must be H×W or H×W×C with C in (1, 3, 4), got shape {tuple(image.shape)}"
-                )
-            if min(array.shape[:2]) < 1:
-                raise ValueError(f"{where}: empty image of shape {tuple(image.shape)}")
-            if array.dtype == np.uint8:
-                pass
-            elif np.issubdtype(array.dtype, np.floating):
-                if not np.isfinite(array).all():
-                    raise ValueError(f"{where}: the float image holds NaN or inf")
-                low, high = float(array.min()), float(array.max())
-                if low < 0.0 or high > 1.0:
-                    raise ValueError(f"{where}: float images must hold values in [0, 1], got [{low:g}, {high:g}]")
-                array = np.rint(array * 255.0).astype(np.uint8)
-            elif np.issubdtype(array.dtype, np.integer):
-                array = stretch_to_uint8(array)  # as load_image does for > 8-bit files
-            else:
-                raise ValueError(f"{where}: arrays of dtype {array.dtype} are not images (uint8, integer or float)")
-            return Image.fromarray(np.ascontiguousarray(array))
-        raise ValueError(
-            f"{where}: expected a PIL image, a numpy array (H×W×C uint8, or float in [0, 1]), a file path or None; "
-            f"got {type(image).__name__}"
-        )
-
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
         """``[B, 3, S, S]`` normalised pixels of ``images`` (PIL images, arrays or paths)."""
-        return torch.stack([self.image_processor(self._pil(image, f"images[{i}]")) for i, image in enumerate(images)])
+        return torch.stack([self.image_processor(to_image(image, f"images[{i}]")) for i, image in enumerate(images)])
 
     # ----- text ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -507,7 +257,7 @@ class MFRSVLMProcessor:
     ) -> tuple[list[int], list[int] | None]:
         where = f"text[{index}]"
         conversation: Sequence[Any] = [{"from": "human", "value": text}] if isinstance(text, str) else text
-        template, rounds = _template_and_rounds(self.template, conversation, where, has_image=has_image)
+        template, rounds = template_and_rounds(self.template, conversation, where, has_image=has_image)
         if return_labels:
             if rounds[-1][1] is None:
                 raise ValueError(f"{where}: return_labels needs a conversation that ends with the assistant's answer")
@@ -519,7 +269,7 @@ class MFRSVLMProcessor:
             tokenized = tokenize_conversation(turns, self.tokenizer, template)
             return tokenized.input_ids, tokenized.labels
         try:
-            prompt = _prompt_text(template, rounds, open_turn=add_generation_prompt)
+            prompt = prompt_text(template, rounds, open_turn=add_generation_prompt)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         return tokenize_prompt(prompt, self.tokenizer), None
@@ -580,7 +330,7 @@ class MFRSVLMProcessor:
             pixel_values = torch.zeros((len(images), 3, size, size), dtype=torch.float32)
             for row, image in enumerate(images):
                 if image is not None:
-                    pixel_values[row] = self.image_processor(self._pil(image, f"images[{row}]"))
+                    pixel_values[row] = self.image_processor(to_image(image, f"images[{row}]"))
         out = ProcessorInputs(
             pixel_values=pixel_values, input_ids=layout.input_ids, attention_mask=layout.attention_mask.long()
         )
