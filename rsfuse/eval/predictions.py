@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "mismatch_reason",
     "PREDICTIONS_FILE",
     "differences",
     "PredictionsMismatchError",
@@ -171,3 +172,14 @@ class PredictionWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def mismatch_reason(path: Path, identity: Mapping[str, Any]) -> str | None:
+    """Why ``path`` or its rank files cannot be reused (answers of a run that answers differently), or None.
+    Read only; `evaluate` repairs and merges them later."""
+    try:
+        for source in (path, *rank_files(path)):
+            read_predictions(source, identity, repair=False)
+    except PredictionsMismatchError as error:
+        return str(error)
+    return None

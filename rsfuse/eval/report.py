@@ -1,9 +1,10 @@
 """Render metric dicts (from any scorer in ``rsfuse.eval``) as a markdown table with the protocol on every number."""
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["metrics_to_markdown"]
+__all__ = ["json_ready", "metrics_to_markdown"]
 
 # Keys that describe a result rather than being a metric.
 DESCRIPTIVE_KEYS = frozenset({"protocol", "notes", "unavailable", "tokenizer"})
@@ -44,3 +45,14 @@ def metrics_to_markdown(metrics: Mapping[str, Any], *, title: str | None = None)
     lines += ["| metric | value | protocol |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {label} |" for name, value, label in _rows(metrics, "", protocol, unavailable)]
     return "\n".join(lines) + "\n"
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists, as ``metrics.json`` stores it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    return value

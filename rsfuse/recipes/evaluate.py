@@ -50,7 +50,7 @@ from rsfuse.eval.generation import (
     generate_predictions,
     length_order,
 )
-from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, read_predictions
+from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, mismatch_reason, read_predictions
 from rsfuse.eval.ranks import RankGroup, capture, finish, launch, picklable
 from rsfuse.eval.tasks import get_task, task_protocols
 from rsfuse.recipes.config import ConfigError
@@ -121,16 +121,6 @@ def score(task: str, records: Sequence[Mapping[str, Any]], *, protocol: str | No
 
 def _identity(task: str, model_name: str, data_name: str) -> dict[str, str]:
     return {"task": task, "model": model_name, "data": data_name}
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, Mapping):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    return value
 
 
 def evaluate(
@@ -292,25 +282,12 @@ def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> di
                            weights=config.fingerprint_weights, settings=settings)
 
 
-def _other_run(path: Path, identity: Mapping[str, Any]) -> str | None:
-    """Why ``path`` or its rank files cannot be reused (answers of a run that answers differently), or None.
-    Read only; `evaluate` repairs and merges them later."""
-    from rsfuse.eval.predictions import rank_files
-
-    try:
-        for source in (path, *rank_files(path)):
-            read_predictions(source, identity, repair=False)
-    except PredictionsMismatchError as error:
-        return str(error)
-    return None
-
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run(config: EvalConfig) -> dict:
     """Load the model and the task's records, evaluate (resuming), write ``metrics.json`` / ``metrics.md``."""
-    from rsfuse.eval import metrics_to_markdown
+    from rsfuse.eval.report import json_ready, metrics_to_markdown
     from rsfuse.llm.tokenizer import Tokenizer
     from rsfuse.model import MFRSVLM
 
@@ -345,7 +322,7 @@ def run(config: EvalConfig) -> dict:
         group = RankGroup(rank, world_size)
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
                     "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir))}
-        refusal = group.shared(lambda: _other_run(output_dir / PREDICTIONS_FILE, identity))
+        refusal = group.shared(lambda: mismatch_reason(output_dir / PREDICTIONS_FILE, identity))
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
         device = _device(config.device, local_rank)
@@ -374,7 +351,7 @@ def run(config: EvalConfig) -> dict:
     finally:
         finish(started)
     summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
-               "template": config.template, "processes": world_size, "result": _json_ready(result)}
+               "template": config.template, "processes": world_size, "result": json_ready(result)}
     if rank != 0:
         return {**summary, "run": counts}
     per_rank = f" ({', '.join(map(str, counts['generated_per_rank']))} per process)" if world_size > 1 else ""
