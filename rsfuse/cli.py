@@ -1,9 +1,10 @@
 """The ``rsfuse`` console script: ``rsfuse [--debug] {train,eval,convert,synth,predict,viz} ...``.
 
 Each subcommand forwards its remaining arguments to the module that implements it, imported only when used.
-The error path is shared: an expected error (bad data, configuration, checkpoint, generation limits) prints one
-line naming the file, sample or key with exit status 2; ``--debug`` (anywhere on the line) or ``RSFUSE_DEBUG=1``
-adds the traceback. ``rsfuse predict`` also takes ``--bands R,G,B`` for multi-band TIFFs.
+The error path is shared: an expected error (bad data, configuration, checkpoint — a wrongly typed ``config.json``
+field or an integer weight included —, generation limits, a file that cannot be read or written) prints one line
+naming the file, sample or key with exit status 2; ``--debug`` (anywhere on the line) or ``RSFUSE_DEBUG=1`` adds
+the traceback. ``rsfuse predict`` also takes ``--bands R,G,B`` for multi-band TIFFs.
 """
 
 import importlib
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rsfuse.recipes.errors import DEBUG_ENV, EXIT_EXPECTED, debug_requested, expected_errors, report_expected
+from rsfuse.recipes.errors import DEBUG_ENV, debug_requested, expected_errors, report_expected
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rsfuse.recipes.train", "train MF-RSVLM: [--config FILE] [key=value ...] (no arguments = the embedded default)"),
@@ -64,7 +65,7 @@ def _parse_bands(text: str) -> tuple[int, int, int]:
 
 def _predict(module, argv: list[str], debug: bool) -> int:
     """``rsfuse predict`` with ``--bands``: the chosen bands of the image are brought to 8-bit RGB (`load_image`)
-    and handed to the predictor as a lossless PNG. The predictor's own one-line errors exit with status 2."""
+    and handed to the predictor as a lossless PNG. The predictor's own expected errors are one line with status 2."""
     bands_text, argv = _option(argv, "--bands")
     with tempfile.TemporaryDirectory(prefix="rsfuse-predict-") as scratch:
         if bands_text is not None:
@@ -77,8 +78,7 @@ def _predict(module, argv: list[str], debug: bool) -> int:
             rgb = Path(scratch) / (Path(image).stem + ".png")
             load_image(image, bands=bands).save(rgb)
             argv = [*argv, "--image", str(rgb)]
-        result = int(module.main(argv) or 0)
-    return EXIT_EXPECTED if result == 1 else result  # 1 = an error it reported in one line
+        return int(module.main(argv) or 0)  # its own expected errors: one line, status 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if command != "predict":
             raise
         return report_expected(f"rsfuse {command}", error, debug=debug)  # generation limits (prompt too long, ...)
+    except OSError as error:
+        if error.filename is None:  # a file the user named cannot be read or written: a bad input, not a bug
+            raise
+        return report_expected(f"rsfuse {command}", error, debug=debug)
     finally:
         if debug:
             if previous is None:

@@ -202,7 +202,7 @@ def test_convert_released_to_rsfuse_folder_keeps_the_logits(tmp_path, released, 
     assert converted.config.window_layout == "reference"
     assert (tmp_path / "converted" / "tokenizer.model").read_bytes() == (folder / "tokenizer.model").read_bytes()
     assert torch.equal(converted(_pixels(), _ids()).logits, original(_pixels(), _ids()).logits)
-    assert convert_command.main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 1
+    assert convert_command.main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -274,7 +274,7 @@ def test_predict_prints_an_answer(tmp_path, released, capsys):
     assert capsys.readouterr().out.endswith("\n")
     assert predict_command.main(
         ["--model", str(folder), "--image", str(tmp_path / "missing.png"), "--question", "?", "--device", "cpu"]
-    ) == 1
+    ) == 2
     assert "missing.png" in capsys.readouterr().err
 
 

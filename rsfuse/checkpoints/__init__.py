@@ -13,6 +13,7 @@ from rsfuse.checkpoints.clip import (
 from rsfuse.checkpoints.io import (
     CheckpointError,
     check_finite_tensors,
+    check_floating_tensors,
     find_weight_files,
     iter_weight_shards,
     load_weights_file,
@@ -35,6 +36,7 @@ from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_
 __all__ = [
     "CheckpointError",
     "check_finite_tensors",
+    "check_floating_tensors",
     "clip_vision_shapes",
     "openai_to_hf_vision",
     "read_clip_vision",

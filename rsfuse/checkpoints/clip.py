@@ -24,6 +24,7 @@ import torch
 from rsfuse.checkpoints.io import (
     PICKLE_SUFFIXES,
     CheckpointError,
+    check_floating_tensors,
     find_weight_files,
     load_weights_file,
     read_json,
@@ -136,9 +137,10 @@ def _load_vision_tensors(files: list[Path], *, check_finite: bool = True) -> dic
     """Merge the files' tensors, dropping text-tower and projection keys as each shard is read."""
     merged: dict[str, torch.Tensor] = {}
     for file in files:
-        for key, tensor in load_weights_file(file, check_finite=check_finite).items():
-            if _keep_key(key):
-                merged[key] = tensor
+        kept = {key: tensor for key, tensor in load_weights_file(file, check_finite=check_finite).items() if _keep_key(key)}
+        weights = {key: tensor for key, tensor in kept.items() if not key.endswith(POSITION_IDS_KEYS)}
+        check_floating_tensors(weights, source=file)  # integer position_ids buffers aside, every tensor is a weight
+        merged.update(kept)
     return merged
 
 
@@ -234,10 +236,20 @@ def _open_clip_hints(folder: Path) -> dict:
     if not path.is_file():
         return {}
     model_cfg = read_json(path).get("model_cfg", {})
-    vision_cfg = model_cfg.get("vision_cfg", {}) if isinstance(model_cfg, dict) else {}
-    hints = {"hidden_act": "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"}
-    if isinstance(vision_cfg, dict) and "head_width" in vision_cfg:
-        hints["head_width"] = vision_cfg["head_width"]
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{path}: field 'model_cfg' must be an object, got {model_cfg!r}")
+    vision_cfg = model_cfg.get("vision_cfg", {})
+    if not isinstance(vision_cfg, dict):
+        raise CheckpointError(f"{path}: field 'model_cfg.vision_cfg' must be an object, got {vision_cfg!r}")
+    quick_gelu = model_cfg.get("quick_gelu", False)
+    if not isinstance(quick_gelu, bool):
+        raise CheckpointError(f"{path}: field 'model_cfg.quick_gelu' must be true or false, got {quick_gelu!r}")
+    hints = {"hidden_act": "quick_gelu" if quick_gelu else "gelu"}
+    if "head_width" in vision_cfg:
+        width = vision_cfg["head_width"]
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise CheckpointError(f"{path}: field 'model_cfg.vision_cfg.head_width' must be a positive int, got {width!r}")
+        hints["head_width"] = width
     return hints
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import save_file as save_safetensors
 __all__ = [
     "CheckpointError",
     "check_finite_tensors",
+    "check_floating_tensors",
     "read_json",
     "load_weights_file",
     "find_weight_files",
@@ -85,6 +86,20 @@ def check_finite_tensors(state_dict: dict[str, torch.Tensor], *, source: str | o
             "(pass check_finite=False to load it anyway)"
         )
 
+
+
+def check_floating_tensors(state_dict: dict[str, torch.Tensor], *, source: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` naming ``source`` and every key whose tensor is not floating point (an ``int64`` or
+    ``bool`` tensor where the model holds a weight). Call it on the keys that become the model's parameters
+    (integer buffers such as ``position_ids`` dropped first)."""
+    bad = [f"{key!r} ({str(tensor.dtype).removeprefix('torch.')})" for key, tensor in state_dict.items()
+           if not tensor.is_floating_point()]
+    if bad:
+        shown = ", ".join(bad[:_LISTED_KEYS]) + (f" and {len(bad) - _LISTED_KEYS} more" if len(bad) > _LISTED_KEYS else "")
+        raise CheckpointError(
+            f"{source}: tensor(s) {shown} are not floating point; the model's weights are float "
+            "(the checkpoint is damaged or was written with the wrong dtype)"
+        )
 
 def load_weights_file(path: str | os.PathLike, *, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Load one weights file (``.safetensors``, or a plain-tensor pickle with ``weights_only=True``) onto the CPU.

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
 from rsfuse.llm.config import LlamaConfig
 
 __all__ = [
@@ -86,12 +86,14 @@ def read_llama(
 ) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """``(LlamaConfig, full state dict)`` of an HF Llama folder. For LLaVA-style folders pass
     ``rename=keep_llama_keys``, or read everything and ``split_llama_state_dict`` it. Use ``iter_llama_shards``
-    to stream shards instead of holding them all. ``check_finite``: refuse NaN/inf tensors, naming file and key."""
+    to stream shards instead of holding them all. ``check_finite``: refuse NaN/inf tensors, naming file and key; a
+    decoder weight stored with an integer dtype is refused likewise, and a wrongly typed config field by its key."""
     config = read_llama_config(folder)
     state_dict: dict[str, torch.Tensor] = {}
     for path, shard in iter_llama_shards(folder, rename=rename, check_finite=check_finite):
         duplicated = sorted(set(shard) & set(state_dict))
         if duplicated:
             raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
+        check_floating_tensors({key: value for key, value in shard.items() if is_llama_key(key)}, source=path)
         state_dict.update(shard)
     return config, state_dict

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key, read_llama_config
 from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf
 from rsfuse.encoders.clip_config import CLIPVisionConfig
@@ -84,22 +84,24 @@ def read_llava(folder: str | os.PathLike, *, check_finite: bool = True) -> Llava
             raise CheckpointError(f"{config_path}: mm_vision_select_layer {select} selects several layers")
         select = select[0]
     if isinstance(select, bool) or not isinstance(select, int):
-        raise CheckpointError(f"{config_path}: mm_vision_select_layer must be an int, got {select!r}")
+        raise CheckpointError(f"{config_path}: field 'mm_vision_select_layer' must be an int, got {select!r}")
     llm_config = read_llama_config(folder)
     llm_state: dict[str, torch.Tensor] = {}
     projector: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for path, shard in iter_weight_shards(folder, check_finite=check_finite):
+        kept: dict[str, torch.Tensor] = {}
         for key, tensor in shard.items():
             match = _PROJECTOR_KEY.match(key)
             if is_llama_key(key):
-                llm_state[key] = tensor
+                llm_state[key] = kept[key] = tensor
             elif match:
-                projector[f"{match.group(1)}.{match.group(2)}"] = tensor
+                projector[f"{match.group(1)}.{match.group(2)}"] = kept[key] = tensor
             elif key.startswith(_TOWER_PREFIX) or key.endswith("rotary_emb.inv_freq"):
                 continue
             else:
                 unexpected.append(f"{key} ({path.name})")
+        check_floating_tensors(kept, source=path)
     if unexpected:
         raise CheckpointError(f"{folder}: keys not part of the LLaVA-1.5 layout: {unexpected}")
     missing = sorted({"0.weight", "0.bias", "2.weight", "2.bias"} - set(projector))

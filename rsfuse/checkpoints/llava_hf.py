@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from rsfuse.checkpoints.clip import _validate as validate_clip_vision
-from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
@@ -139,16 +139,26 @@ def _image_token_id(data: Mapping[str, Any], vocab_size: int, config_path: Path)
     return token
 
 
+def _flag(data: Mapping[str, Any], name: str, default: bool, config_path: Path) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{config_path}: field {name!r} must be true or false, got {value!r}")
+    return value
+
+
 def _llm_config(data: Mapping[str, Any], config_path: Path) -> LlamaConfig:
     text = _sub_config(data, "text_config", "llama", config_path)
-    if data.get("tie_word_embeddings") is True:
+    if _flag(data, "tie_word_embeddings", False, config_path):
         text["tie_word_embeddings"] = True
-    if text.get("pad_token_id") is None and isinstance(data.get("pad_token_id"), int):
-        text["pad_token_id"] = data["pad_token_id"]
+    pad = data.get("pad_token_id")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int)):
+        raise CheckpointError(f"{config_path}: field 'pad_token_id' must be a token id (an int) or null, got {pad!r}")
+    if text.get("pad_token_id") is None and pad is not None:
+        text["pad_token_id"] = pad
     try:
-        return LlamaConfig.from_dict(text)
+        return LlamaConfig.from_dict(text, key_prefix="text_config.")
     except ValueError as error:
-        raise CheckpointError(f"{config_path}: text_config: {error}") from None
+        raise CheckpointError(f"{config_path}: {error}") from None
 
 
 def _vision_config(data: Mapping[str, Any], config_path: Path) -> CLIPVisionConfig:
@@ -157,9 +167,9 @@ def _vision_config(data: Mapping[str, Any], config_path: Path) -> CLIPVisionConf
     else:
         vision = _sub_config(data, "vision_config", "clip_vision_model", config_path)
     try:
-        return CLIPVisionConfig.from_dict(vision)
+        return CLIPVisionConfig.from_dict(vision, key_prefix="vision_config.")
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{config_path}: vision_config: {error}") from None
+        raise CheckpointError(f"{config_path}: {error}") from None
 
 
 def read_llava_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -196,6 +206,7 @@ def read_llava_hf(folder: str | os.PathLike, *, check_finite: bool = True) -> di
         raise CheckpointError(f"{config_path}: model_type {data.get('model_type')!r} is not transformers' 'llava'")
     select_layer = _feature_layer(data, config_path)
     _settings(data, config_path)
+    projector_bias = _flag(data, "multimodal_projector_bias", True, config_path)
     llm_config = _llm_config(data, config_path)
     vision_config = _vision_config(data, config_path)
     image_token = _image_token_id(data, llm_config.vocab_size, config_path)
@@ -210,6 +221,7 @@ def read_llava_hf(folder: str | os.PathLike, *, check_finite: bool = True) -> di
     unexpected: list[str] = []
     duplicated: list[str] = []
     for path, shard in iter_weight_shards(folder, check_finite=check_finite):
+        check_floating_tensors({k: v for k, v in shard.items() if not k.endswith(_DROPPED_SUFFIXES)}, source=path)
         for key, tensor in shard.items():
             if key.endswith(_DROPPED_SUFFIXES):
                 continue
@@ -232,7 +244,7 @@ def read_llava_hf(folder: str | os.PathLike, *, check_finite: bool = True) -> di
     if missing:
         names = [f"multi_modal_projector.linear_{'1' if key[0] == '0' else '2'}.weight" for key in missing]
         raise CheckpointError(f"{folder}: LLaVA folder lacks projector keys {names}")
-    if data.get("multimodal_projector_bias", True) is False:
+    if not projector_bias:
         for index in ("0", "2"):
             weight = projector[f"{index}.weight"]
             projector.setdefault(f"{index}.bias", weight.new_zeros(weight.shape[0]))

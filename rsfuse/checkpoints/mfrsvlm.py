@@ -13,6 +13,7 @@ vector ``model.deepstack_residual_scale`` ``[n_layers]``; the fine-tuned tower i
 memory layout). Pure functions: no model class is imported here.
 """
 
+import math
 import os
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from rsfuse.checkpoints.clip import read_clip_vision
-from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key
 from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
@@ -51,8 +52,31 @@ def _as_int_list(value: Any, field: str, path: Path) -> list[int]:
     return values
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_list(data: dict[str, Any], field: str, default: list[float], path: Path, *, zero: bool) -> list[float]:
+    """A non-empty list of numbers in (0, 1] (``[0, 1]`` with ``zero``): ``deepstack_detail_layers`` fractions of the
+    tower depth, ``deepstack_window_scales``."""
+    values = data.get(field, default)
+    low = 0.0 if zero else math.nextafter(0.0, 1.0)
+    if not isinstance(values, list) or not values or not all(_is_number(v) and low <= v <= 1 for v in values):
+        interval = "[0, 1]" if zero else "(0, 1]"
+        raise CheckpointError(f"{path}: field {field!r} must be a non-empty list of numbers in {interval}, got {values!r}")
+    return [float(v) for v in values]
+
+
+def _int_field(data: dict[str, Any], field: str, default: int, path: Path, *, positive: bool = False) -> int:
+    value = data.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or (positive and value <= 0):
+        raise CheckpointError(f"{path}: field {field!r} must be {'a positive' if positive else 'an'} int, got {value!r}")
+    return value
+
+
 def released_config(data: dict[str, Any], vision: CLIPVisionConfig, *, path: Path) -> dict[str, Any]:
-    """``MFRSVLMConfig`` dict from a released ``config.json`` dict and the tower's config."""
+    """``MFRSVLMConfig`` dict from a released ``config.json`` dict and the tower's config; a field of the wrong type
+    raises ``CheckpointError`` (or, for the Llama fields, ValueError) naming its key."""
     depth = vision.num_hidden_layers
     select = _as_int_list(data.get("mm_vision_select_layer", -2), "mm_vision_select_layer", path)
     if len(select) != 1:
@@ -60,21 +84,19 @@ def released_config(data: dict[str, Any], vision: CLIPVisionConfig, *, path: Pat
     projector_type = data.get("mm_projector_type", "mlp2x_gelu")
     if projector_type != "mlp2x_gelu":
         raise CheckpointError(f"{path}: mm_projector_type {projector_type!r} is not supported (only 'mlp2x_gelu')")
-    fractions = data.get("deepstack_detail_layers", list(PAPER_DETAIL_FRACTIONS))
-    if not isinstance(fractions, list) or not fractions:
-        raise CheckpointError(f"{path}: deepstack_detail_layers must be a list of fractions, got {fractions!r}")
+    fractions = _number_list(data, "deepstack_detail_layers", list(PAPER_DETAIL_FRACTIONS), path, zero=True)
     injection = _as_int_list(data.get("deepstack_injection_layers", [2, 4, 6, 8]), "deepstack_injection_layers", path)
-    scales = data.get("deepstack_window_scales", [1.0, 0.5])
-    if not isinstance(scales, list) or not scales:
-        raise CheckpointError(f"{path}: deepstack_window_scales must be a list of numbers, got {scales!r}")
+    scales = _number_list(data, "deepstack_window_scales", [1.0, 0.5], path, zero=False)
+    stack_factor = _int_field(data, "deepstack_downsample_factor", 2, path, positive=True)
+    image_token_index = _int_field(data, "image_token_index", -200, path)
     llm = LlamaConfig.from_dict(data)
     return {
         "vision": vision.to_dict(),
         "llm": llm.to_dict(),
         "global_layer": select[0],
         "detail_layers": list(detail_layers_from_fractions(fractions, depth)),
-        "window_scales": [float(scale) for scale in scales],
-        "stack_factor": int(data.get("deepstack_downsample_factor", 2)),
+        "window_scales": scales,
+        "stack_factor": stack_factor,
         "injection_layers": sorted(injection),
         "canvas_source": "upsampled",
         "image_placement": "prefix",
@@ -82,7 +104,7 @@ def released_config(data: dict[str, Any], vision: CLIPVisionConfig, *, path: Pat
         "blend": "hann",
         "router_mode": "sample",
         "detail": True,
-        "image_token_index": int(data.get("image_token_index", -200)),
+        "image_token_index": image_token_index,
     }
 
 
@@ -136,9 +158,10 @@ def read_released_mfrsvlm(
     unexpected: list[str] = []
     residual_scale: torch.Tensor | None = None
     for path, shard in iter_weight_shards(folder, check_finite=check_finite):
+        kept: dict[str, torch.Tensor] = {}
         for key, tensor in shard.items():
             if key == RESIDUAL_SCALE_KEY:
-                residual_scale = tensor
+                residual_scale = kept[key] = tensor
                 continue
             if key.endswith(("rotary_emb.inv_freq", "embeddings.position_ids")):  # buffers old HF versions stored
                 continue
@@ -146,7 +169,8 @@ def read_released_mfrsvlm(
             if new_key is None:
                 unexpected.append(f"{key} ({path.name})")
             else:
-                state_dict[new_key] = tensor
+                state_dict[new_key] = kept[key] = tensor
+        check_floating_tensors(kept, source=path)
     if unexpected:
         raise CheckpointError(f"{folder}: keys not part of the released MF-RSVLM layout: {unexpected}")
     if residual_scale is None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from rsfuse.checkpoints.io import CheckpointError, iter_weight_shards, read_json, save_sharded
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json, save_sharded
 
 __all__ = ["RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "write_rsfuse_folder", "checkpoint_model_type"]
 
@@ -33,7 +33,11 @@ def checkpoint_model_type(folder: str | os.PathLike) -> str:
 def read_rsfuse_folder(
     folder: str | os.PathLike, *, check_finite: bool = True
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors)."""
+    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors).
+
+    The config is checked (``MFRSVLMConfig.from_dict``) before any weight is read: a field of the wrong type or
+    range is refused naming ``config.json`` and its key; a weight stored with an integer dtype, naming file and key.
+    """
     folder = Path(folder)
     config_path = folder / "config.json"
     data = read_json(config_path)
@@ -42,11 +46,18 @@ def read_rsfuse_folder(
             f"{config_path}: model_type {data.get('model_type')!r} is not an rsfuse folder ({RSFUSE_MODEL_TYPE!r})"
         )
     config = {key: value for key, value in data.items() if key not in ("model_type", "architectures", "torch_dtype")}
+    from rsfuse.model.config import MFRSVLMConfig  # noqa: PLC0415  (a config, no model class)
+
+    try:
+        MFRSVLMConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: {error}") from None
     state_dict: dict[str, torch.Tensor] = {}
     for path, shard in iter_weight_shards(folder, check_finite=check_finite):
         duplicated = sorted(set(shard) & set(state_dict))
         if duplicated:
             raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
+        check_floating_tensors(shard, source=path)
         state_dict.update(shard)
     return config, state_dict
 

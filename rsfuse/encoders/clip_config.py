@@ -122,19 +122,42 @@ class CLIPVisionConfig:
         return {"model_type": "clip_vision_model", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CLIPVisionConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, key_prefix: str = "") -> "CLIPVisionConfig":
         """Build from a vision-only HF config dict or a full CLIP ``config.json`` (read from ``vision_config``).
 
-        Unknown keys are ignored; missing fields take HF's defaults; bad values raise naming the field.
+        Unknown keys are ignored; missing fields take HF's defaults; a field of the wrong type or range (a size or
+        count that is not a positive int: a string, a float, a list, a bool) raises a ValueError naming its key as
+        it appears in the file, prefixed with ``key_prefix`` (e.g. ``"vision."``).
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"CLIPVisionConfig.from_dict expects a mapping, got {type(data).__name__}")
         if "vision_config" in data:
             vision = data["vision_config"]
             if not isinstance(vision, Mapping):
-                raise ValueError(f"CLIP config field 'vision_config' must be an object, got {type(vision).__name__}")
-            data = vision
+                raise ValueError(
+                    f"CLIPVisionConfig field '{key_prefix}vision_config' must be an object, got {type(vision).__name__}"
+                )
+            data, key_prefix = vision, key_prefix + "vision_config."
         elif data.get("model_type") == "clip":
             raise ValueError("full CLIP config (model_type 'clip') has no 'vision_config' entry")
         names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        values = {key: value for key, value in data.items() if key in names}
+        _check_fields(values, key_prefix)
+        return cls(**values)
+
+
+def _check_fields(values: Mapping[str, Any], prefix: str) -> None:
+    """A ValueError naming the first field (``prefix`` + its key) of the wrong type or range."""
+
+    def refuse(name: str, requirement: str) -> ValueError:
+        return ValueError(f"CLIPVisionConfig field '{prefix}{name}' {requirement}, got {values[name]!r}")
+
+    for name in _INT_FIELDS:
+        value = values.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise refuse(name, "must be a positive int")
+    eps = values.get("layer_norm_eps", 1.0)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
+        raise refuse("layer_norm_eps", "must be a positive number")
+    if values.get("hidden_act", SUPPORTED_ACTIVATIONS[0]) not in SUPPORTED_ACTIVATIONS:
+        raise refuse("hidden_act", f"must be one of {SUPPORTED_ACTIVATIONS}")

@@ -6,6 +6,7 @@ transformers 5 (``rope_parameters`` holding ``rope_theta``, ``rope_type`` and th
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,70 @@ _REQUIRED_SCALING_FIELDS = {
     "dynamic": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
+
+
+_POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
+_SCALING_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor")
+
+
+def _field_error(key: str, requirement: str, value: Any) -> ValueError:
+    return ValueError(f"LlamaConfig field {key!r} {requirement}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_fields(values: dict[str, Any], prefix: str, *, theta_key: str, scaling_key: str) -> None:
+    """A ValueError naming the first field (``prefix`` + its key in the file) of the wrong type or range."""
+    for name in _POSITIVE_INT_FIELDS:
+        if name in values and not (_is_int(values[name]) and values[name] > 0):
+            raise _field_error(prefix + name, "must be a positive int", values[name])
+    for name, key in (("rms_norm_eps", "rms_norm_eps"), ("rope_theta", theta_key)):
+        if name in values and not (_is_number(values[name]) and values[name] > 0):
+            raise _field_error(prefix + key, "must be a positive number", values[name])
+    if "initializer_range" in values and not (_is_number(values["initializer_range"]) and values["initializer_range"] >= 0):
+        raise _field_error(prefix + "initializer_range", "must be a non-negative number", values["initializer_range"])
+    for name in _BOOL_FIELDS:
+        if name in values and not isinstance(values[name], bool):
+            raise _field_error(prefix + name, "must be true or false", values[name])
+    if "hidden_act" in values and not isinstance(values["hidden_act"], str):
+        raise _field_error(prefix + "hidden_act", "must be a string", values["hidden_act"])
+    for name in ("bos_token_id", "pad_token_id"):
+        if values.get(name) is not None and not _is_int(values[name]):
+            raise _field_error(prefix + name, "must be a token id (an int) or null", values[name])
+    eos = values.get("eos_token_id")
+    if eos is not None and not (_is_int(eos) or (isinstance(eos, list) and all(_is_int(item) for item in eos))):
+        raise _field_error(prefix + "eos_token_id", "must be a token id, a list of token ids or null", eos)
+    vocab = values.get("vocab_size", 32000)
+    pad = values.get("pad_token_id")
+    if pad is not None and not -vocab <= pad < vocab:
+        raise _field_error(prefix + "pad_token_id", f"must be a token id of the {vocab}-token vocabulary", pad)
+    scaling = values.get("rope_scaling")
+    if scaling is None:
+        return
+    if not isinstance(scaling, dict):
+        raise _field_error(prefix + scaling_key, "must be an object or null", scaling)
+    for name in _SCALING_NUMBERS:
+        if name in scaling and not (_is_number(scaling[name]) and scaling[name] > 0):
+            raise _field_error(f"{prefix}{scaling_key}.{name}", "must be a positive number", scaling[name])
+    original = scaling.get("original_max_position_embeddings")
+    if original is not None and not (_is_int(original) and original > 0):
+        raise _field_error(f"{prefix}{scaling_key}.original_max_position_embeddings", "must be a positive int", original)
 
 
 def _normalise_rope_scaling(rope_scaling: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -128,17 +193,27 @@ class LlamaConfig:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LlamaConfig":
-        """Build from an HF ``config.json`` dict; unknown keys are kept in ``extra`` and otherwise ignored."""
+    def from_dict(cls, data: dict[str, Any], *, key_prefix: str = "") -> "LlamaConfig":
+        """Build from an HF ``config.json`` dict; unknown keys are kept in ``extra`` and otherwise ignored.
+
+        Every known field is checked for its type and range first (sizes and layer / head counts positive ints,
+        never bools, floats or strings; numbers finite; flags bools; token ids ints): a ValueError names the key
+        as it appears in the file, prefixed with ``key_prefix`` (e.g. ``"llm."``, ``"text_config."``).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"LlamaConfig.from_dict expects an object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values = {key: value for key, value in data.items() if key in names}
         values.pop("rope_scaling", None)
         rope_scaling = data.get("rope_scaling")
+        scaling_key = "rope_scaling"
         rope_parameters = data.get("rope_parameters")
+        if rope_parameters is not None and not isinstance(rope_parameters, dict):
+            raise _field_error(key_prefix + "rope_parameters", "must be an object", rope_parameters)
         if isinstance(rope_parameters, dict):
             if "rope_theta" in rope_parameters:
                 values["rope_theta"] = rope_parameters["rope_theta"]
-            rope_scaling = rope_parameters
+            rope_scaling, scaling_key = rope_parameters, "rope_parameters"
         if rope_scaling is not None:
             values["rope_scaling"] = rope_scaling
         if values.get("rope_theta") is None:
@@ -146,6 +221,13 @@ class LlamaConfig:
         for key in ("num_key_value_heads", "head_dim"):
             if key in values and values[key] is None:
                 values.pop(key)
+        in_parameters = isinstance(rope_parameters, dict) and "rope_theta" in rope_parameters
+        theta_key = "rope_parameters.rope_theta" if in_parameters else "rope_theta"
+        _check_fields(values, key_prefix, theta_key=theta_key, scaling_key=scaling_key)
+        if in_parameters and data.get("rope_theta") is not None:  # the transformers-4 copy beside rope_parameters
+            _check_fields({"rope_theta": data["rope_theta"]}, key_prefix, theta_key="rope_theta", scaling_key="")
+        if scaling_key == "rope_parameters" and data.get("rope_scaling") is not None:
+            _check_fields({"rope_scaling": data["rope_scaling"]}, key_prefix, theta_key="", scaling_key="rope_scaling")
         extra = {key: value for key, value in data.items() if key not in names and key != "rope_parameters"}
         try:
             return cls(**values, extra=extra)

@@ -6,6 +6,7 @@ Sizes of the views are derived from the vision tower (docs/DESIGN_NOTES.md §3):
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -268,7 +269,9 @@ class MFRSVLMConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MFRSVLMConfig":
-        """Inverse of ``to_dict``; unknown keys are refused, naming them."""
+        """Inverse of ``to_dict``; unknown keys are refused, naming them. A field of the wrong type or range (a
+        string, float, list or bool where an int is due, ...) raises a ValueError naming its key as written in the
+        file (``global_layer``, ``llm.hidden_size``, ``vision.num_attention_heads``)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"MFRSVLMConfig.from_dict expects a mapping, got {type(data).__name__}")
         names = {item.name for item in dataclasses.fields(cls)}
@@ -278,15 +281,57 @@ class MFRSVLMConfig:
         values = {key: value for key, value in data.items() if key in names}
         for key in ("vision", "llm"):
             if key in values and not isinstance(values[key], Mapping):
-                raise ValueError(f"MFRSVLMConfig.{key} must be an object, got {type(values[key]).__name__}")
+                raise ValueError(f"MFRSVLMConfig field {key!r} must be an object, got {type(values[key]).__name__}")
+        _check_fields(values)
+        if "vision" in values:
+            values["vision"] = CLIPVisionConfig.from_dict(values["vision"], key_prefix="vision.")
         if "llm" in values:
             llm = {k: v for k, v in values["llm"].items() if k not in ("model_type", "architectures")}
-            values["llm"] = LlamaConfig.from_dict(llm)
+            values["llm"] = LlamaConfig.from_dict(llm, key_prefix="llm.")
         for key in ("detail_layers", "window_scales", "injection_layers"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(values: Mapping[str, Any]) -> None:
+    """A ValueError naming the first top-level field of ``from_dict``'s input with the wrong type or range."""
+
+    def refuse(key: str, requirement: str) -> ValueError:
+        return ValueError(f"MFRSVLMConfig field {key!r} {requirement}, got {values[key]!r}")
+
+    for key in ("global_layer", "image_token_index"):
+        if key in values and not _is_int(values[key]):
+            raise refuse(key, "must be an int")
+    if "stack_factor" in values and not (_is_int(values["stack_factor"]) and values["stack_factor"] > 0):
+        raise refuse("stack_factor", "must be a positive int")
+    for key in ("detail_layers", "injection_layers"):
+        if key not in values or (key == "detail_layers" and values[key] is None):
+            continue
+        items = values[key]
+        if not isinstance(items, (list, tuple)) or not all(_is_int(item) and item > 0 for item in items):
+            raise refuse(key, "must be a list of positive ints")
+    if "window_scales" in values:
+        scales = values["window_scales"]
+        if not isinstance(scales, (list, tuple)) or not scales or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in scales
+        ):
+            raise refuse("window_scales", "must be a non-empty list of numbers in (0, 1]")
+    if "residual_scale_init" in values:
+        scale = values["residual_scale_init"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise refuse("residual_scale_init", "must be a finite number")
+    if "detail" in values and not isinstance(values["detail"], bool):
+        raise refuse("detail", "must be true or false")
+    for key, choices in (("canvas_source", CANVAS_SOURCES), ("image_placement", IMAGE_PLACEMENTS),
+                         ("window_layout", WINDOW_LAYOUTS), ("blend", BLENDS), ("router_mode", ROUTER_MODES),
+                         ("attention_backend", ATTENTION_BACKENDS)):
+        if key in values and (not isinstance(values[key], str) or values[key] not in choices):
+            raise refuse(key, f"must be one of {choices}")
 
 PRESETS: dict[str, str] = {"tiny_cpu": "tiny_cpu", "tiny": "tiny", "paper": "paper", "synthetic_study": "synthetic_study"}
 """Preset name → the `MFRSVLMConfig` classmethod that builds it (the training recipe's ``model.preset``)."""

@@ -7,6 +7,10 @@ token, select layer from ``vision_feature_layer``); the layout is read from ``SR
 ``--vision CLIP_DIR`` SRC is instead an HF Llama/Vicuna folder (or, with ``--llava``, a LLaVA-1.5 folder) assembled
 with that CLIP tower, new modules initialised (``--seed``). The tokenizer (``tokenizer.model``) is copied when SRC
 has one.
+
+An expected error (a folder or file that cannot be read as a checkpoint, a config field of the wrong type, an
+unwritable destination) prints one line naming the file and key and exits with status 2; ``--debug`` or
+``RSFUSE_DEBUG=1`` adds the traceback.
 """
 
 import argparse
@@ -65,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         "--llava", action="store_true", help="SRC is a LLaVA-1.5 folder (liuhaotian: needs --vision; llava-hf: optional)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for newly initialised modules (with --vision)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error")
     args = parser.parse_args(argv)
-    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
+    from rsfuse.recipes.errors import debug_requested, expected_errors, report_expected  # noqa: PLC0415
+
+    debug = args.debug or debug_requested()
 
     try:
         written = convert(
@@ -77,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             llava=args.llava,
             seed=args.seed,
         )
-    except (CheckpointError, ValueError) as error:
-        print(f"rsfuse convert: {error}", file=sys.stderr)
-        return 1
+    except (*expected_errors(), ValueError) as error:
+        return report_expected("rsfuse convert", error, debug=debug)
+    except OSError as error:
+        if error.filename is None:
+            raise
+        return report_expected("rsfuse convert", error, debug=debug)
     print(f"wrote {written}")
     return 0
 

@@ -3,6 +3,10 @@
 Loads the model (any layout ``MFRSVLM.from_pretrained`` reads) and its ``MFRSVLMProcessor`` from DIR (tokenizer,
 image settings, the recorded template or ``vicuna_v1``), which preprocesses the image as LLaVA does (pad to square
 with the CLIP mean, resize, normalise) and lays out the prompt; generates with the KV cache and prints the answer.
+
+An expected error (a checkpoint, image or template that cannot be used; a prompt plus ``--max-new-tokens`` beyond the
+model's context; non-finite logits) prints one line naming the file or key and exits with status 2; ``--debug`` or
+``RSFUSE_DEBUG=1`` adds the traceback.
 """
 
 import argparse
@@ -62,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default=None, help="conversation template (default: the folder's, else vicuna_v1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error")
     args = parser.parse_args(argv)
-    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
-    from rsfuse.data.images import ImageLoadError  # noqa: PLC0415
     from rsfuse.model.mfrsvlm import MFRSVLM  # noqa: PLC0415
     from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
+    from rsfuse.recipes.errors import debug_requested, expected_errors, report_expected  # noqa: PLC0415
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     try:
@@ -83,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
-    except (CheckpointError, ImageLoadError, ValueError) as error:
-        print(f"rsfuse predict: {error}", file=sys.stderr)
-        return 1
+    except (*expected_errors(), ValueError) as error:  # ValueError: generation limits (context, vocabulary, NaN)
+        return report_expected("rsfuse predict", error, debug=args.debug or debug_requested())
+    except OSError as error:
+        if error.filename is None:
+            raise
+        return report_expected("rsfuse predict", error, debug=args.debug or debug_requested())
     print(text)
     return 0
 
