@@ -282,8 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = handler(args)
     except (FileNotFoundError, ValueError) as error:
-        print(f"rsfuse viz: {error}", file=sys.stderr)
-        return 2
+        from rsfuse.recipes.errors import debug_requested, report_expected  # noqa: PLC0415  (CLI error path)
+
+        return report_expected("rsfuse viz", error, debug=debug_requested())
     print(out)
     return 0
 

@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
     except (ValueError, FileExistsError) as error:
-        parser.error(str(error))
+        from rsfuse.recipes.errors import debug_requested, report_expected  # noqa: PLC0415  (CLI error path)
+
+        return report_expected("rsfuse synth", error, debug=debug_requested(argv or []))
     counts = summary["counts"]
     state = "reused" if summary["reused"] else "wrote"
     parts = [f"{name} {counts['images'][name]} images / {counts['samples'][name]} samples" for name in SPLIT_NAMES]
