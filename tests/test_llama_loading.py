@@ -8,6 +8,7 @@ import transformers
 from factories.llama import LAYOUTS, write_bin_shards, write_hf_llama
 from safetensors.torch import load_file, save_file
 
+import rsfuse.checkpoints.assign as assign_module
 import rsfuse.llm.model as llama_model_module
 from rsfuse.checkpoints import CheckpointError
 from rsfuse.checkpoints.llama import keep_llama_keys, read_llama, read_llama_config, split_llama_state_dict
@@ -76,7 +77,7 @@ def test_missing_key_is_listed(tmp_path):
     weights = load_file(folder / "model.safetensors")
     del weights["model.layers.1.mlp.up_proj.weight"]
     save_file(weights, str(folder / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"missing keys \['model.layers.1.mlp.up_proj.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): \['model.layers.1.mlp.up_proj.weight'\]"):
         LlamaForCausalLM.from_pretrained(folder)
 
 
@@ -121,17 +122,17 @@ def test_from_pretrained_builds_on_meta_and_assigns_shards(tmp_path, monkeypatch
 
     monkeypatch.setattr(llama_model_module.LlamaForCausalLM, "__init__", spying_init)
     shards_seen = []
-    original_iter = llama_model_module.load_shards_assign
+    original_assign = assign_module.assign_weights
 
-    def spying_load(model, shards, **kwargs):
+    def spying_assign(model, shards, **kwargs):
         def counted():
             for path, shard in shards:
                 shards_seen.append(path.name)
                 yield path, shard
 
-        return original_iter(model, counted(), **kwargs)
+        return original_assign(model, counted(), **kwargs)
 
-    monkeypatch.setattr(llama_model_module, "load_shards_assign", spying_load)
+    monkeypatch.setattr(assign_module, "assign_weights", spying_assign)
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     assert devices_at_construction == [{"meta"}]
     assert len(shards_seen) >= 2

@@ -256,13 +256,15 @@ class CLIPVisionTower(nn.Module):
 
         ``dtype`` defaults to float32; ``num_attention_heads`` overrides the head count inferred for OpenAI layouts.
         """
-        from rsfuse.checkpoints.clip import read_clip_vision  # noqa: PLC0415  (checkpoints sit above encoders)
+        # Imported here: rsfuse.checkpoints sits above the components (its readers use their configs).
+        from rsfuse.checkpoints.assign import assign_weights, check_nothing_on_meta  # noqa: PLC0415
+        from rsfuse.checkpoints.clip import read_clip_vision  # noqa: PLC0415
 
         config, state_dict = read_clip_vision(path, num_attention_heads=num_attention_heads)
         with torch.device("meta"):
             tower = cls(config, attention_backend=attention_backend)
         dtype = torch.float32 if dtype is None else dtype
-        state_dict = {key: tensor.to(device=device, dtype=dtype) for key, tensor in state_dict.items()}
-        tower.load_state_dict(state_dict, strict=True, assign=True)
+        assign_weights(tower, [(path, state_dict)], dtype=dtype, device=device, source=path)
+        check_nothing_on_meta(tower, source=path)
         return tower
 

@@ -31,7 +31,6 @@ __all__ = [
     "build_attention_mask",
     "causal_lm_loss",
     "default_position_ids",
-    "load_shards_assign",
 ]
 
 IGNORE_INDEX = -100
@@ -277,13 +276,20 @@ class LlamaForCausalLM(nn.Module):
         (returns None) checkpoint keys, e.g. ``rsfuse.checkpoints.llama.keep_llama_keys`` for LLaVA folders.
         Returns the model in eval mode."""
         # Imported here: rsfuse.checkpoints sits above rsfuse.llm in the layering and imports its config.
+        from rsfuse.checkpoints.assign import assign_weights, check_nothing_on_meta  # noqa: PLC0415
         from rsfuse.checkpoints.llama import iter_llama_shards, read_llama_config  # noqa: PLC0415
 
         config = read_llama_config(folder)
         with torch.device("meta"):
             model = cls(config, attention_backend=attention_backend)
-        load_shards_assign(model, iter_llama_shards(folder, rename=rename), dtype=dtype, device=device, folder=folder)
+        assign_weights(
+            model, iter_llama_shards(folder, rename=rename), dtype=dtype, device=device, source=folder,
+            skip={"lm_head.weight"} if config.tie_word_embeddings else (),
+            hint=" (pass rename= to map or drop keys, e.g. rsfuse.checkpoints.llama.keep_llama_keys)",
+        )
+        model.tie_weights()
         model.model.rotary_emb.reset_parameters(device)
+        check_nothing_on_meta(model, source=folder)
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, *, max_shard_bytes: int = 2 * 1024**3) -> None:
@@ -311,47 +317,3 @@ def causal_lm_loss(logits: Float[Tensor, "batch tokens vocab"], labels: Int[Tens
         reduction="sum",
     )
     return token_losses / (targets != IGNORE_INDEX).sum().clamp_min(1)
-
-
-def load_shards_assign(
-    model: nn.Module,
-    shards,
-    *,
-    dtype: torch.dtype | None,
-    device: torch.device | str,
-    folder: str | os.PathLike,
-) -> None:
-    """Assign ``(path, state dict)`` shards into ``model`` (built on meta); checks shapes, missing and unexpected keys."""
-    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415  (see LlamaForCausalLM.from_pretrained)
-
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    if tied:
-        expected.pop("lm_head.weight")
-    loaded: set[str] = set()
-    unexpected: list[str] = []
-    for path, shard in shards:
-        accepted = {}
-        for key, tensor in shard.items():
-            if key == "lm_head.weight" and tied:
-                continue
-            if key not in expected:
-                unexpected.append(f"{key} ({Path(path).name})")
-                continue
-            if tuple(tensor.shape) != expected[key]:
-                raise CheckpointError(
-                    f"{path}: key {key!r} has shape {tuple(tensor.shape)} but the model expects {expected[key]}"
-                )
-            target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
-            accepted[key] = tensor.to(device=device, dtype=target_dtype)
-        model.load_state_dict(accepted, strict=False, assign=True)
-        loaded.update(accepted)
-        del shard, accepted
-    missing = sorted(set(expected) - loaded)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder}: checkpoint does not match {type(model).__name__}: missing keys {missing}; unexpected keys "
-            f"{unexpected} (pass rename= to map or drop keys, e.g. rsfuse.checkpoints.llama.keep_llama_keys)"
-        )
-    if tied:
-        model.tie_weights()

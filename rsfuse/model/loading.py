@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rsfuse.checkpoints.assign import assign_weights, check_nothing_on_meta
 from rsfuse.checkpoints.clip import read_clip_vision
 from rsfuse.checkpoints.io import CheckpointError
 from rsfuse.checkpoints.llama import read_llama
@@ -34,71 +35,26 @@ from rsfuse.checkpoints.rsfuse_folder import (
 )
 from rsfuse.model.config import MFRSVLMConfig
 
-__all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "check_state_dict", "READABLE_MODEL_TYPES"]
+__all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "READABLE_MODEL_TYPES"]
 
 READABLE_MODEL_TYPES = (RSFUSE_MODEL_TYPE, *RELEASED_MODEL_TYPES)
-_LIST_LIMIT = 40
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 
-def _listing(keys: list[str]) -> str:
-    shown = keys[:_LIST_LIMIT]
-    more = f" ... and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else ""
-    return f"{shown}{more}"
-
-
-def check_state_dict(
-    expected: dict[str, tuple[int, ...]], state_dict: dict[str, torch.Tensor], *, source: str, allow_missing: bool = False
-) -> None:
-    """Raise ``CheckpointError``: missing / unexpected keys listed, or the first wrong shape with key and both shapes."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if (missing and not allow_missing) or unexpected:
-        parts = []
-        if missing and not allow_missing:
-            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        raise CheckpointError(f"{source}: checkpoint does not match MFRSVLM: " + "; ".join(parts))
-    for key, tensor in state_dict.items():
-        if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(
-                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in the checkpoint but the model expects "
-                f"{expected[key]}"
-            )
-
-
-def _expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def _materialise(model, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype | None, device, source: str):
-    """Assign ``state_dict`` into ``model`` (built on meta), rebuild non-persistent buffers, retie, check for meta."""
-    converted = {
-        key: tensor.to(device=device, dtype=dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype)
-        for key, tensor in state_dict.items()
-    }
-    model.load_state_dict(converted, strict=True, assign=True)
-    model.llm.model.rotary_emb.reset_parameters(device)
-    model.llm.tie_weights()
-    left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
-    if left_on_meta:
-        raise CheckpointError(f"{source}: these tensors were not loaded: {_listing(left_on_meta)}")
-    return model
-
-
 def _build(cls, config: MFRSVLMConfig, state_dict: dict[str, torch.Tensor], *, dtype, device, source: str):
+    """Build on the meta device and assign every weight (``rsfuse.checkpoints.assign``)."""
     if dtype is None:
         # One dtype for the whole model (a released tower .bin may be stored in another precision than the decoder).
         reference = state_dict.get("llm.model.embed_tokens.weight")
         dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     with torch.device("meta"):
         model = cls(config)
-    expected = _expected_shapes(model)
-    if config.llm.tie_word_embeddings:
-        state_dict.setdefault("llm.lm_head.weight", state_dict.get("llm.model.embed_tokens.weight"))
-    check_state_dict(expected, state_dict, source=source)
-    return _materialise(model, state_dict, dtype=dtype, device=device, source=source).eval()
+    tied = {"llm.lm_head.weight"} if config.llm.tie_word_embeddings else set()
+    assign_weights(model, [(source, state_dict)], dtype=dtype, device=device, source=source, skip=tied)
+    model.llm.tie_weights()
+    model.llm.model.rotary_emb.reset_parameters(device)
+    check_nothing_on_meta(model, source=source)
+    return model.eval()
 
 
 def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: str) -> MFRSVLMConfig:
@@ -226,18 +182,13 @@ def load_from_parts(
         model = _build(cls, config, loaded, dtype=dtype, device=device, source=source)
         model.tokenizer_path = _parts_tokenizer(llava, llm)
         return model
-    model = cls(config)
-    expected = _expected_shapes(model)
-    if config.llm.tie_word_embeddings:
-        loaded.pop("llm.lm_head.weight", None)
-        expected.pop("llm.lm_head.weight", None)
+    model = cls(config)  # built for real: the injectors (and the projector without LLaVA) start random
     if projector_state is not None:
         loaded.update({"projector." + key: value for key, value in projector_state.items()})
-    required = {key: shape for key, shape in expected.items() if key.startswith(("vision_tower.", "llm."))}
-    if projector_state is not None:
-        required.update({key: shape for key, shape in expected.items() if key.startswith("projector.")})
-    check_state_dict(required, loaded, source=source)
-    model.load_state_dict(loaded, strict=False)
+    parts_prefixes = ("vision_tower.", "llm.", "projector.") if projector_state is not None else ("vision_tower.", "llm.")
+    tied = {"llm.lm_head.weight"} if config.llm.tie_word_embeddings else set()
+    required = [key for key in model.state_dict() if key.startswith(parts_prefixes) and key not in tied]
+    assign_weights(model, [(source, loaded)], dtype=None, device=None, source=source, required=required, skip=tied)
     model.llm.tie_weights()
     model.tokenizer_path = _parts_tokenizer(llava, llm)
     model = model.to(device=device)
