@@ -7,6 +7,9 @@ from test_canvas import PatchMeanTower
 
 from rsfuse.encoders import MultiScaleCanvas
 from rsfuse.fusion import MLPProjector
+from rsfuse.injection.gated import GatedInjector
+from rsfuse.injection.router import Router
+from rsfuse.injection.visual import VisualContext
 
 
 # --------------------------------------------------------------------------------------------- fusion/projector.py
@@ -25,3 +28,35 @@ def test_canvas_size_zero_is_named():
     tower = PatchMeanTower(patch_size=2, depth=6, width=3)
     with pytest.raises(ValueError, match="canvas_size 0 is not a positive multiple of the patch size 2"):
         MultiScaleCanvas(tower, canvas_size=0, base_window=16, layers=(2, 4))
+
+
+def test_canvas_layer_minus_depth_plus_one_is_the_embeddings_and_defaults_are_the_papers():
+    tower = PatchMeanTower(patch_size=2, depth=6, width=3)
+    # -(depth + 1) is hidden state 0; `index + depth + 1` → `index % depth + 1` would give 6
+    assert MultiScaleCanvas(tower, canvas_size=32, base_window=16, layers=(-7, -1)).layers == (0, 6)
+    paper = MultiScaleCanvas(PatchMeanTower(patch_size=14, depth=24, width=3))
+    assert paper.layers == (8, 16, 24) and paper.canvas_size == 672
+
+
+def test_canvas_base_window_zero_and_wide_pixels_are_named():
+    tower = PatchMeanTower(patch_size=2, depth=6, width=3)
+    with pytest.raises(ValueError, match="base_window 0 is not a positive multiple of the patch size 2"):
+        MultiScaleCanvas(tower, canvas_size=32, base_window=0, layers=(2, 4))
+    canvas = MultiScaleCanvas(tower, canvas_size=32, base_window=16, layers=(1,))
+    with pytest.raises(ValueError, match=r"pixels must be square, got \(1, 3, 16, 32\)"):
+        canvas(torch.randn(1, 3, 16, 32))  # wider than tall: `!=` → `<` would let it through
+
+
+# --------------------------------------------------------------------------------------------- injection/gated.py
+def test_injector_rejects_a_narrower_router():
+    with pytest.raises(ValueError, match="router.dim 4 differs from the injector's dim 8"):
+        GatedInjector(8, router=Router(4))  # `!=` → `>` would accept a router narrower than the injector
+
+
+# --------------------------------------------------------------------------------------------- injection/visual.py
+def test_visual_context_counts_the_slice_and_takes_many_positions():
+    with pytest.raises(ValueError, match=r"covers 3 positions but the stacks hold 4 tokens"):
+        VisualContext(stacks=torch.zeros(1, 4, 2), visual_slice=slice(2, 5))
+    # 300 visual tokens: above CPython's small-int cache, so `!=` → `is not` would reject matching positions
+    context = VisualContext(stacks=torch.zeros(1, 300, 2), positions=torch.arange(300)[None])
+    assert context.positions.shape == (1, 300)
