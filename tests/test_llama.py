@@ -235,7 +235,7 @@ def test_layers_take_hidden_states_first_and_hooks_can_edit_them():
         handle = model.model.layers[1].register_forward_pre_hook(shift_first_token, with_kwargs=True)
         after = model(ids).logits
         handle.remove()
-    assert seen == [(torch.Size([2, 5, 64]), ["attention_mask", "cache", "position_embeddings", "position_ids"])]
+    assert seen == [(torch.Size([2, 5, 64]), ["attention_mask", "cache", "position_embeddings", "position_ids", "weights_out"])]
     assert not torch.allclose(before[:, 0], after[:, 0])
 
 
