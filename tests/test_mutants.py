@@ -53,6 +53,23 @@ def test_injector_rejects_a_narrower_router():
         GatedInjector(8, router=Router(4))  # `!=` → `>` would accept a router narrower than the injector
 
 
+def test_injector_dim_checks_and_five_dimensional_detail_with_a_router():
+    with pytest.raises(ValueError, match="dim must be a positive int, got 2.5"):
+        GatedInjector(2.5)  # `or not isinstance` → `and not isinstance`
+    one = GatedInjector(1)  # dim 1 is valid (`dim < 1` → `dim < 2` would reject it)
+    assert one(torch.randn(2, 3, 1), torch.randn(2, 3, 1)).shape == (2, 3, 1)
+    routed = GatedInjector(4, router=Router(4))
+    with pytest.raises(ValueError, match=r"with a router, detail must be stacks \[B, K, N, D\], got \(2, 1, 3, 5, 4\)"):
+        routed(torch.randn(2, 5, 4), torch.randn(2, 1, 3, 5, 4))  # `ndim != 4` → `ndim < 4`
+
+
+# --------------------------------------------------------------------------------------------- injection/router.py
+def test_router_rejects_stacks_with_a_smaller_batch():
+    router = Router(4)
+    with pytest.raises(ValueError, match=r"Router: stacks \(1, 3, 5, 4\) do not match hidden \(2, 5, 4\)"):
+        router(torch.randn(2, 5, 4), torch.randn(1, 3, 5, 4))  # `!=` → `>` on the batch would broadcast it
+
+
 # --------------------------------------------------------------------------------------------- injection/visual.py
 def test_visual_context_counts_the_slice_and_takes_many_positions():
     with pytest.raises(ValueError, match=r"covers 3 positions but the stacks hold 4 tokens"):
