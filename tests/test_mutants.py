@@ -6,6 +6,7 @@ import torch
 from test_canvas import PatchMeanTower
 
 from rsfuse.encoders import MultiScaleCanvas
+from rsfuse.encoders.stitch import stitch_windows
 from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router
@@ -45,6 +46,13 @@ def test_canvas_base_window_zero_and_wide_pixels_are_named():
     canvas = MultiScaleCanvas(tower, canvas_size=32, base_window=16, layers=(1,))
     with pytest.raises(ValueError, match=r"pixels must be square, got \(1, 3, 16, 32\)"):
         canvas(torch.randn(1, 3, 16, 32))  # wider than tall: `!=` → `<` would let it through
+
+
+# --------------------------------------------------------------------------------------------- encoders/stitch.py
+def test_stitch_names_too_few_windows():
+    windows = torch.randn(1, 1, 3, 4, 4, 2)  # 3 windows where per_side=2 needs 4
+    with pytest.raises(ValueError, match=r"got 3 windows, expected per_side² = 4"):
+        stitch_windows(windows, per_side=2, stride=2, canvas_side=6, blend="hann")
 
 
 # --------------------------------------------------------------------------------------------- injection/gated.py
