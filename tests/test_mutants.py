@@ -49,10 +49,14 @@ def test_canvas_base_window_zero_and_wide_pixels_are_named():
 
 
 # --------------------------------------------------------------------------------------------- encoders/stitch.py
-def test_stitch_names_too_few_windows():
-    windows = torch.randn(1, 1, 3, 4, 4, 2)  # 3 windows where per_side=2 needs 4
-    with pytest.raises(ValueError, match=r"got 3 windows, expected per_side² = 4"):
-        stitch_windows(windows, per_side=2, stride=2, canvas_side=6, blend="hann")
+def test_stitch_names_too_few_windows_and_takes_many():
+    windows = torch.randn(1, 1, 8, 4, 4, 2)  # 8 windows where per_side=3 needs 9 (3 + 3 and 3 - 3 would not be 9)
+    with pytest.raises(ValueError, match=r"got 8 windows, expected per_side² = 9"):
+        stitch_windows(windows, per_side=3, stride=2, canvas_side=8, blend="hann")
+    # 17² = 289 one-token windows at stride 1: above CPython's small-int cache, `!=` → `is not` would reject them
+    many = torch.randn(1, 1, 289, 1, 1, 2)
+    canvas = stitch_windows(many, per_side=17, stride=1, canvas_side=17, blend="mean")
+    torch.testing.assert_close(canvas[0, 0].reshape(289, 2), many[0, 0, :, 0, 0])
 
 
 # --------------------------------------------------------------------------------------------- injection/gated.py
