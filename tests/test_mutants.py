@@ -7,10 +7,13 @@ from test_canvas import PatchMeanTower
 
 from rsfuse.encoders import MultiScaleCanvas
 from rsfuse.encoders.stitch import stitch_windows
+from rsfuse.encoders.windows import plan_window_grid
 from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router
 from rsfuse.injection.visual import VisualContext
+from rsfuse.llm.config import LlamaConfig
+from rsfuse.llm.layers import LlamaAttention
 
 
 # --------------------------------------------------------------------------------------------- fusion/projector.py
@@ -59,6 +62,13 @@ def test_stitch_names_too_few_windows_and_takes_many():
     torch.testing.assert_close(canvas[0, 0].reshape(289, 2), many[0, 0, :, 0, 0])
 
 
+# --------------------------------------------------------------------------------------------- encoders/windows.py
+def test_fractional_window_is_named_with_its_pixels():
+    # 16 × 0.3 = 4.8 px; `> 1e-6` → `== 1e-6` would let it through to a later, different error
+    with pytest.raises(ValueError, match=r"window scale 0.3 gives a window of 4.8\d* px \(base_window 16 × 0.3\)"):
+        plan_window_grid(scale=0.3, canvas_size=32, base_window=16, patch_size=2)
+
+
 # --------------------------------------------------------------------------------------------- injection/gated.py
 def test_injector_rejects_a_narrower_router():
     with pytest.raises(ValueError, match="router.dim 4 differs from the injector's dim 8"):
@@ -89,3 +99,11 @@ def test_visual_context_counts_the_slice_and_takes_many_positions():
     # 300 visual tokens: above CPython's small-int cache, so `!=` → `is not` would reject matching positions
     context = VisualContext(stacks=torch.zeros(1, 300, 2), positions=torch.arange(300)[None])
     assert context.positions.shape == (1, 300)
+
+
+# --------------------------------------------------------------------------------------------- llm/layers.py
+def test_attention_options_are_keyword_only():
+    attention = LlamaAttention(LlamaConfig.tiny(), layer_index=0)
+    hidden = torch.randn(1, 3, LlamaConfig.tiny().hidden_size)
+    with pytest.raises(TypeError, match="positional argument"):  # `*` → `/` in the signature would accept them positionally
+        attention(hidden, (hidden, hidden), None)
