@@ -10,7 +10,7 @@ from rsfuse.encoders.stitch import stitch_windows
 from rsfuse.encoders.windows import plan_window_grid
 from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
-from rsfuse.injection.router import Router
+from rsfuse.injection.router import Router, check_stacks
 from rsfuse.injection.visual import VisualContext
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.layers import LlamaAttention
@@ -87,9 +87,9 @@ def test_injector_dim_checks_and_five_dimensional_detail_with_a_router():
 
 # --------------------------------------------------------------------------------------------- injection/router.py
 def test_router_rejects_stacks_with_a_smaller_batch():
-    router = Router(4)
+    # called directly: with RSFUSE_TYPECHECK=1 the forward's shape annotations would reject it first
     with pytest.raises(ValueError, match=r"Router: stacks \(1, 3, 5, 4\) do not match hidden \(2, 5, 4\)"):
-        router(torch.randn(2, 5, 4), torch.randn(1, 3, 5, 4))  # `!=` → `>` on the batch would broadcast it
+        check_stacks(torch.randn(2, 5, 4), torch.randn(1, 3, 5, 4), 4, "Router")  # `!=` → `>` on the batch
 
 
 # --------------------------------------------------------------------------------------------- injection/visual.py
