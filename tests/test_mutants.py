@@ -8,6 +8,7 @@ from test_canvas import PatchMeanTower
 from rsfuse.encoders import MultiScaleCanvas
 from rsfuse.encoders.stitch import stitch_windows
 from rsfuse.encoders.windows import plan_window_grid
+from rsfuse.eval.matching import lenient_match
 from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router, check_stacks
@@ -69,6 +70,12 @@ def test_fractional_window_is_named_with_its_pixels():
         plan_window_grid(scale=0.3, canvas_size=32, base_window=16, patch_size=2)
 
 
+def test_odd_token_side_stride_is_named():
+    # 12 px / patch 2 = 6 tokens; scale 0.5 → 3 tokens (6 px): stride 1 token ≠ 3 px (`or` → `and` would accept it)
+    with pytest.raises(ValueError, match="token side 3 gives a stride of 1 tokens"):
+        plan_window_grid(scale=0.5, canvas_size=24, base_window=12, patch_size=2)
+
+
 # --------------------------------------------------------------------------------------------- injection/gated.py
 def test_injector_rejects_a_narrower_router():
     with pytest.raises(ValueError, match="router.dim 4 differs from the injector's dim 8"):
@@ -99,6 +106,20 @@ def test_visual_context_counts_the_slice_and_takes_many_positions():
     # 300 visual tokens: above CPython's small-int cache, so `!=` → `is not` would reject matching positions
     context = VisualContext(stacks=torch.zeros(1, 300, 2), positions=torch.arange(300)[None])
     assert context.positions.shape == (1, 300)
+
+
+def test_router_names_a_four_dimensional_hidden():
+    with pytest.raises(ValueError, match=r"Router: hidden must be \[B, N, 4\], got \(1, 2, 5, 4\)"):
+        check_stacks(torch.randn(1, 2, 5, 4), torch.randn(1, 3, 5, 4), 4, "Router")  # `ndim != 3` → `ndim < 3`
+
+
+# --------------------------------------------------------------------------------------------- eval/matching.py
+def test_lenient_colour_rule_only_for_object_colour_and_token_subset_matches():
+    # the base-colour rule is for "object color" only (`==` → `<=` would apply it to no question type, "" < "object")
+    assert not lenient_match("green car", "light green")
+    assert lenient_match("green car", "light green", "object color")
+    # every answer token among the prediction's, in another order (`<=` → `>` would miss it)
+    assert lenient_match("red and big", "big red")
 
 
 # --------------------------------------------------------------------------------------------- llm/layers.py
