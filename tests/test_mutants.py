@@ -13,6 +13,7 @@ from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router, check_stacks
 from rsfuse.injection.visual import VisualContext
+from rsfuse.llm import LlamaForCausalLM, StaticKVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.layers import LlamaAttention
 
@@ -128,3 +129,20 @@ def test_attention_options_are_keyword_only():
     hidden = torch.randn(1, 3, LlamaConfig.tiny().hidden_size)
     with pytest.raises(TypeError, match="positional argument"):  # `*` → `/` in the signature would accept them positionally
         attention(hidden, (hidden, hidden), None)
+
+
+# --------------------------------------------------------------------------------------------- llm/cache.py
+def test_static_cache_chunk_and_steps_without_mask_equal_the_full_forward():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(3))
+    cache = StaticKVCache.for_model(model.config, batch_size=2, max_length=12, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :4], past_key_values=cache, use_cache=True).logits
+        # a multi-token step after the prefill: its causal bound is `slot <= write position` (`>` would invert it)
+        chunk = model(ids[:, 4:7], past_key_values=cache, use_cache=True).logits
+        # one-token steps without an attention mask mark their slot real (the mask-None branch of `begin`)
+        rest = [model(ids[:, i : i + 1], past_key_values=cache, use_cache=True).logits for i in range(7, 9)]
+    torch.testing.assert_close(torch.cat([first, chunk, *rest], dim=1), full, atol=2e-5, rtol=1e-5)
+    assert cache.lengths.tolist() == [9, 9] and cache.key_mask[:, :9].all() and not cache.key_mask[:, 9:].any()
