@@ -109,6 +109,11 @@ def test_visual_context_counts_the_slice_and_takes_many_positions():
     assert context.positions.shape == (1, 300)
 
 
+def test_router_of_width_one_is_valid():
+    weights = Router(1)(torch.randn(2, 3, 1), torch.randn(2, 4, 3, 1))[1]  # `dim < 1` → `dim <= 1` would reject it
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2))
+
+
 def test_router_names_a_four_dimensional_hidden():
     with pytest.raises(ValueError, match=r"Router: hidden must be \[B, N, 4\], got \(1, 2, 5, 4\)"):
         check_stacks(torch.randn(1, 2, 5, 4), torch.randn(1, 3, 5, 4), 4, "Router")  # `ndim != 3` → `ndim < 3`
@@ -146,3 +151,13 @@ def test_static_cache_chunk_and_steps_without_mask_equal_the_full_forward():
         rest = [model(ids[:, i : i + 1], past_key_values=cache, use_cache=True).logits for i in range(7, 9)]
     torch.testing.assert_close(torch.cat([first, chunk, *rest], dim=1), full, atol=2e-5, rtol=1e-5)
     assert cache.lengths.tolist() == [9, 9] and cache.key_mask[:, :9].all() and not cache.key_mask[:, 9:].any()
+
+
+def test_static_cache_overflow_is_caught_after_the_prefill():
+    model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
+    cache = StaticKVCache.for_model(model.config, batch_size=1, max_length=4, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 3)), past_key_values=cache, use_cache=True)
+        # `end` counts the prefill's 3 positions (`if track_fill` → `if not track_fill` would forget them)
+        with pytest.raises(ValueError, match="3 \\+ 2 positions exceed max_length 4"):
+            model(torch.randint(0, 256, (1, 2)), past_key_values=cache, use_cache=True)
