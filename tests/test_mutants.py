@@ -3,6 +3,7 @@ mutant and passes on the real code. Grouped by the module whose mutant they kill
 
 import pytest
 import torch
+from factories.mfrsvlm import make_model
 from test_canvas import PatchMeanTower
 
 from rsfuse.encoders import MultiScaleCanvas
@@ -161,3 +162,14 @@ def test_static_cache_overflow_is_caught_after_the_prefill():
         # `end` counts the prefill's 3 positions (`if track_fill` → `if not track_fill` would forget them)
         with pytest.raises(ValueError, match="3 \\+ 2 positions exceed max_length 4"):
             model(torch.randint(0, 256, (1, 2)), past_key_values=cache, use_cache=True)
+
+
+# --------------------------------------------------------------------------------------------- model/generation.py
+def test_compiled_session_is_reused_for_the_same_shape_only():
+    from rsfuse.model.generation import _session_for
+
+    model = make_model()
+    first = _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0)
+    # same key: the cached session comes back (`cached[0] == key` → `<` would build a new one, and recompile)
+    assert _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0) is first
+    assert _session_for(model, batch=2, max_length=128, compile=True, generator=None, pad=0) is not first
