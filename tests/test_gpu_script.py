@@ -78,7 +78,7 @@ def test_paper_pass_flops_match_the_issue():
     """One ViT-L/14-336 pass ≈ 381 GFLOP of matmuls; 59 of them ≈ 22.5 TFLOP per image."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import gpu_paper_scale as script
+        from paper_scale import authors as script
     finally:
         sys.path.remove(str(SCRIPT.parent))
     from rsfuse import MFRSVLMConfig
