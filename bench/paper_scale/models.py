@@ -1,4 +1,5 @@
-"""Random paper-scale models built on the device: rsfuse's MF-RSVLM, transformers' LLaVA-1.5 and CLIP sharing its weights."""
+"""Random paper-scale models built on the device: rsfuse's MF-RSVLM, and transformers' LLaVA-1.5 and CLIP
+sharing its weights."""
 
 import contextlib
 import dataclasses

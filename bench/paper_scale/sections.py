@@ -10,8 +10,24 @@ from torch import nn
 
 from rsfuse import MFRSVLM, MFRSVLMConfig
 from rsfuse.model.generation import GenerationSession, SamplingParams
-from paper_scale.authors import authors_stage_for, detail_flops_per_image, hf_all_hidden_states, relative_difference, vit_pass_flops
-from paper_scale.common import AUTHORS_REAL_CODE, PAPER_PASS_GFLOP, Recorder, SYSTEMS, median_seconds, peak_gib, release, rounded, synchronize
+from paper_scale.authors import (
+    authors_stage_for,
+    detail_flops_per_image,
+    hf_all_hidden_states,
+    relative_difference,
+    vit_pass_flops,
+)
+from paper_scale.common import (
+    AUTHORS_REAL_CODE,
+    PAPER_PASS_GFLOP,
+    Recorder,
+    SYSTEMS,
+    median_seconds,
+    peak_gib,
+    release,
+    rounded,
+    synchronize,
+)
 from paper_scale.models import build_llava_hf, llava_shaped, random_mfrsvlm
 
 
