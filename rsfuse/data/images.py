@@ -277,6 +277,26 @@ def _composite(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def _open_image(path: Path) -> tuple[Image.Image | None, bool]:
+    """``(PIL's lazy image, is a TIFF)``; the image is None for a TIFF PIL cannot identify (tifffile reads it).
+    A missing file, a decompression bomb, an unrecognised format or an unopenable file is an `ImageLoadError`."""
+    if not path.is_file():
+        raise ImageLoadError(path, "file not found")
+    tiff = _is_tiff(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path), tiff
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
+    except UnidentifiedImageError:
+        if tiff:
+            return None, tiff
+        raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
+    except OSError as error:
+        raise ImageLoadError(path, f"cannot open ({error})") from None
+
+
 def load_image(
     path: "str | Path",
     *,
@@ -288,21 +308,9 @@ def load_image(
     bands of a multi-band file (required for TIFFs with more than 3 colour bands). ``multiband_bands`` is used only
     for images with more than 3 colour bands, the others load as usual (a data set mixing both: ``data.bands``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(path, "file not found")
-    tiff = _is_tiff(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
-    except UnidentifiedImageError:
-        if tiff:
-            return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
-        raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
-    except OSError as error:
-        raise ImageLoadError(path, f"cannot open ({error})") from None
+    image, tiff = _open_image(path)
+    if image is None:
+        return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
     with image:
         _check_pixels(path, image.width, image.height, max_pixels)
         if tiff and (_is_multiband_tiff(image) or _is_deep_multisample_tiff(image)):
@@ -334,21 +342,7 @@ def probe_image(
     missing file, an unreadable header, an empty or over-``max_pixels`` image, or a multi-band TIFF without
     ``bands``. Data corrupt beyond the header is only found by `load_image`."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(path, "file not found")
-    tiff = _is_tiff(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
-    except UnidentifiedImageError:
-        if not tiff:
-            raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
-        image = None
-    except OSError as error:
-        raise ImageLoadError(path, f"cannot open ({error})") from None
+    image, tiff = _open_image(path)
     if image is not None:
         with image:
             width, height = image.size
