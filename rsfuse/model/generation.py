@@ -168,6 +168,7 @@ class GenerationSession:
         if len(free) < batch:
             raise ValueError(f"GenerationSession.add: {batch} prompts but only {len(free)} free rows")
         model = self.model
+        model.check_token_ids(input_ids, attention_mask)
         layout, embeds, injection = model.prefill_inputs(
             pixel_values, input_ids, attention_mask, image_mask=image_mask, padding_side="left"
         )
@@ -391,6 +392,7 @@ def _generate_without_cache(model, pixel_values, input_ids, attention_mask, para
     top_p = torch.full((batch,), float(params.top_p), device=ids.device)
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     generated = []
+    model.check_token_ids(ids, mask)
     for _ in range(params.max_new_tokens):
         layout, embeds, injection = model.prefill_inputs(
             pixel_values, ids, mask, image_mask=image_mask, padding_side="left"

@@ -239,7 +239,6 @@ class MFRSVLM(nn.Module):
             raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         if self.config.image_token_index >= 0:  # an in-vocabulary image token (llava-hf): LLaVA's −200 means it too
             input_ids = input_ids.masked_fill(input_ids == LLAVA_IMAGE_PLACEHOLDER, self.config.image_token_index)
-        self._check_token_ids(input_ids, attention_mask)
         return layout_sequence(
             input_ids,
             attention_mask,
@@ -252,10 +251,11 @@ class MFRSVLM(nn.Module):
             padding_side=padding_side,
         )
 
-    def _check_token_ids(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
-        """A ValueError naming the first id outside the vocabulary (one host sync)."""
+    def check_token_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> None:
+        """A ValueError naming the first id outside the vocabulary (one host sync: generation calls it once per
+        prefill; the training forward does not)."""
         vocab = self.config.llm.vocab_size
-        text = input_ids != self.config.image_token_index
+        text = (input_ids != self.config.image_token_index) & (input_ids != LLAVA_IMAGE_PLACEHOLDER)
         if attention_mask is not None:
             text = text & attention_mask.to(torch.bool)
         bad = text & ((input_ids < 0) | (input_ids >= vocab))
