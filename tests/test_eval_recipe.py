@@ -184,7 +184,7 @@ def _expected_answers(model_dir: Path, records, *, max_new_tokens: int, blank: b
     greedy, cut at EOS and decoded. ``blank`` feeds all-zero pixels instead of the image."""
     import torch
 
-    from rsfuse.data.images import ImageProcessor
+    from rsfuse.data import ImageProcessor
     from rsfuse.llm.templates import build_prompt, tokenize_prompt
 
     model = MFRSVLM.from_pretrained(model_dir)

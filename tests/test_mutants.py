@@ -166,7 +166,7 @@ def test_static_cache_overflow_is_caught_after_the_prefill():
 
 # --------------------------------------------------------------------------------------------- model/generation.py
 def test_compiled_session_is_reused_for_the_same_shape_only():
-    from rsfuse.model.generation import _session_for
+    from rsfuse.model.decoding import _session_for
 
     model = make_model()
     first = _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0)

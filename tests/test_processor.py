@@ -14,7 +14,7 @@ from factories.tokenizer import tiny_tokenizer, tiny_tokenizer_dir
 from PIL import Image
 
 import rsfuse
-from rsfuse.data.images import ImageProcessor
+from rsfuse.data import ImageProcessor
 from rsfuse.llm.templates import IGNORE_INDEX, build_prompt, tokenize_conversation, tokenize_prompt
 from rsfuse.model import MFRSVLM
 from rsfuse.model.predict import answer
@@ -128,6 +128,32 @@ def test_labels_for_training(model, processor):
     trained = inputs["labels"][inputs["labels"] != IGNORE_INDEX]
     assert processor.decode(trained) == "An airport."
     assert torch.isfinite(model(**inputs).loss)
+
+
+@pytest.mark.parametrize("placement", ["prefix", "token"])
+def test_training_collate_is_the_processors_layout(tmp_path, placement):
+    """The training collate (``processor.collator()``) lays out a batch of dataset samples exactly as the processor
+    lays out the same conversations, and the model's loss on it equals its loss on the raw padded batch."""
+    from factories.instructions import TINY_RECORDS, write_tiny_instructions
+    from rsfuse.data import InstructionDataset, collate
+
+    model = make_model(0, image_placement=placement)
+    processor = MFRSVLMProcessor.from_model(model, tiny_tokenizer())
+    json_path, image_root = write_tiny_instructions(tmp_path)
+    dataset = InstructionDataset(json_path, image_root=image_root, tokenizer=tiny_tokenizer(), template="vicuna_v1",
+                                 processor=processor.image_processor, max_length=256)
+    rows = [0, 2, 1]  # image, text-only, image
+    samples = [dataset[row] for row in rows]
+    batch = processor.collator()(samples)
+    conversations = [TINY_RECORDS[row]["conversations"] for row in rows]
+    images = [Image.open(dataset.image_path(TINY_RECORDS[row])) if "image" in TINY_RECORDS[row] else None
+              for row in rows]
+    expected = processor(images=images, text=conversations, return_labels=True, padding_side="right")
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values", "image_mask"):
+        assert torch.equal(batch[key], expected[key]), key
+    raw = collate(samples, pad_id=model.pad_token_id)
+    assert not torch.equal(raw["input_ids"], batch["input_ids"])  # the raw batch is not laid out
+    assert torch.equal(model(**batch).loss, model(**raw).loss)
 
 
 # ----- conversations ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from PIL import Image
 
 from rsfuse.eval import get_task, synthetic_scores
 from rsfuse.synthetic.benchmark import generate, load_scenes, main
-from rsfuse.synthetic.layouts import make_scene
+from rsfuse.synthetic.placement import make_scene
 from rsfuse.synthetic.questions import ask_questions
 from rsfuse.synthetic.render import render_scene
 from rsfuse.synthetic.scene import SCENE_CLASSES, Scene

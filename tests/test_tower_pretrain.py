@@ -12,7 +12,7 @@ from rsfuse.synthetic.benchmark import generate
 from rsfuse.recipes.config import ConfigError
 from rsfuse.recipes.train_args import load_config
 from rsfuse.train.setup import build_model_config, load_tower_weights
-from rsfuse.data.images import ImageProcessor
+from rsfuse.data import ImageProcessor
 from rsfuse.encoders.windows import resize_to
 from rsfuse.synthetic.tower_pretrain import (
     LABELS,

@@ -5,10 +5,10 @@ from rsfuse.data.images import (
     CLIP_STD,
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
-    ImageProcessor,
     load_image,
     stretch_to_uint8,
 )
+from rsfuse.data.preprocess import ImageProcessor
 from rsfuse.data.instructions import (
     InstructionDataError,
     InstructionDataset,

@@ -40,7 +40,7 @@ from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualCont
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.generation import generate
+from rsfuse.model.decoding import generate
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
 __all__ = ["LLAVA_IMAGE_PLACEHOLDER", "MFRSVLM", "MFRSVLMOutput"]

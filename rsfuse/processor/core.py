@@ -33,10 +33,11 @@ from typing import Any
 
 import torch
 
-from rsfuse.data.images import CLIP_MEAN, CLIP_STD, ImageProcessor
+from rsfuse.data.images import CLIP_MEAN, CLIP_STD
+from rsfuse.data.preprocess import ImageProcessor
 from rsfuse.llm.templates import IGNORE_INDEX, ConversationTemplate, get_template, tokenize_conversation, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
-from rsfuse.model.layout import layout_sequence
+from rsfuse.processor.batch import SampleCollator, layout_batch
 from rsfuse.processor.images import to_image
 from rsfuse.processor.prompts import DEFAULT_TEMPLATE, prompt_text, template_and_rounds
 from rsfuse.processor.settings import (
@@ -219,6 +220,15 @@ class MFRSVLMProcessor:
         """``[B, 3, S, S]`` normalised pixels of ``images`` (PIL images, arrays or paths)."""
         return torch.stack([self.image_processor(to_image(image, f"images[{i}]")) for i, image in enumerate(images)])
 
+    def _layout_settings(self) -> dict[str, Any]:
+        return {"num_visual_tokens": self.num_visual_tokens, "image_token_index": self.image_token_index,
+                "pad_token_id": self.pad_token_id, "placement": self.image_placement}
+
+    def collator(self, padding_side: str = "right") -> SampleCollator:
+        """The training collate: `rsfuse.data.InstructionSample`s → a batch laid out as :meth:`__call__` lays it out
+        (``image_mask`` always present, ``labels`` included; see `rsfuse.processor.batch.SampleCollator`)."""
+        return SampleCollator(padding_side=padding_side, **self._layout_settings())
+
     # ----- text ------------------------------------------------------------------------------------------------
     @staticmethod
     def _batch_texts(text: Any) -> list[Any]:
@@ -300,7 +310,7 @@ class MFRSVLMProcessor:
                 sample, index, has_image=with_image, add_generation_prompt=add_generation_prompt,
                 return_labels=return_labels,
             )
-            ids.append([self.image_token_index if token == IMAGE_TOKEN_INDEX else token for token in sample_ids])
+            ids.append(sample_ids)
             labels.append(sample_labels)
         width = max(len(row) for row in ids)
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
@@ -313,17 +323,8 @@ class MFRSVLMProcessor:
                 label_tensor[row, : len(sample_ids)] = torch.tensor(labels[row], dtype=torch.long)
         any_image = any(has_image)
         image_mask = torch.tensor(has_image, dtype=torch.bool) if any_image else None
-        layout = layout_sequence(
-            input_ids,
-            attention_mask,
-            label_tensor,
-            image_mask=image_mask,
-            num_visual_tokens=self.num_visual_tokens,
-            image_token_id=self.image_token_index,
-            pad_token_id=self.pad_token_id,
-            placement=self.image_placement,
-            padding_side=padding_side,
-        )
+        laid_out = layout_batch(input_ids, attention_mask, label_tensor, image_mask, padding_side=padding_side,
+                                **self._layout_settings())
         pixel_values = None
         if any_image:
             size = self.image_size
@@ -332,12 +333,12 @@ class MFRSVLMProcessor:
                 if image is not None:
                     pixel_values[row] = self.image_processor(to_image(image, f"images[{row}]"))
         out = ProcessorInputs(
-            pixel_values=pixel_values, input_ids=layout.input_ids, attention_mask=layout.attention_mask.long()
+            pixel_values=pixel_values, input_ids=laid_out["input_ids"], attention_mask=laid_out["attention_mask"]
         )
         if any_image and not all(has_image):
             out["image_mask"] = image_mask
         if return_labels:
-            out["labels"] = layout.labels
+            out["labels"] = laid_out["labels"]
         return out
 
     # ----- decoding ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The synthetic remote-sensing benchmark, in one place: scenes (`scene`), their layouts (`layouts`), rendering
-(`render`), questions (`questions`), the benchmark writer and ``rsfuse synth`` (`benchmark`), and the tower
+"""The synthetic remote-sensing benchmark, in one place: scenes (`scene`), their layouts (`layouts`) and small
+objects (`placement`), rendering (`render`), questions (`questions`), the benchmark writer and ``rsfuse synth`` (`benchmark`), and the tower
 pretraining on its per-patch labels (`tower_pretrain`), and the evaluation task ``synthetic`` (`task`: reader and
 `SYNTHETIC_TASK`, registered in the evaluation registry when it is first read; scorer `rsfuse.eval.synthetic_scores`).
 
@@ -8,7 +8,7 @@ pretraining (imported when first used); `rsfuse.eval` for the task (`rsfuse.synt
 """
 
 from rsfuse.synthetic.benchmark import IDENTITY_DEFAULTS, generate, load_scenes
-from rsfuse.synthetic.layouts import make_scene
+from rsfuse.synthetic.placement import make_scene
 from rsfuse.synthetic.questions import QUESTION_TYPES, SMALL_OBJECT_TYPES, ask_questions
 from rsfuse.synthetic.render import render_scene
 from rsfuse.synthetic.scene import COLOUR_NAMES, OBJECT_KINDS, QUADRANTS, SCENE_CLASSES, Scene

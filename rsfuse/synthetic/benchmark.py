@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rsfuse.synthetic.layouts import make_scene, object_sides
+from rsfuse.synthetic.placement import make_scene, object_sides
 from rsfuse.synthetic.questions import QUESTION_TYPES, SMALL_OBJECT_TYPES, ask_questions
 from rsfuse.synthetic.render import render_scene
 from rsfuse.synthetic.scene import (

@@ -1,7 +1,7 @@
 """Scene descriptions of the synthetic remote-sensing benchmark: vocabularies, dataclasses, region geometry.
 
 A scene is pure, JSON-serialisable data: a scene class, a terrain, large structures painted in order, and small objects
-with pixel boxes. ``synthetic_layouts.make_scene`` draws one at random; ``synthetic_render.render_scene`` turns it into
+with pixel boxes. ``placement.make_scene`` draws one at random; ``render.render_scene`` turns it into
 pixels (a pure function of the description). Boxes are ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive.
 """
 

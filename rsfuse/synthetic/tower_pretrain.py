@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from rsfuse.checkpoints.clip import save_clip_vision
-from rsfuse.data.images import ImageProcessor
+from rsfuse.data.preprocess import ImageProcessor
 from rsfuse.synthetic.scene import COLOUR_NAMES, OBJECT_KINDS
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.encoders.clip_config import CLIPVisionConfig

@@ -71,7 +71,8 @@ def _supervised_tokens(batch: dict) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def _text_tokens(batch: dict) -> int:
+def _sequence_tokens(batch: dict) -> int:
+    """Tokens the decoder reads: the attention mask of the laid-out batch (visual tokens included)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
@@ -180,7 +181,7 @@ class Trainer:
         context = self.context
         device = context.device
         counts = torch.tensor([float(_supervised_tokens(b)) for b in micro_batches] + [0.0])
-        counts[-1] = sum(_text_tokens(b) for b in micro_batches)
+        counts[-1] = sum(_sequence_tokens(b) for b in micro_batches)
         totals = all_reduce_sum(counts.to(device), context).cpu()
         total_supervised = float(totals[:-1].sum())
         if total_supervised == 0:

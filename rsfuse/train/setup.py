@@ -5,7 +5,6 @@ Each function takes the recipe's typed configuration (`rsfuse.recipes.train_args
 section it names) and raises `ConfigError` naming the key for a setting that cannot work.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -162,14 +161,17 @@ def prepare_tokenizer(config, context: DistributedContext, output_dir: Path):
 
 def build_datasets(data, tokenizer, model_config):
     """Training and validation `InstructionDataset` (``data`` = the recipe's ``data`` section) and the collate
-    function (right padding)."""
-    from rsfuse.data import ImageProcessor, InstructionDataset, collate
+    function: the model's `MFRSVLMProcessor` collator (right padding, sequences laid out as the processor lays them
+    out for generation and evaluation)."""
+    from rsfuse.data import InstructionDataset
+    from rsfuse.processor import MFRSVLMProcessor
 
+    processor = MFRSVLMProcessor.from_config(model_config, tokenizer, template=data.template)
     common = dict(
         image_root=data.image_root,
         tokenizer=tokenizer,
         template=data.template,
-        processor=ImageProcessor(model_config.input_size),
+        processor=processor.image_processor,
         max_length=data.max_length,
         skip_bad=data.skip_bad,
         image_length=model_config.num_visual_tokens,
@@ -178,7 +180,7 @@ def build_datasets(data, tokenizer, model_config):
     )
     train = InstructionDataset(data.json, **common)
     val = InstructionDataset(data.val_json, **common) if data.val_json else None
-    return train, val, functools.partial(collate, pad_id=tokenizer.pad_id)
+    return train, val, processor.collator(padding_side="right")
 
 
 def check_data(train_set, val_set, context: DistributedContext) -> dict:
