@@ -21,13 +21,19 @@ def test_mean_std_and_verdict():
     mean, std = ablate.mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)
     delta, word = ablate.verdict([0.5, 0.6, 0.7], [0.1, 0.2, 0.3])
-    assert delta == pytest.approx(40.0) and word.startswith("holds")
-    delta, word = ablate.verdict([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
-    assert delta == pytest.approx(-40.0) and word.startswith("does not hold: reversed")
-    _, word = ablate.verdict([0.50, 0.60, 0.40], [0.49, 0.61, 0.41])
-    assert word.startswith("not resolved")
+    # Worked by hand: std 10 points on each side, SE = sqrt(100/3 + 100/3) = 8.165.
+    assert delta == pytest.approx(40.0) and word == "holds (Δ > 2 standard errors, SE 8.2)"
+    delta, se, word = ablate.compare([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    assert delta == pytest.approx(-40.0) and se == pytest.approx(8.16497, abs=1e-4) and word == "reversed"
+    # Δ = −0.33 but SE 8.2: the interval is far wider than ±2 points.
+    assert ablate.compare([0.50, 0.60, 0.40], [0.49, 0.61, 0.41])[2] == "undecided"
+    # Δ = 50.5 − 50.2 = 0.3, SE = sqrt(0.25/3 + 0.21/3) = 0.392: Δ ± 2 SE = [−0.48, +1.08] inside ±2 points.
+    delta, se, word = ablate.compare([0.500, 0.505, 0.510], [0.497, 0.503, 0.506])
+    assert delta == pytest.approx(0.3) and se == pytest.approx(0.39158, abs=1e-4) and word == "negligible"
+    # Δ = 1.5 with the same SE: > 2 SE, so it holds (small, but beyond the seed noise).
+    assert ablate.compare([0.512, 0.517, 0.522], [0.497, 0.503, 0.506])[2] == "holds"
     _, word = ablate.verdict([0.3], [0.2])
-    assert word == "holds (1 seed, no noise estimate)"
+    assert word == "undecided (1 seed on a side: no noise estimate)"
     assert ablate.cell([0.5, 0.7]) == "60.0 ± 14.1" and ablate.cell([]) == "–"
 
 

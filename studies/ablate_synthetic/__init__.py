@@ -9,6 +9,7 @@ from .report import (  # noqa: F401
     SMALL_OBJECT_TYPES,
     cell,
     collect,
+    compare,
     kind_accuracies,
     load_run,
     machine,

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL_OBJECT_TYPES = SMALL_OBJECT_QUESTIONS
 OTHER_TYPES = OTHER_QUESTIONS
 
-__all__ = ["load_run", "kind_accuracies", "collect", "mean_std", "cell", "verdict", "machine", "write_report"]
+__all__ = ["load_run", "kind_accuracies", "collect", "mean_std", "cell", "compare", "verdict", "machine", "write_report"]
 
 
 def load_run(run_dir: Path) -> dict | None:
@@ -76,21 +76,38 @@ def cell(values: list[float]) -> str:
     mean, std = mean_std([100 * v for v in values])
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
-def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
-    """Difference of means (points) and whether the expected direction holds beyond seed noise: it holds (or is
-    reversed) when the difference exceeds twice its standard error over seeds, else it is not resolved."""
+NEGLIGIBLE_POINTS = 2.0  # a direction is negligible when the 95 % interval of Δ lies inside ± this many points
+
+
+def compare(better: list[float], worse: list[float]) -> tuple[float, float | None, str]:
+    """Δ = mean(better) − mean(worse) in points, its standard error over seeds (√(s₁²/n₁ + s₂²/n₂); None with one
+    seed on a side) and the verdict: *holds* / *reversed* when |Δ| > 2 SE, *negligible* when the 95 % interval
+    Δ ± 2 SE lies inside ±``NEGLIGIBLE_POINTS``, else *undecided* (more seeds needed)."""
     mean_b, std_b = mean_std([100 * v for v in better])
     mean_w, std_w = mean_std([100 * v for v in worse])
     delta = mean_b - mean_w
     if std_b is None or std_w is None:
-        return delta, ("holds (1 seed, no noise estimate)" if delta > 0 else
-                       "does not hold (1 seed, no noise estimate)")
-    noise = math.sqrt(std_b**2 / len(better) + std_w**2 / len(worse))
-    if delta > 2 * noise:
-        return delta, f"holds (Δ > 2 standard errors, SE {noise:.1f})"
-    if delta < -2 * noise:
-        return delta, f"does not hold: reversed (Δ < −2 standard errors, SE {noise:.1f})"
-    return delta, f"not resolved: within 2 standard errors of seed noise (SE {noise:.1f})"
+        return delta, None, "undecided (1 seed on a side: no noise estimate)"
+    se = math.sqrt(std_b**2 / len(better) + std_w**2 / len(worse))
+    if delta > 2 * se:
+        return delta, se, "holds"
+    if delta < -2 * se:
+        return delta, se, "reversed"
+    if abs(delta) + 2 * se < NEGLIGIBLE_POINTS:
+        return delta, se, "negligible"
+    return delta, se, "undecided"
+
+
+def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
+    """``compare`` as (Δ, one phrase with the standard error)."""
+    delta, se, word = compare(better, worse)
+    if se is None:
+        return delta, word
+    reason = {"holds": "Δ > 2 standard errors", "reversed": "Δ < −2 standard errors",
+              "negligible": f"Δ ± 2 SE inside ±{NEGLIGIBLE_POINTS:g} points",
+              "undecided": "within 2 standard errors, interval wider than "
+                           f"±{NEGLIGIBLE_POINTS:g} points: more seeds needed"}[word]
+    return delta, f"{word} ({reason}, SE {se:.1f})"
 
 def _tower_summary(out: Path) -> str:
     report = out / "shared" / "tower" / "pretrain.json"
@@ -193,10 +210,12 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         lines.append(f"| `{name}` | " + " | ".join(cell([row[t] for row in per_seed if t in row])
                                                    for t in SMALL_OBJECT_TYPES) + " |")
     lines += ["", "## Does the paper's ablation direction hold at this scale?", "",
-              "Δ = expected-better minus expected-worse, small-object accuracy in points (mean over seeds); a "
-              "direction *holds* when Δ exceeds twice its standard error over seeds (SE = √(s₁²/n₁ + s₂²/n₂)).", "",
-              "| expected better | expected worse | Δ small-object | Δ overall | claim | verdict |",
-              "|---|---|---|---|---|---|"]
+              "Δ = expected-better minus expected-worse, small-object accuracy in points (mean over seeds), SE its "
+              "standard error over seeds (√(s₁²/n₁ + s₂²/n₂)), interval Δ ± 2 SE (95 %, normal approximation). "
+              "A direction *holds* (or is *reversed*) when |Δ| > 2 SE; it is *negligible* when the interval lies "
+              f"inside ±{NEGLIGIBLE_POINTS:g} points; otherwise it is *undecided*.", "",
+              "| expected better | expected worse | Δ small-object | SE | 95 % interval | Δ overall | claim | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
     findings = []
     for better, worse, claim in COMPARISONS:
         if better not in args.variant_names or worse not in args.variant_names:
@@ -204,11 +223,16 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         rows_b = list(results.get(better, {}).values())
         rows_w = list(results.get(worse, {}).values())
         if not rows_b or not rows_w:
-            lines.append(f"| `{better}` | `{worse}` | – | – | {claim} | not run |")
+            lines.append(f"| `{better}` | `{worse}` | – | – | – | – | {claim} | not run |")
             continue
-        delta, word = verdict([r["small-object"] for r in rows_b], [r["small-object"] for r in rows_w])
-        delta_all, _ = verdict([r["overall"] for r in rows_b], [r["overall"] for r in rows_w])
-        lines.append(f"| `{better}` | `{worse}` | {delta:+.1f} | {delta_all:+.1f} | {claim} | {word} |")
+        small_b, small_w = [r["small-object"] for r in rows_b], [r["small-object"] for r in rows_w]
+        delta, se, _ = compare(small_b, small_w)
+        _, word = verdict(small_b, small_w)
+        delta_all, _, _ = compare([r["overall"] for r in rows_b], [r["overall"] for r in rows_w])
+        spread = "–" if se is None else f"{se:.1f}"
+        interval = "–" if se is None else f"[{delta - 2 * se:+.1f}, {delta + 2 * se:+.1f}]"
+        lines.append(f"| `{better}` | `{worse}` | {delta:+.1f} | {spread} | {interval} | {delta_all:+.1f} | {claim} | "
+                     f"{word.split(' (')[0]} |")
         findings.append((better, worse, delta, word))
     if findings:
         lines += ["", "In plain words:", ""]

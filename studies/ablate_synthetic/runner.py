@@ -154,11 +154,6 @@ def prepare_tokenizer(args, data: Path, out: Path) -> Path:
     recipe_tokenizer(config, DistributedContext(), folder)
     return folder / "tokenizer"
 
-def study_overrides(args, tower: Path | None) -> list[str]:
-    """Training keys shared by every run: STUDY_OVERRIDES, the shared tower, then ``--extra``."""
-    shared = [f"model.vision_weights={tower}", f"train.feature_cache_dir={tower.parent / 'features'}"] if tower else []
-    return [*STUDY_OVERRIDES, *shared, *args.extra]
-
 def prepare_tower(args, data: Path, out: Path) -> Path | None:
     """The shared frozen tower: pretrained once (``--tower pretrained``, kept in OUT/shared/tower) or None (random)."""
     if args.tower == "random":
