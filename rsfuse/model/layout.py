@@ -10,8 +10,9 @@ Two placements:
 * ``"prefix"`` (MF-RSVLM): ``[visual N][text]``. Image placeholders are removed from the text wherever they stand.
 * ``"token"`` (LLaVA): the visual slots replace the first placeholder (after the text for a sample without one).
 
-Input ids may carry the placeholder once (LLaVA's −200 convention), ``N`` times (the llava-hf convention, or the
-output of this function), or not at all; only the first attended placeholder marks the slot. Laying out a
+Input ids may carry the placeholder once (LLaVA's −200 convention, ``IMAGE_TOKEN_INDEX``, which also means the image
+token when the model's is an in-vocabulary id), ``N`` times (the llava-hf convention, or the output of this
+function), or not at all; only the first attended placeholder marks the slot. Laying out a
 sequence that is already laid out returns it unchanged (same length, same columns).
 
 Two paddings, both without host synchronisation (a stable sort moves the real tokens, in order, to one side):
@@ -31,6 +32,7 @@ from einops import rearrange, repeat
 
 from rsfuse._typing import Bool, Int, Tensor
 from rsfuse.llm.model import IGNORE_INDEX
+from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 
 __all__ = ["IGNORE_INDEX", "SequenceLayout", "layout_sequence", "position_ids_from_mask"]
 
@@ -96,6 +98,8 @@ def layout_sequence(
         raise ValueError(f"image placement must be 'prefix' or 'token', got {placement!r}")
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    if image_token_id != IMAGE_TOKEN_INDEX:  # an in-vocabulary image token (llava-hf): LLaVA's −200 means it too
+        input_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, image_token_id)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     if attention_mask.shape != input_ids.shape:

@@ -38,15 +38,13 @@ from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router
 from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualContext
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
+from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
 from rsfuse.model.decoding import generate
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
-__all__ = ["LLAVA_IMAGE_PLACEHOLDER", "MFRSVLM", "MFRSVLMOutput"]
-
-LLAVA_IMAGE_PLACEHOLDER = -200
-"""LLaVA's out-of-vocabulary image placeholder id (``<image>`` in rsfuse's templates)."""
+__all__ = ["MFRSVLM", "MFRSVLMOutput"]
 
 
 @dataclass
@@ -237,8 +235,6 @@ class MFRSVLM(nn.Module):
         of ``image_mask`` (None: a text-only batch) get the visual slots."""
         if input_ids.ndim != 2:
             raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        if self.config.image_token_index >= 0:  # an in-vocabulary image token (llava-hf): LLaVA's −200 means it too
-            input_ids = input_ids.masked_fill(input_ids == LLAVA_IMAGE_PLACEHOLDER, self.config.image_token_index)
         return layout_sequence(
             input_ids,
             attention_mask,
@@ -255,7 +251,7 @@ class MFRSVLM(nn.Module):
         """A ValueError naming the first id outside the vocabulary (one host sync: generation calls it once per
         prefill; the training forward does not)."""
         vocab = self.config.llm.vocab_size
-        text = (input_ids != self.config.image_token_index) & (input_ids != LLAVA_IMAGE_PLACEHOLDER)
+        text = (input_ids != self.config.image_token_index) & (input_ids != IMAGE_TOKEN_INDEX)
         if attention_mask is not None:
             text = text & attention_mask.to(torch.bool)
         bad = text & ((input_ids < 0) | (input_ids >= vocab))

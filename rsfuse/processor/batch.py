@@ -8,10 +8,10 @@ sequences laid out by the same function with the same settings.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rsfuse._typing import Tensor
 from rsfuse.data.instructions import InstructionSample, collate
-from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.layout import PADDING_SIDES, layout_sequence
 
 __all__ = ["SampleCollator", "layout_batch"]
@@ -23,28 +23,15 @@ def layout_batch(
     labels: Tensor | None,
     image_mask: Tensor | None,
     *,
-    num_visual_tokens: int,
-    image_token_index: int,
-    pad_token_id: int,
-    placement: str,
     padding_side: str,
+    **settings: Any,
 ) -> dict[str, Tensor | None]:
-    """Lay out padded raw ids (LLaVA's −200 at the image, as the tokenizer gives it): ``input_ids`` with
-    ``image_token_index`` at each visual slot, ``attention_mask`` (long) and ``labels`` (None without labels).
-    ``image_mask`` marks the rows with an image (None: a text-only batch)."""
-    if image_token_index != IMAGE_TOKEN_INDEX:
-        input_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, image_token_index)
-    layout = layout_sequence(
-        input_ids,
-        attention_mask,
-        labels,
-        image_mask=image_mask,
-        num_visual_tokens=num_visual_tokens,
-        image_token_id=image_token_index,
-        pad_token_id=pad_token_id,
-        placement=placement,
-        padding_side=padding_side,
-    )
+    """Lay out padded raw ids (LLaVA's −200 at the image, as the tokenizer gives it) with the processor's
+    ``settings`` (``num_visual_tokens``, ``image_token_id``, ``pad_token_id``, ``placement``): ``input_ids`` with the
+    image token at each visual slot, ``attention_mask`` (long) and ``labels`` (None without labels). ``image_mask``
+    marks the rows with an image (None: a text-only batch)."""
+    layout = layout_sequence(input_ids, attention_mask, labels, image_mask=image_mask, padding_side=padding_side,
+                             **settings)
     return {"input_ids": layout.input_ids, "attention_mask": layout.attention_mask.long(), "labels": layout.labels}
 
 
@@ -67,17 +54,15 @@ class SampleCollator:
 
     def __call__(self, samples: Sequence[InstructionSample]) -> dict[str, Tensor | None]:
         raw = collate(samples, pad_id=self.pad_token_id, padding_side=self.padding_side)
-        with_images = raw["pixel_values"] is not None
         laid_out = layout_batch(
             raw["input_ids"],
             raw["attention_mask"],
             raw["labels"],
-            raw["image_mask"] if with_images else None,
+            raw["image_mask"] if raw["pixel_values"] is not None else None,
+            padding_side=self.padding_side,
             num_visual_tokens=self.num_visual_tokens,
-            image_token_index=self.image_token_index,
+            image_token_id=self.image_token_index,
             pad_token_id=self.pad_token_id,
             placement=self.placement,
-            padding_side=self.padding_side,
         )
         return {"pixel_values": raw["pixel_values"], "image_mask": raw["image_mask"], **laid_out}
-

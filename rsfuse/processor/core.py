@@ -220,14 +220,11 @@ class MFRSVLMProcessor:
         """``[B, 3, S, S]`` normalised pixels of ``images`` (PIL images, arrays or paths)."""
         return torch.stack([self.image_processor(to_image(image, f"images[{i}]")) for i, image in enumerate(images)])
 
-    def _layout_settings(self) -> dict[str, Any]:
-        return {"num_visual_tokens": self.num_visual_tokens, "image_token_index": self.image_token_index,
-                "pad_token_id": self.pad_token_id, "placement": self.image_placement}
-
     def collator(self, padding_side: str = "right") -> SampleCollator:
         """The training collate: `rsfuse.data.InstructionSample`s → a batch laid out as :meth:`__call__` lays it out
         (``image_mask`` always present, ``labels`` included; see `rsfuse.processor.batch.SampleCollator`)."""
-        return SampleCollator(padding_side=padding_side, **self._layout_settings())
+        return SampleCollator(num_visual_tokens=self.num_visual_tokens, image_token_index=self.image_token_index,
+                              pad_token_id=self.pad_token_id, placement=self.image_placement, padding_side=padding_side)
 
     # ----- text ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -323,8 +320,11 @@ class MFRSVLMProcessor:
                 label_tensor[row, : len(sample_ids)] = torch.tensor(labels[row], dtype=torch.long)
         any_image = any(has_image)
         image_mask = torch.tensor(has_image, dtype=torch.bool) if any_image else None
-        laid_out = layout_batch(input_ids, attention_mask, label_tensor, image_mask, padding_side=padding_side,
-                                **self._layout_settings())
+        laid_out = layout_batch(
+            input_ids, attention_mask, label_tensor, image_mask, padding_side=padding_side,
+            num_visual_tokens=self.num_visual_tokens, image_token_id=self.image_token_index,
+            pad_token_id=self.pad_token_id, placement=self.image_placement,
+        )
         pixel_values = None
         if any_image:
             size = self.image_size
