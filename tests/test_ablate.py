@@ -63,6 +63,31 @@ def test_job_queue_keeps_a_variants_later_seeds_from_encoding_beside_its_first()
     assert queue.take() is None and queue.running == [("mf_rsvlm", 1), ("mf_rsvlm", 2)]
 
 
+def _fake_run(out, variant, seed, small):
+    folder = out / "runs" / variant / f"seed{seed}" / "eval"
+    folder.mkdir(parents=True)
+    result = {"per_type": {}, "by_object_size": {"small": {"exact_accuracy": small}}, "avg": {"exact_accuracy": small},
+              "protocol": "synthetic", "total": 10}
+    (folder / "metrics.json").write_text(json.dumps({"result": result}))
+
+
+def test_undecided_directions_get_more_seeds(tmp_path):
+    args = ablate.parse_args(["--variants", "global_only,mf_rsvlm,scales_1", "--seeds", "3", "--max-seeds", "5"])
+    assert args.all_seeds == [0, 1, 2, 3, 4]
+    # mf_rsvlm vs global_only: +40 points, SE 8.2 -> holds. mf_rsvlm vs scales_1: +9.7, SE 8.2 -> undecided.
+    for seed, (mf, glob, scales) in enumerate([(0.5, 0.1, 0.49), (0.6, 0.2, 0.61), (0.7, 0.3, 0.41)]):
+        _fake_run(tmp_path, "mf_rsvlm", seed, mf)
+        _fake_run(tmp_path, "global_only", seed, glob)
+        _fake_run(tmp_path, "scales_1", seed, scales)
+    assert ablate.undecided_jobs(args, tmp_path) == [("mf_rsvlm", 3), ("scales_1", 3)]
+    for seed in (3, 4):
+        _fake_run(tmp_path, "mf_rsvlm", seed, 0.6)
+        _fake_run(tmp_path, "scales_1", seed, 0.5)
+    assert ablate.undecided_jobs(args, tmp_path) == []  # still undecided, but 5 seeds is the most
+    off = ablate.parse_args(["--variants", "global_only,mf_rsvlm,scales_1", "--seeds", "3"])
+    assert off.all_seeds == [0, 1, 2]
+
+
 def test_every_variant_builds_a_model_config():
     from rsfuse.model import MFRSVLM
     from rsfuse.recipes.train_args import load_config

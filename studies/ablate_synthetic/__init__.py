@@ -30,5 +30,6 @@ from .runner import (  # noqa: F401
     prepare_train_json,
     run_one,
     train_command,
+    undecided_jobs,
 )
 from .variants import COMPARISONS, GOAL_PAIR, STUDY_OVERRIDES, VARIANTS, Variant, study_overrides  # noqa: F401

@@ -153,7 +153,7 @@ def _data_summary(data: Path) -> str:
             f"{counts.get('test')}")
 
 def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
-    results = collect(out, args.variant_names, args.seed_list)
+    results = collect(out, args.variant_names, getattr(args, "all_seeds", args.seed_list))
     types = list(SMALL_OBJECT_TYPES) + list(OTHER_TYPES)
     expected = len(args.variant_names) * len(args.seed_list)
     done = sum(len(seeds) for seeds in results.values())

@@ -46,8 +46,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .report import REPO, load_run, machine, write_report
-from .variants import GOAL_PAIR, STUDY_OVERRIDES, VARIANTS, study_overrides
+from .report import REPO, collect, compare, load_run, machine, write_report
+from .variants import COMPARISONS, GOAL_PAIR, STUDY_OVERRIDES, VARIANTS, study_overrides
 
 COMMAND = ["python", "-m", "studies.ablate_synthetic"]
 
@@ -75,6 +75,10 @@ def parse_args(argv):
     parser.add_argument("--vocab-size", type=int, default=512, help="sentencepiece vocabulary of the shared tokenizer")
     parser.add_argument("--eval-limit", type=int, default=0, help="test questions per evaluation (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="generation budget per answer")
+    parser.add_argument("--max-seeds", type=int, default=0,
+                        help="after the seeds of --seeds, add seeds (the next unused ones) to both variants of every "
+                             "comparison still undecided (see report.compare), up to this many seeds per variant "
+                             "(0 = never add)")
     parser.add_argument("--order", default="goal-first", choices=("goal-first", "seed-major"),
                         help="run order (see job_order)")
     parser.add_argument("--report", default="docs/ablations/ABLATIONS.md", help="markdown report to (re)write")
@@ -97,6 +101,11 @@ def parse_args(argv):
                       else [int(s) for s in args.seeds.split(",") if s.strip()])
     if not args.seed_list or args.steps < 1 or args.jobs < 1 or args.batch_size < 1:
         parser.error("--seeds, --steps, --jobs and --batch-size must be positive")
+    if args.max_seeds < 0:
+        parser.error("--max-seeds must be >= 0")
+    # Seeds the report looks for: --seeds, then the ones --max-seeds may add.
+    extra = [seed for seed in range(max(args.seed_list) + 1, max(args.seed_list) + 1 + args.max_seeds)]
+    args.all_seeds = args.seed_list + extra[: max(0, args.max_seeds - len(args.seed_list))]
     return args
 
 # meta.json field of a written benchmark -> the flag that sets it.
@@ -237,6 +246,23 @@ def job_order(names: list[str], seeds: list[int], order: str) -> list[tuple[str,
     goal = [(name, seed) for seed in seeds for name in names if name in GOAL_PAIR]
     return goal + [job for job in seed_major if job[0] not in GOAL_PAIR]
 
+def undecided_jobs(args, out: Path) -> list[tuple[str, int]]:
+    """One more seed (the next of ``args.all_seeds`` it lacks) for both variants of every comparison whose verdict is
+    still *undecided*, while a side has fewer than ``--max-seeds`` seeds; [] when every direction is decided."""
+    results = collect(out, args.variant_names, args.all_seeds)
+    jobs: list[tuple[str, int]] = []
+    for better, worse, _ in COMPARISONS:
+        if better not in results or worse not in results:
+            continue
+        small = [[row["small-object"] for row in results[name].values()] for name in (better, worse)]
+        if compare(*small)[2].startswith("undecided"):
+            for name in (better, worse):
+                missing = [seed for seed in args.all_seeds if seed not in results[name]]
+                if missing and len(results[name]) < args.max_seeds and (name, missing[0]) not in jobs:
+                    jobs.append((name, missing[0]))
+    return jobs
+
+
 class JobQueue:
     """Hands the study's jobs to parallel workers in order, except that a variant's later seeds wait while its first
     seed runs: that run encodes every training image and writes the shared feature store when it ends, so a second
@@ -285,19 +311,23 @@ def main(argv=None) -> int:
             wanted = ["--report", args.report, "--notes", args.notes, "--out", args.out]
             if args.variants != "all":
                 wanted += ["--variants", args.variants]
+            if args.max_seeds:
+                wanted += ["--max-seeds", str(args.max_seeds)]
             args = parse_args(stored + wanted)
             finished = [path.stat().st_mtime for path in (out / "runs").glob("*/seed*/eval/metrics.json")]
             elapsed = max(finished) - study["started"] if finished else None
         print(write_report(args, out, command, elapsed))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    if not study_file.is_file():
-        study_file.write_text(json.dumps({"command": command, "started": time.time()}))
+    study = json.loads(study_file.read_text()) if study_file.is_file() else {"started": time.time()}
+    if study.get("command") not in (None, command):  # resumed with other flags (say, --max-seeds): the report names
+        study["earlier_commands"] = [*study.get("earlier_commands", []), study["command"]]  # the latest command
+    study["command"] = command
+    study_file.write_text(json.dumps(study))
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
     args.train_json = prepare_train_json(args, data, out)
     tower = prepare_tower(args, data, out)
-    queue = JobQueue(job_order(args.variant_names, args.seed_list, args.order))
     started = time.time()
     lock = threading.Lock()
     failures = []
@@ -313,16 +343,23 @@ def main(argv=None) -> int:
                       f"overall {100 * row['overall']:.1f} ({(time.time() - started) / 60:.1f} min)", flush=True)
             write_report(args, out, command, time.time() - started)
 
-    def worker():
-        while (job := queue.take()) is not None:
-            try:
-                work(job)
-            finally:
-                queue.done(job)
+    jobs = job_order(args.variant_names, args.seed_list, args.order)
+    while jobs and not failures:
+        queue = JobQueue(jobs)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(worker) for _ in range(args.jobs)]:
-            future.result()
+        def worker():
+            while (job := queue.take()) is not None:
+                try:
+                    work(job)
+                finally:
+                    queue.done(job)
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(worker) for _ in range(args.jobs)]:
+                future.result()
+        jobs = undecided_jobs(args, out) if args.max_seeds else []
+        if jobs:
+            print(f"[ablate] undecided directions: adding {jobs}", flush=True)
     print(write_report(args, out, command, time.time() - started))
     if failures:
         print(f"[ablate] failed runs: {failures}", file=sys.stderr)
