@@ -8,6 +8,7 @@ cosmic-ray rewrites the source files in place while it runs, so run this in a pr
     python tools/mutation.py report                    # per-module table (markdown) from the sessions so far
     python tools/mutation.py survivors gated           # the diff of every surviving mutant
     python tools/mutation.py run gated --rerun-survivors   # after adding tests: run the survivors again
+    python tools/mutation.py run stitch --top-up 10        # a sampled session: 10 more of its sampled-out mutants
 
 Each module runs against only the test files that exercise it (``MODULES`` below), with ``-x``, without pytest's
 cache and with ``RSFUSE_TYPECHECK=0`` (shape checking off: faster, and it is what users run). Removing the
@@ -127,7 +128,21 @@ def forget_survivors(session: Path) -> int:
         return db.execute("DELETE FROM work_results WHERE upper(test_outcome) = 'SURVIVED'").rowcount
 
 
-def run(name: str, sessions: Path, budget: float | None, sample: int | None, rerun: bool = False) -> None:
+def top_up(session: Path, count: int, seed: int = 19) -> int:
+    """Bring ``count`` more sampled-out mutants of a sampled session back to pending (a fixed-seed draw from the
+    sorted sampled-out ids), so that ``exec`` runs them: a larger sample without discarding the results so far."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        out = sorted(row[0] for row in db.execute(
+            "SELECT job_id FROM work_results WHERE worker_outcome = 'SKIPPED' AND output IS NULL"))
+        chosen = random.Random(seed).sample(out, min(count, len(out)))
+        db.executemany("DELETE FROM work_results WHERE job_id = ?", [(job,) for job in chosen])
+    return len(chosen)
+
+
+def run(name: str, sessions: Path, budget: float | None, sample: int | None, rerun: bool = False,
+        more: int = 0) -> None:
     module = MODULES[name][0]
     dirty = subprocess.run(["git", "status", "--porcelain", "--", module], cwd=ROOT, capture_output=True, text=True)
     if dirty.stdout.strip():
@@ -144,8 +159,11 @@ def run(name: str, sessions: Path, budget: float | None, sample: int | None, rer
     if not session.exists():
         subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=ROOT, env=env, check=True)
         skip_typecheck_decorators(session, sample)
-    elif rerun:
-        print(f"{name}: running {forget_survivors(session)} surviving mutants again", flush=True)
+    else:
+        if rerun:
+            print(f"{name}: running {forget_survivors(session)} surviving mutants again", flush=True)
+        if more:
+            print(f"{name}: {top_up(session, more)} more sampled mutants", flush=True)
     print(f"{name}: baseline {base:.1f}s, per-mutant timeout {timeout}s", flush=True)
     proc = subprocess.Popen(["cosmic-ray", "exec", str(config), str(session)], cwd=ROOT, env=env)
     try:
@@ -220,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--budget", type=float, default=None, help="wall seconds per module")
     p_run.add_argument("--sample", type=int, default=None, help="run only this many mutants (fixed seed)")
     p_run.add_argument("--rerun-survivors", action="store_true", help="run the survivors of a session again")
+    p_run.add_argument("--top-up", type=int, default=0, metavar="K",
+                       help="a sampled session: run K more of its sampled-out mutants (fixed seed)")
     sub.add_parser("report")
     p_surv = sub.add_parser("survivors")
     p_surv.add_argument("module", choices=list(MODULES))
@@ -227,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         names = list(MODULES) if "all" in args.modules else args.modules
         for name in names:
-            run(name, args.sessions, args.budget, args.sample, args.rerun_survivors)
+            run(name, args.sessions, args.budget, args.sample, args.rerun_survivors, args.top_up)
     elif args.command == "report":
         report(args.sessions)
     else:
