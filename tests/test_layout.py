@@ -35,6 +35,24 @@ def test_hand_written_layouts():
     assert labels.tolist() == [[-100] * 3 + [1, 7, 8, -100], [-100] * 3 + [1, 9, -100, -100]]
 
 
+def test_no_text_at_all():
+    """An image with no text token (ids of width 0, or the N visual slots alone) lays out as the N visual tokens."""
+    for ids in (torch.empty((2, 0), dtype=torch.long), torch.full((2, N), IMAGE)):
+        for side in ("left", "right"):
+            out = _layout(ids, None, placement="prefix", side=side, labels=torch.full_like(ids, 5))
+            assert out.input_ids.tolist() == [[IMAGE] * N] * 2 and out.attention_mask.all()
+            assert out.position_ids.tolist() == [[0, 1, 2]] * 2 and out.visual_positions.tolist() == [[0, 1, 2]] * 2
+            assert out.labels.tolist() == [[-100] * N] * 2
+
+
+def test_llava_placeholder_means_an_in_vocabulary_image_token():
+    """With an in-vocabulary image token (llava-hf: 32), LLaVA's −200 marks the slot too."""
+    ids = torch.tensor([[1, IMAGE, 7]])
+    out = layout_sequence(ids, None, None, image_mask=torch.ones(1, dtype=torch.bool), num_visual_tokens=N,
+                          image_token_id=32, pad_token_id=PAD, placement="token", padding_side="right")
+    assert out.input_ids.tolist() == [[1, 32, 32, 32, 7, PAD]] and out.visual_positions.tolist() == [[1, 2, 3]]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4),
