@@ -173,3 +173,21 @@ def test_compiled_session_is_reused_for_the_same_shape_only():
     # same key: the cached session comes back (`cached[0] == key` → `<` would build a new one, and recompile)
     assert _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0) is first
     assert _session_for(model, batch=2, max_length=128, compile=True, generator=None, pad=0) is not first
+
+
+# ----------------------------------------------------------------------------------------------- model/decoding.py
+def test_generate_stops_decoding_once_every_row_ended(monkeypatch):
+    """EOS is read every ``sync_every`` steps and the loop stops there: with every row ending at its first token,
+    ``generate`` runs fewer than ``sync_every`` decode steps, not ``max_new_tokens``."""
+    from rsfuse.model.generation import GenerationSession
+
+    model = make_model()
+    ids = torch.randint(3, 200, (2, 5))
+    pixels = torch.randn(2, 3, model.config.input_size, model.config.input_size)
+    first = model.generate(pixels, ids, max_new_tokens=1, eos_token_id=[])
+    steps = []
+    original = GenerationSession.step
+    monkeypatch.setattr(GenerationSession, "step", lambda self: (steps.append(1), original(self))[1])
+    out = model.generate(pixels, ids, max_new_tokens=20, eos_token_id=sorted(set(first[:, 0].tolist())))
+    # Steps 1..7 decode; at step 8 (sync_every = 8) the poll sees every row done and the loop ends: 7 decode steps.
+    assert torch.equal(out, first) and len(steps) == 7
