@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from rsfuse.data.images import CLIP_MEAN, CLIP_STD
 from rsfuse.data.preprocess import ImageProcessor
@@ -309,15 +310,13 @@ class MFRSVLMProcessor:
             )
             ids.append(sample_ids)
             labels.append(sample_labels)
-        width = max(len(row) for row in ids)
-        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.bool)
-        label_tensor = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long) if return_labels else None
-        for row, sample_ids in enumerate(ids):
-            input_ids[row, : len(sample_ids)] = torch.tensor(sample_ids, dtype=torch.long)
-            attention_mask[row, : len(sample_ids)] = True
-            if label_tensor is not None:
-                label_tensor[row, : len(sample_ids)] = torch.tensor(labels[row], dtype=torch.long)
+        rows = [torch.tensor(sample_ids, dtype=torch.long) for sample_ids in ids]
+        input_ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id)
+        attention_mask = pad_sequence([torch.ones_like(row, dtype=torch.bool) for row in rows], batch_first=True)
+        label_tensor = None
+        if return_labels:
+            label_tensor = pad_sequence([torch.tensor(row, dtype=torch.long) for row in labels], batch_first=True,
+                                        padding_value=IGNORE_INDEX)
         any_image = any(has_image)
         image_mask = torch.tensor(has_image, dtype=torch.bool) if any_image else None
         laid_out = layout_batch(

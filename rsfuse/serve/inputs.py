@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 from rsfuse.serve.protocol import Turn
 
@@ -83,14 +84,10 @@ class PromptEncoder:
 
 def collate(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> dict:
     """Left-pad prompts into one batch for ``GenerationSession.add`` (``image_mask`` when only some have images)."""
-    width = max(prompt.input_ids.shape[1] for prompt in prompts)
     first = prompts[0].input_ids
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=first.dtype, device=first.device)
-    mask = torch.zeros((len(prompts), width), dtype=prompts[0].attention_mask.dtype, device=first.device)
-    for row, prompt in enumerate(prompts):
-        length = prompt.input_ids.shape[1]
-        ids[row, width - length:] = prompt.input_ids[0]
-        mask[row, width - length:] = prompt.attention_mask[0]
+    ids = pad_sequence([prompt.input_ids[0] for prompt in prompts], batch_first=True, padding_value=pad_token_id,
+                       padding_side="left")
+    mask = pad_sequence([prompt.attention_mask[0] for prompt in prompts], batch_first=True, padding_side="left")
     with_image = [prompt.pixel_values is not None for prompt in prompts]
     pixels, image_mask = None, None
     if any(with_image):
