@@ -168,6 +168,8 @@ def test_micro_study_end_to_end(tmp_path):
     assert "Questions about the vehicle only" in text
     assert "## Goal check" in text and ("→ **MET**" in text or "→ **NOT MET**" in text)
     assert "2 optimizer steps × batch 2" in text and "python -m studies.ablate_synthetic --variants" in text
+    commits = json.loads((tmp_path / "study" / "study.json").read_text())["commits"]
+    assert len(commits) == 1 and f"- **Code**: commit `{commits[0]}` of this repository." in text
     for variant in ("global_only", "mf_rsvlm"):
         run = tmp_path / "study" / "runs" / variant / "seed0"
         metrics = json.loads((run / "eval" / "metrics.json").read_text())

@@ -290,6 +290,15 @@ class JobQueue:
             self.finished.add(job[0])
 
 
+def code_commit() -> str:
+    """The repository's commit (``+dirty`` with uncommitted changes under rsfuse/ or studies/)."""
+    def git(*words):
+        return subprocess.run(["git", *words], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "rsfuse", "studies") else "")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -323,6 +332,9 @@ def main(argv=None) -> int:
     if study.get("command") not in (None, command):  # resumed with other flags (say, --max-seeds): the report names
         study["earlier_commands"] = [*study.get("earlier_commands", []), study["command"]]  # the latest command
     study["command"] = command
+    commit = code_commit()
+    if commit not in study.setdefault("commits", []):  # the code of every run: the clone's commit(s)
+        study["commits"].append(commit)
     study_file.write_text(json.dumps(study))
     data = prepare_data(args, out)
     tokenizer = prepare_tokenizer(args, data, out)
