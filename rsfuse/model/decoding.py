@@ -41,8 +41,10 @@ def generate(
     compile: bool = False,
     sync_every: int = 8,
 ) -> Int[Tensor, "batch new"]:
-    """New token ids ``[B, T]``, ``T <= max_new_tokens`` (fewer when every sample hit EOS early); each row stops at
-    its first EOS (kept) and holds ``pad_token_id`` after it. EOS is checked on the host every ``sync_every`` steps."""
+    """``MFRSVLM.generate``: new token ids ``[B, T]``, ``T <= max_new_tokens`` (fewer when every sample hit EOS
+    early); each row stops at its first EOS (kept) and holds ``pad_token_id`` after it. EOS is checked on the host
+    every ``sync_every`` steps. ``compile=True`` compiles the decode step (``torch.compile``; CUDA graphs on a GPU)
+    and gives the greedy tokens of ``compile=False``; ``use_cache=False`` re-runs the whole model every step."""
     eos = None if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_token_ids=eos)
     pad = model.pad_token_id if pad_token_id is None else int(pad_token_id)

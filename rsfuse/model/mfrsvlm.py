@@ -41,7 +41,7 @@ from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.decoding import generate
+from rsfuse.model.decoding import generate as generate_tokens
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
 __all__ = ["MFRSVLM", "MFRSVLMOutput"]
@@ -355,40 +355,10 @@ class MFRSVLM(nn.Module):
         )
 
     # ----- generation ----------------------------------------------------------------------------------------------
-    def generate(
-        self,
-        pixel_values: Tensor | None,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        image_mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        compile: bool = False,
-    ) -> Tensor:
-        """New token ids ``[B, T]`` (``T <= max_new_tokens``), pad after each sample's EOS; see ``rsfuse.model.generation``.
-
-        ``compile=True`` compiles the decode step (``torch.compile``; CUDA graphs on a GPU)."""
-        return generate(
-            self,
-            pixel_values,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            image_mask=image_mask,
-            generator=generator,
-            use_cache=use_cache,
-            compile=compile,
-        )
+    generate = generate_tokens
+    """``model.generate(pixel_values, input_ids, attention_mask=None, *, max_new_tokens, temperature=0.0, top_p=1.0,
+    eos_token_id=None, pad_token_id=None, image_mask=None, generator=None, use_cache=True, compile=False)``: see
+    `rsfuse.model.decoding.generate`."""
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
     @classmethod
