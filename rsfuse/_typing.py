@@ -5,9 +5,11 @@
 The variable is read once, when this module is first imported.
 """
 
+import functools
 import os
 from typing import Callable, TypeVar
 
+import torch
 from jaxtyping import Bool, Float, Int, Shaped, UInt8, jaxtyped
 from torch import Tensor
 
@@ -19,9 +21,18 @@ F = TypeVar("F", bound=Callable)
 
 
 def typecheck(fn: F) -> F:
-    """Check jaxtyping shape annotations of ``fn`` at call time when ``RSFUSE_TYPECHECK=1``."""
+    """Check jaxtyping shape annotations of ``fn`` at call time when ``RSFUSE_TYPECHECK=1``. Inside a region that
+    ``torch.compile`` traces, the check is skipped (it would break the graph): compiled code is the unchecked code."""
     if not TYPECHECK:
         return fn
     from beartype import beartype  # noqa: PLC0415  (only needed when checking: run time does not import it)
 
-    return jaxtyped(typechecker=beartype)(fn)
+    checked = jaxtyped(typechecker=beartype)(fn)
+
+    @functools.wraps(fn)
+    def check_unless_compiling(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        return checked(*args, **kwargs)
+
+    return check_unless_compiling  # type: ignore[return-value]
