@@ -191,3 +191,37 @@ def test_generate_stops_decoding_once_every_row_ended(monkeypatch):
     out = model.generate(pixels, ids, max_new_tokens=20, eos_token_id=sorted(set(first[:, 0].tolist())))
     # Steps 1..7 decode; at step 8 (sync_every = 8) the poll sees every row done and the loop ends: 7 decode steps.
     assert torch.equal(out, first) and len(steps) == 7
+
+
+def test_compiled_generate_sizes_its_cache_in_buckets_of_128(monkeypatch):
+    """``compile=True`` rounds prompt + visual + new tokens up to a multiple of 128 positions (a fixed cache shape
+    reused across prompt lengths); checked on the length handed to the session, without compiling."""
+    import rsfuse.model.decoding as decoding
+
+    model = make_model()
+    lengths = []
+    build = decoding._session_for
+
+    def spy(model, *, batch, max_length, compile, generator, pad):
+        lengths.append(max_length)
+        return build(model, batch=batch, max_length=max_length, compile=False, generator=generator, pad=pad)
+
+    monkeypatch.setattr(decoding, "_session_for", spy)
+    pixels = torch.randn(1, 3, model.config.input_size, model.config.input_size)
+    visual = model.config.num_visual_tokens
+    for new, expected in ((128 - visual - 9, 128), (129 - visual - 9, 256)):
+        model.generate(pixels, torch.randint(3, 200, (1, 9)), max_new_tokens=new, eos_token_id=[], compile=True)
+        assert lengths[-1] == min(expected, model.config.llm.max_position_embeddings)
+    assert lengths == [128, 256]
+
+
+def test_generate_without_cache_stops_at_the_models_own_eos():
+    """``use_cache=False`` with no ``eos_token_id`` stops at the model config's EOS, like the cached path."""
+    model = make_model()
+    pixels = torch.randn(2, 3, model.config.input_size, model.config.input_size)
+    ids = torch.randint(3, 200, (2, 7))
+    probe = model.generate(pixels, ids, max_new_tokens=1, eos_token_id=[])
+    model.config.llm.eos_token_id = int(probe[0, 0])  # row 0 ends at its first token (a fresh model: no restore)
+    cached = model.generate(pixels, ids, max_new_tokens=5)
+    uncached = model.generate(pixels, ids, max_new_tokens=5, use_cache=False)
+    assert torch.equal(cached, uncached) and cached[0, 0] == probe[0, 0]
