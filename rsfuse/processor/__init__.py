@@ -1,7 +1,8 @@
 """``MFRSVLMProcessor``: images and questions (or conversations) → the model's inputs, ids → text (see `core`).
 
-Parts: `core` (the processor and ``ProcessorInputs``), `prompts` (prompt text and raw prompt ids), `settings` (the
-settings a model config or folder implies, read from config files only), `images` (what counts as an image).
+Parts: `core` (the processor and ``ProcessorInputs``), `batch` (padding and the sequence layout, shared by the
+processor's calls and its training collator), `prompts` (prompt text and raw prompt ids), `settings` (the settings a
+model config or folder implies, read from config files only), `images` (what counts as an image).
 """
 
 from rsfuse.processor.core import MFRSVLMProcessor, ProcessorInputs
