@@ -3,8 +3,7 @@ placed in their hosts by `rsfuse.synthetic.placement`.
 
 Each layout paints large, class-specific structures (learnable from a coarse global view) and names the host regions
 where small objects may stand: vehicles on roads/parking/aprons, ships on water, planes on aprons, storage tanks on
-pads. Objects keep a margin inside their host, a gap to each other, and never straddle the image's centre lines (so
-their quadrant is unambiguous).
+pads.
 """
 
 from typing import Callable
