@@ -1,5 +1,6 @@
 """``rsfuse.injection.graft``: gated injectors on host decoders through forward pre-hooks."""
 
+import inspect
 import subprocess
 import sys
 
@@ -218,8 +219,10 @@ def test_grafted_host_decodes_with_its_kv_cache_and_generate_like_a_full_reforwa
         cache = output.past_key_values
         token = output.logits[:, -1].argmax(dim=-1)
         cached, cached_logits = [token], [output.logits[:, -1]]
+        # transformers 5 renamed the argument `past_key_values` to `cache` (the old name warns); 4.x has the old one.
+        cache_argument = "cache" if "cache" in inspect.signature(host.forward).parameters else "past_key_values"
         for _ in range(steps - 1):
-            output = host(inputs_embeds=embed(token)[:, None], past_key_values=cache, use_cache=True)
+            output = host(inputs_embeds=embed(token)[:, None], use_cache=True, **{cache_argument: cache})
             cache = output.past_key_values
             token = output.logits[:, -1].argmax(dim=-1)
             cached.append(token)
