@@ -247,11 +247,11 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         delta, _ = goal
         n_b = len(results.get("mf_rsvlm", {}))
         n_w = len(results.get("global_only", {}))
-        status = "MET" if delta >= 10 else "NOT MET"
+        status = ("MET" if delta >= 10 else "NOT MET") if n_b >= 3 and n_w >= 3 else "not judged yet"
         lines.append(f"Target: MF-RSVLM beats the global-only baseline by at least 10 points on the small-object "
                      f"questions (mean of 3 seeds). Measured: **{delta:+.1f} points** (means over {n_b} and {n_w} "
                      f"seeds) → **{status}**" + ("" if n_b >= 3 and n_w >= 3 else
-                                                 " (fewer than 3 seeds: a reduced study)") + ".")
+                                                 " (fewer than 3 seeds on a side)") + ".")
     missing = [f"{name}/seed{seed}" for name in args.variant_names for seed in args.seed_list
                if seed not in results.get(name, {})]
     if missing:
