@@ -8,17 +8,21 @@ from paper_scale.common import SYSTEMS
 
 
 # ----- summary -----------------------------------------------------------------------------------------------------
+def lookup(node, *path):
+    """``node[path[0]][path[1]]...``, or None where a key is missing (a section that did not run)."""
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def goal_rows(results: dict, args: argparse.Namespace) -> list[dict]:
     """The issue's goals, each with the run's value (None where its section did not run)."""
     sections, rows = results["sections"], []
 
     def get(*path):
-        node = sections
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return node
+        return lookup(sections, *path)
 
     n = args.new_tokens
     answer, llava = (get("answers1", "answers", s, "answer_s") for s in ("rsfuse-compile", "llava-hf"))
@@ -44,12 +48,7 @@ def collect_figures(results: dict) -> dict:
     sections = results["sections"]
 
     def get(*path):
-        node = sections
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return node
+        return lookup(sections, *path)
 
     def per_system(section: str, key: str, systems=SYSTEMS) -> dict:
         return {system: get(section, "answers", system, key) for system in systems}
