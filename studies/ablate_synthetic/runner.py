@@ -104,8 +104,8 @@ def parse_args(argv):
     if args.max_seeds < 0:
         parser.error("--max-seeds must be >= 0")
     # Seeds the report looks for: --seeds, then the ones --max-seeds may add.
-    extra = [seed for seed in range(max(args.seed_list) + 1, max(args.seed_list) + 1 + args.max_seeds)]
-    args.all_seeds = args.seed_list + extra[: max(0, args.max_seeds - len(args.seed_list))]
+    first_extra = max(args.seed_list) + 1
+    args.all_seeds = args.seed_list + list(range(first_extra, first_extra + args.max_seeds - len(args.seed_list)))
     return args
 
 # meta.json field of a written benchmark -> the flag that sets it.
