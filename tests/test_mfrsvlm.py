@@ -142,8 +142,24 @@ def test_detail_stacks_are_computed_once_per_forward():
     model = make_model(injection_layers=(1, 2, 3, 4))
     counter = TowerCounter(model)
     model(_pixels(3), _ids(3))
-    assert counter.calls == 1 + len(model.config.window_scales)
+    chunk = model.canvas.chunk_size
+    assert counter.calls == 1 + sum(-(-3 * grid.num_windows // chunk) for grid in model.canvas.grids)
     assert counter.images == 3 * (1 + model.canvas.windows_per_image)
+
+
+@torch.no_grad()
+def test_a_batch_is_encoded_in_tower_calls_of_at_most_128_windows_with_unchanged_features():
+    model = make_model().eval()
+    per_image = model.canvas.windows_per_image
+    batch = 128 // per_image + 2  # more windows of each scale than one call takes
+    pixels = _pixels(batch)
+    counter = TowerCounter(model)
+    chunked = model.encode_images(pixels)
+    expected_calls = 1 + sum(-(-batch * grid.num_windows // 128) for grid in model.canvas.grids)
+    assert counter.calls == expected_calls and counter.calls > 1 + len(model.canvas.grids)
+    model.canvas.chunk_size = None
+    whole = model.encode_images(pixels)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 # ----- sequence layout ------------------------------------------------------------------------------------------------

@@ -158,6 +158,24 @@ def test_stop_string_cuts_the_answer(served):
     assert response.choices[0].finish_reason == "stop"
 
 
+def test_prompts_are_encoded_on_the_generation_worker(served, monkeypatch):
+    """Every tensor computation of the server runs on one thread (``rsfuse.serve.scheduler``: a second thread with
+    an OpenMP team slowed the CPU worker's kernels 1.7x): the session lives there and prompts are encoded there."""
+    threads = []
+    encode = served.encoder.encode
+
+    def spy(turns, image):
+        threads.append(threading.current_thread().name)
+        return encode(turns, image)
+
+    monkeypatch.setattr(served.encoder, "encode", spy)
+    response = served.client.chat.completions.create(
+        model="micro", messages=image_message("Is there a ship?", scene_image(seed=3)), max_tokens=2, temperature=0)
+    assert response.choices[0].message.content is not None
+    assert threads == ["rsfuse-serve-worker"]
+    assert served.app.state.scheduler.session is not None
+
+
 def test_client_disconnect_frees_its_row(served, monkeypatch):
     scheduler = served.app.state.scheduler
     cancelled = scheduler.stats["cancelled"]

@@ -116,11 +116,20 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
-        """Decode the image, encode the prompt, check it against the cache (runs in a worker thread)."""
+    def request_image(chat: ChatRequest):
+        """The request's image, decoded and checked against the limits (in a thread of the pool: no tensors)."""
         image = None
         for ref in chat.images:
             image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images)
+        return image
+
+    async def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
+        """Decode the image, then encode the prompt on the generation worker (the only thread that computes, see
+        ``rsfuse.serve.scheduler``) and check it against the cache."""
+        image = await run_in_threadpool(request_image, chat)
+        return await asyncio.wrap_future(scheduler.call(lambda: encode(chat, image)))
+
+    def encode(chat: ChatRequest, image) -> tuple[EncodedPrompt, SamplingParams]:
         try:
             prompt = encoder.encode(chat.turns, image)
         except ValueError as error:  # the template or tokenizer refuses the conversation
@@ -170,7 +179,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def chat_completions(request: Request) -> Response:
         authorize(request)
         chat = parse_chat_request(await read_body(request), settings.limits)
-        prompt, params = await run_in_threadpool(prepare, chat)
+        prompt, params = await prepare(chat)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = Job(prompt, params, sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
@@ -204,7 +213,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
             raise bad_request("'answer' must be a string", "answer", "invalid_type")
         if not chat.images:
             raise bad_request("the pictures need an image in the messages", "messages")
-        prompt, _ = await run_in_threadpool(prepare, chat)
+        prompt, _ = await prepare(chat)
         question = next(turn.text for turn in reversed(chat.turns) if turn.role == "user")
         return Response(await _figure(scheduler, model, encoder, prompt, question, answer, figure_lock),
                         media_type="image/png")

@@ -5,6 +5,7 @@ running answers finish for up to ``--graceful-timeout`` seconds, then the worker
 """
 
 import argparse
+import concurrent.futures
 import logging
 import os
 import signal
@@ -65,7 +66,10 @@ def build(args: argparse.Namespace):
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.allow_local_images is not None and not args.allow_local_images.is_dir():
         raise ValueError(f"--allow-local-images {args.allow_local_images}: not a folder")
-    model = MFRSVLM.from_pretrained(args.model, dtype=dtype, device=device).eval()
+    # Loaded in a thread that ends here: the main thread then never computes, and the generation worker is the only
+    # thread with an OpenMP team (see rsfuse.serve.scheduler).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rsfuse-serve-load") as loader:
+        model = loader.submit(lambda: MFRSVLM.from_pretrained(args.model, dtype=dtype, device=device).eval()).result()
     encoder = PromptEncoder(model, MFRSVLMProcessor.from_pretrained(args.model, template=args.template))
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
                          max_image_pixels=args.max_image_pixels)

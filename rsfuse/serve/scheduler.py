@@ -7,8 +7,13 @@ all rows (``session.step``) and read the new tokens (``session.poll``). A finish
 slot takes the next waiting request on the next turn, while the other rows keep decoding. When the worker is idle, the
 first arrival waits up to ``max_wait_ms`` for companions so that requests that arrive together share their steps.
 
-The session is only ever touched from the worker thread. Requests hand over a `Job` whose ``sink`` receives
-``("tokens", ids)``, ``("done", finish_reason)`` or ``("error", APIError)`` from the worker thread.
+The session is created on, and only ever touched from, the worker thread, and the app runs its tensor work there too
+(prompt encoding and the page's pictures go through `Scheduler.call`): on the CPU it must be the only thread that
+computes. OpenMP (libgomp, which PyTorch's CPU kernels use) keeps a team of threads for every thread that ran a
+parallel region, for as long as that thread lives; with more of them than cores it stops spin-waiting between
+regions, and the worker's many small kernels then each pay a wake-up: encoding an image took 1.7x as long
+(BENCHMARKS.md, "rsfuse serve under load"). Requests hand over a `Job` whose ``sink`` receives ``("tokens", ids)``,
+``("done", finish_reason)`` or ``("error", APIError)`` from the worker thread.
 """
 
 import concurrent.futures
@@ -57,14 +62,19 @@ class Scheduler:
         compile: bool = False,
         seed: int | None = None,
     ) -> None:
-        generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
-        self.session = GenerationSession(model, max_batch=max_batch, max_length=max_length, compile=compile,
-                                         generator=generator, decode=decode, pad_token_id=pad_token_id)
+        def open_session() -> GenerationSession:  # on the worker thread (see the module's docstring)
+            generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
+            return GenerationSession(model, max_batch=max_batch, max_length=max_length, compile=compile,
+                                     generator=generator, decode=decode, pad_token_id=pad_token_id)
+
+        self._open_session = open_session
+        self.session: GenerationSession | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
         self.max_batch, self.max_length = max_batch, max_length
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_queue = max_queue
         self.sync_every = max(1, sync_every)
-        self._pad = self.session.pad_token_id
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
@@ -76,7 +86,11 @@ class Scheduler:
 
     # ----- requests' side (any thread) ---------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the worker thread; returns once its session is open (raises what opening it raised)."""
         self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
 
     @property
     def alive(self) -> bool:
@@ -122,6 +136,15 @@ class Scheduler:
     # ----- the worker thread -------------------------------------------------------------------------------------
     def _loop(self) -> None:
         try:
+            self.session = self._open_session()
+        except BaseException as error:  # noqa: BLE001 - start() raises it in the caller's thread
+            self._startup_error = error
+            with self._cond:
+                self._stopping = True
+            return
+        finally:
+            self._ready.set()
+        try:
             while True:
                 with self._cond:
                     while not (self._stopping or self._pending or self._running or self._calls):
@@ -130,7 +153,9 @@ class Scheduler:
                         break
                     if self._pending and not self._running and self.max_wait > 0:
                         deadline = time.monotonic() + self.max_wait
-                        while (not self._stopping and len(self._pending) < len(self.session.free_rows)
+                        # Wait for companions, but run queued calls (prompts being encoded) at once.
+                        while (not self._stopping and not self._calls
+                               and len(self._pending) < len(self.session.free_rows)
                                and (left := deadline - time.monotonic()) > 0):
                             self._cond.wait(left)
                     calls = list(self._calls)
@@ -200,7 +225,7 @@ class Scheduler:
                     self._admit([job])
 
     def _add(self, group: list[Job]) -> None:
-        batch = collate([job.prompt for job in group], self._pad)
+        batch = collate([job.prompt for job in group], self.session.pad_token_id)
         rows = self.session.add(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                                 params=[job.params for job in group], image_mask=batch["image_mask"])
         for row, job in zip(rows, group):
