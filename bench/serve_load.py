@@ -6,7 +6,8 @@ trained here), saves it, and for each setting starts ``rsfuse serve`` as a separ
 (224-px PNG images, ``max_tokens`` 16, greedy). Reported per setting: requests/s, p50/p99 latency, completion tokens/s,
 errors, lost requests (no answer by the deadline). Settings: ``--max-batch 16`` with 1, 4 and 16 clients, and
 ``--max-batch 1`` (one request at a time) with 16 clients; the ratio of the two 16-client throughputs is the gain
-from batching. Bounded: at most ``--rounds`` requests per client and ``--max-seconds`` per setting; every server is
+from batching. Then, in this process, the model's own cost per request alone and in one batch of 16 (a bound on that
+gain, whatever the server does). Bounded: at most ``--rounds`` requests per client and ``--max-seconds`` per setting; every server is
 stopped with SIGTERM (and killed if it does not stop).
 
     python bench/serve_load.py --out bench/results/serve_load.json
@@ -173,6 +174,51 @@ def run_setting(model_dir: Path, *, max_batch: int, clients: int, rounds: int, m
     }
 
 
+def model_bound(model_dir: Path, *, clients: int, max_tokens: int, threads: int, repeats: int = 3) -> dict:
+    """The model's own cost per request, in this process (one computing thread, as in the server): the server's
+    prompt encoding, then prefill and ``max_tokens - 1`` decode steps of one request alone and of ``clients`` requests
+    in one batch (median of ``repeats``). Their ratio bounds what batching can gain, whatever the server does."""
+    from PIL import Image  # noqa: PLC0415
+
+    from rsfuse.model import MFRSVLM  # noqa: PLC0415
+    from rsfuse.model.generation import GenerationSession, SamplingParams  # noqa: PLC0415
+    from rsfuse.serve.inputs import PromptEncoder, collate  # noqa: PLC0415
+    from rsfuse.serve.protocol import Turn  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    model = MFRSVLM.from_pretrained(model_dir).eval()
+    encoder = PromptEncoder.for_model(model)
+    prompts = []
+    for seed in range(clients):
+        data = base64.b64decode(png_uri(seed).split(",", 1)[1])
+        prompts.append(encoder.encode([Turn("user", QUESTIONS[seed % len(QUESTIONS)])], Image.open(io.BytesIO(data))))
+    params = SamplingParams(max_new_tokens=max_tokens, eos_token_ids=())  # every answer runs to max_tokens
+
+    def answer(batch: list) -> None:
+        session = GenerationSession(model, max_batch=len(batch), max_length=model.config.llm.max_position_embeddings)
+        inputs = collate(batch, session.pad_token_id)
+        session.add(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], params=params,
+                    image_mask=inputs["image_mask"])
+        for _ in range(max_tokens - 1):
+            session.step()
+        session.poll()
+
+    def per_request(batch: list) -> float:
+        answer(batch)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            answer(batch)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) / len(batch)
+
+    with torch.inference_mode():
+        alone = float(np.mean([per_request([prompt]) for prompt in prompts[:4]]))
+        batched = per_request(prompts)
+    return {"batch": clients, "ms_per_request_alone": round(alone * 1e3, 1),
+            "ms_per_request_batched": round(batched * 1e3, 1), "bound_on_ratio": round(alone / batched, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="requests per client")
@@ -192,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                                  max_tokens=args.max_tokens, max_seconds=args.max_seconds, threads=args.threads)
             results.append(result)
             print(json.dumps(result), flush=True)
+        bound = model_bound(Path(scratch) / "model", clients=16, max_tokens=args.max_tokens, threads=args.threads)
     batched = next(r for r in results if r["max_batch"] == 16 and r["clients"] == 16)
     single = next(r for r in results if r["max_batch"] == 1)
     ratio = batched["requests_per_s"] / single["requests_per_s"] if single["requests_per_s"] else float("nan")
-    summary = {"results": results, "batched_over_one_at_a_time_16_clients": round(ratio, 2),
+    summary = {"results": results, "batched_over_one_at_a_time_16_clients": round(ratio, 2), "model_bound": bound,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                            "python": platform.python_version()},
                "settings": {"rounds": args.rounds, "max_tokens": args.max_tokens, "threads": args.threads}}
@@ -206,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['completion_tokens_per_s']} | {r['p50_latency_s']} | {r['p99_latency_s']} | {r['errors']} | "
               f"{r['lost']} |")
     print(f"\nbatched (max batch 16) / one at a time (max batch 1), 16 clients: {ratio:.2f}x")
+    print(f"the model alone, in this process: {bound['ms_per_request_alone']} ms per request alone, "
+          f"{bound['ms_per_request_batched']} ms per request in a batch of {bound['batch']}: at most {bound['bound_on_ratio']}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

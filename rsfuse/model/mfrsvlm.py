@@ -45,9 +45,9 @@ from rsfuse.model.decoding import generate as generate_tokens
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
 # Windows per tower call when a batch of images is encoded (``model.canvas.chunk_size``; None: all of one scale at
-# once). On the CPU a call over every window of 16 images leaves the caches and costs 1.6-1.7x as much per image as
-# calls of 128 (bench/canvas.py); a GPU is still filled by 128 windows of 336 px (74k tokens per call). Rows are
-# independent, so the features do not depend on it.
+# once). On the CPU a call over every window of 16 images leaves the caches and costs 1.5-1.8x as much per image as
+# calls of 128 (bench/encode_chunk.py); a GPU is still filled by 128 windows of 336 px (74k tokens per call). Rows
+# are independent, so the features do not depend on it.
 WINDOWS_PER_TOWER_CALL = 128
 
 __all__ = ["MFRSVLM", "MFRSVLMOutput"]
