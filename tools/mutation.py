@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
         ["tests/test_generation_session.py", "tests/test_generate.py"],
         [],
     ),
+    "sampling": ("rsfuse/model/sampling.py", ["tests/test_generation_session.py", "tests/test_generate.py"], []),
     "decoding": ("rsfuse/model/decoding.py", ["tests/test_generate.py", "tests/test_generation_session.py"], []),
     "layout": ("rsfuse/model/layout.py", ["tests/test_layout.py", "tests/test_mfrsvlm.py"], []),
     "matching": ("rsfuse/eval/matching.py", ["tests/test_eval_matching.py", "tests/test_eval_vqa.py"], []),
