@@ -157,3 +157,36 @@ def test_compiled_decoding_gives_the_eager_greedy_tokens(model):
     again = model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[], compile=True)
     assert model._compiled_session[1] is session and counters["stats"]["unique_graphs"] == graphs
     assert torch.equal(again, model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[]))
+
+
+def test_a_first_token_that_is_eos_ends_a_one_token_request_at_prefill(model):
+    """``max_new_tokens=1`` and the first token is an EOS id: the row is done at prefill, a step adds nothing."""
+    probe = GenerationSession(model, max_batch=1, max_length=100)
+    probe.add(_pixels(4), _prompt(7, 4), params=SamplingParams(max_new_tokens=1, eos_token_ids=()))
+    probe.poll()
+    first = probe.tokens(0)[0]
+    session = GenerationSession(model, max_batch=1, max_length=100)
+    session.add(_pixels(4), _prompt(7, 4), params=SamplingParams(max_new_tokens=1, eos_token_ids=(first,)))
+    session.step()
+    (update,) = session.poll()
+    assert update.new_tokens == [first] and update.finish_reason == "eos"
+
+
+def test_adding_a_greedy_request_draws_no_randomness(model):
+    """A sampled row's draws are the same whether or not a greedy request joins it midway: a greedy prefill takes
+    the argmax and leaves the generator alone (each decode step draws for every row either way)."""
+
+    def sampled_tokens(join: bool) -> list[int]:
+        session = GenerationSession(model, max_batch=2, max_length=100, generator=torch.Generator().manual_seed(5))
+        sampled = SamplingParams(max_new_tokens=10, temperature=1.5, eos_token_ids=())
+        session.add(_pixels(0), _prompt(9, 0), params=sampled)
+        for _ in range(3):
+            session.step()
+        if join:
+            session.add(_pixels(1), _prompt(5, 1), params=SamplingParams(max_new_tokens=4, eos_token_ids=()))
+        for _ in range(6):
+            session.step()
+        session.poll()
+        return session.tokens(0)
+
+    assert sampled_tokens(join=True) == sampled_tokens(join=False)
