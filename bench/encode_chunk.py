@@ -76,8 +76,9 @@ def main() -> None:
         print(f"| {r['preset']} | {r['windows_per_image']} | {cells} | {r['ms_one_image_alone']} ms |")
     print("same features as chunk None:", {r["preset"]: all(r["same_features"].values()) for r in results})
     summary = {"results": results, "default_chunk": WINDOWS_PER_TOWER_CALL,
-               "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "processor": platform.processor(),
-                           "torch": torch.__version__, "python": platform.python_version()}}
+               "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                           "processor": platform.processor(), "torch": torch.__version__,
+                           "python": platform.python_version()}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -7,8 +7,8 @@ trained here), saves it, and for each setting starts ``rsfuse serve`` as a separ
 errors, lost requests (no answer by the deadline). Settings: ``--max-batch 16`` with 1, 4 and 16 clients, and
 ``--max-batch 1`` (one request at a time) with 16 clients; the ratio of the two 16-client throughputs is the gain
 from batching. Then, in this process, the model's own cost per request alone and in one batch of 16 (a bound on that
-gain, whatever the server does). Bounded: at most ``--rounds`` requests per client and ``--max-seconds`` per setting; every server is
-stopped with SIGTERM (and killed if it does not stop).
+gain, whatever the server does). Bounded: at most ``--rounds`` requests per client and ``--max-seconds`` per setting;
+every server is stopped with SIGTERM (and killed if it does not stop).
 
     python bench/serve_load.py --out bench/results/serve_load.json
 """
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['lost']} |")
     print(f"\nbatched (max batch 16) / one at a time (max batch 1), 16 clients: {ratio:.2f}x")
     print(f"the model alone, in this process: {bound['ms_per_request_alone']} ms per request alone, "
-          f"{bound['ms_per_request_batched']} ms per request in a batch of {bound['batch']}: at most {bound['bound_on_ratio']}x")
+          f"{bound['ms_per_request_batched']} ms per request in a batch of {bound['batch']}: "
+          f"at most {bound['bound_on_ratio']}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
