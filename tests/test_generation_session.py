@@ -4,6 +4,8 @@ References are independent of the session: a greedy re-forward of the full model
 plus the tokens so far, argmax of the last logits) and ``generate`` of each prompt alone.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -190,3 +192,22 @@ def test_adding_a_greedy_request_draws_no_randomness(model):
         return session.tokens(0)
 
     assert sampled_tokens(join=True) == sampled_tokens(join=False)
+
+
+def test_a_new_request_with_more_eos_ids_leaves_the_running_rows_stop_rules_alone(model):
+    """The per-row EOS table widens when a request brings more EOS ids than any before; the running rows' new
+    columns must match no token. A decoder whose logits always pick token 1 makes any wrong match visible."""
+    always_one = copy.deepcopy(model)
+    head = torch.nn.Linear(model.config.llm.hidden_size, model.config.llm.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[1] = 1.0
+    always_one.llm.lm_head = head
+    session = GenerationSession(always_one, max_batch=2, max_length=100)
+    session.add(_pixels(0), _prompt(9, 0), params=SamplingParams(max_new_tokens=4, eos_token_ids=()))
+    session.step()
+    session.add(_pixels(1), _prompt(5, 1), params=SamplingParams(max_new_tokens=2, eos_token_ids=(7, 8, 9)))
+    _drain(session, [0, 1])
+    assert session.tokens(0) == [1, 1, 1, 1] and session.rows[0].finish_reason == "length"
+    assert session.tokens(1) == [1, 1]
