@@ -105,6 +105,24 @@ def test_visual_positions_equal_the_slice_when_they_name_the_same_positions():
 
 
 @torch.no_grad()
+def test_visual_positions_equal_the_slice_for_routerless_injectors_and_one_detail_map():
+    """``[B, N, D]`` detail (no router) with visual positions: the span to inject is N positions (the prompt here
+    is shorter than the width D, so confusing the two would skip the prefill)."""
+    host = _tiny_host("llama")
+    torch.manual_seed(0)
+    handle = graft(host, {0: GatedInjector(DIM, residual_scale_init=1.0)}, visual_slice=slice(3, 3 + VISUAL))
+    embeds, detail = _embeds(), _stacks()[:, 0]
+    assert embeds.shape[1] < DIM
+    plain = host(inputs_embeds=embeds).logits
+    with handle.use(detail):
+        by_slice = host(inputs_embeds=embeds).logits
+    with handle.use(detail, visual_positions=(torch.arange(VISUAL) + 3).expand(2, -1)):
+        by_positions = host(inputs_embeds=embeds).logits
+    assert not torch.allclose(by_slice, plain, atol=1e-4)
+    torch.testing.assert_close(by_positions, by_slice)
+
+
+@torch.no_grad()
 def test_sample_mask_leaves_unmarked_samples_untouched():
     host = _tiny_host("llama")
     embeds = _embeds()
@@ -123,8 +141,9 @@ def test_graft_exposes_injectors_for_an_optimizer_and_validates_layers():
     assert list(handle.injectors.keys()) == ["0", "2"]
     assert handle.layer_indices == [0, 2]
     assert {id(p) for p in handle.injectors.parameters()} == {id(p) for m in injectors.values() for p in m.parameters()}
-    with pytest.raises(ValueError, match="injection layer index 3 .* 3 layers"):
-        graft(host, {3: injectors[0]}, visual_slice=slice(0, VISUAL))
+    for index in (3, 7, -1):
+        with pytest.raises(ValueError, match=f"injection layer index {index} .* 3 layers"):
+            graft(host, {index: injectors[0]}, visual_slice=slice(0, VISUAL))
     with pytest.raises(ValueError, match="visual_slice"):
         graft(host, {0: injectors[0]}, visual_slice=slice(4, 2))
     with pytest.raises(ValueError, match="covers 6 positions but the stacks hold 4"):

@@ -218,6 +218,32 @@ def test_static_cache_refuses_overflow():
         model(torch.randint(0, 256, (1, 5)), past_key_values=cache, use_cache=True)
 
 
+def test_a_prefill_into_an_empty_static_cache_computes_what_a_cache_free_forward_computes():
+    """Bit for bit: the first call on an empty cache attends over its own new positions only (the usual causal
+    path), not over the whole buffer."""
+    model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(3))
+    cache = StaticKVCache.for_model(model.config, batch_size=2, max_length=64, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model(ids, past_key_values=cache, use_cache=True).logits, model(ids).logits)
+
+
+def test_write_row_copies_a_prefilled_row_into_a_running_cache():
+    model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4))
+    source = StaticKVCache.for_model(model.config, batch_size=1, max_length=5, dtype=torch.float32, device="cpu")
+    target = StaticKVCache.for_model(model.config, batch_size=3, max_length=8, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        model(ids, past_key_values=source, use_cache=True)
+    target.write_row(2, source)
+    assert target.lengths.tolist() == [0, 0, 5]
+    for mine, theirs in zip((*target.keys, *target.values), (*source.keys, *source.values)):
+        assert torch.equal(mine[2, :5], theirs[0, :5]) and not mine[:2].any() and not mine[2, 5:].any()
+    small = StaticKVCache.for_model(model.config, batch_size=1, max_length=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="5 positions exceed max_length 4"):
+        small.write_row(0, source)
+
+
 # --------------------------------------------------------------------------------------------- hooks, training
 def test_layers_take_hidden_states_first_and_hooks_can_edit_them():
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()

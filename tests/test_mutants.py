@@ -66,6 +66,11 @@ def test_stitch_names_too_few_windows_and_takes_many():
 
 
 # --------------------------------------------------------------------------------------------- encoders/windows.py
+def test_stitch_names_a_window_wider_than_the_canvas():
+    with pytest.raises(ValueError, match="do not tile"):
+        stitch_windows(torch.zeros(1, 1, 1, 5, 5, 2), per_side=1, stride=1, canvas_side=4, blend="mean")
+
+
 def test_fractional_window_is_named_with_its_pixels():
     # 16 × 0.3 = 4.8 px; `> 1e-6` → `== 1e-6` would let it through to a later, different error
     with pytest.raises(ValueError, match=r"window scale 0.3 gives a window of 4.8\d* px \(base_window 16 × 0.3\)"):
