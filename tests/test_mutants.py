@@ -8,7 +8,7 @@ from test_canvas import PatchMeanTower
 
 from rsfuse.encoders import MultiScaleCanvas
 from rsfuse.encoders.stitch import stitch_windows
-from rsfuse.encoders.windows import plan_window_grid
+from rsfuse.encoders.windows import plan_window_grid, resize_to
 from rsfuse.eval.matching import lenient_match
 from rsfuse.fusion import MLPProjector
 from rsfuse.injection.gated import GatedInjector
@@ -69,6 +69,18 @@ def test_stitch_names_too_few_windows_and_takes_many():
 def test_stitch_names_a_window_wider_than_the_canvas():
     with pytest.raises(ValueError, match="do not tile"):
         stitch_windows(torch.zeros(1, 1, 1, 5, 5, 2), per_side=1, stride=1, canvas_side=4, blend="mean")
+
+
+def test_resize_to_squares_an_image_whose_height_already_matches():
+    images = torch.rand(1, 4, 4, 6, generator=torch.Generator().manual_seed(0))  # as many channels as the size
+    expected = torch.nn.functional.interpolate(images, size=(4, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resize_to(images, 4), expected, rtol=0, atol=1e-6)
+
+
+def test_window_snap_error_names_the_larger_of_two_equally_near_divisors():
+    # 112-px base window at patch 14: 8 tokens; scale 0.75 wants 6, equally near 4 and 8 -> 8 is named.
+    with pytest.raises(ValueError, match="base token side 8 is 8 tokens = 112 px"):
+        plan_window_grid(scale=0.75, canvas_size=224, base_window=112, patch_size=14)
 
 
 def test_fractional_window_is_named_with_its_pixels():
