@@ -277,3 +277,14 @@ def test_text_stream_cuts_at_stop_strings_and_holds_back_partial_ones():
     partial = TextStream(lambda ids: "ab\ufffd" if len(ids) == 1 else "abé")
     assert partial.push([0]) == "ab"  # half a UTF-8 character waits
     assert partial.push([1], final=True) == "é"
+
+
+def test_a_session_that_cannot_open_fails_the_start_with_its_error(served):
+    """The session opens on the worker thread; ``start`` waits for it and re-raises what opening it raised."""
+    context = served.model.config.llm.max_position_embeddings
+    scheduler = Scheduler(served.model, max_batch=1, max_length=context + 1)
+    with pytest.raises(ValueError, match=f"{context + 1} positions .* max_position_embeddings = {context}"):
+        scheduler.start()
+    assert not scheduler.alive
+    with pytest.raises(Exception, match="shutting down"):
+        scheduler.submit(Job(None, SamplingParams(max_new_tokens=1), sink=lambda event: None))
