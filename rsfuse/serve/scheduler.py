@@ -11,8 +11,8 @@ The session is created on, and only ever touched from, the worker thread, and th
 (prompt encoding and the page's pictures go through `Scheduler.call`): on the CPU it must be the only thread that
 computes. OpenMP (libgomp, which PyTorch's CPU kernels use) keeps a team of threads for every thread that ran a
 parallel region, for as long as that thread lives; with more of them than cores it stops spin-waiting between
-regions, and the worker's many small kernels then each pay a wake-up: encoding an image took 1.7x as long
-(BENCHMARKS.md, "rsfuse serve under load"). Requests hand over a `Job` whose ``sink`` receives ``("tokens", ids)``,
+regions, and the worker's many small kernels then each pay a wake-up: encoding an image took 1.6x as long
+(``bench/compute_thread.py``; BENCHMARKS.md, "rsfuse serve under load"). Requests hand over a `Job` whose ``sink`` receives ``("tokens", ids)``,
 ``("done", finish_reason)`` or ``("error", APIError)`` from the worker thread.
 """
 
