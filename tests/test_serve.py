@@ -160,7 +160,8 @@ def test_stop_string_cuts_the_answer(served):
 
 def test_prompts_are_encoded_on_the_generation_worker(served, monkeypatch):
     """Every tensor computation of the server runs on one thread (``rsfuse.serve.scheduler``: a second thread with
-    an OpenMP team slowed the CPU worker's kernels 1.6x, bench/compute_thread.py): the session lives there and prompts are encoded there."""
+    an OpenMP team slowed the CPU worker's kernels 1.6x, ``bench/compute_thread.py``): the session lives there and
+    prompts are encoded there."""
     threads = []
     encode = served.encoder.encode
 
