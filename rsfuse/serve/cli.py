@@ -79,7 +79,9 @@ def build(args: argparse.Namespace):
         max_queue=args.max_queue, local_images=args.allow_local_images, limits=limits, seed=args.seed,
         compile=args.compile,
     )
-    return create_app(model, encoder, settings)
+    app = create_app(model, encoder, settings)
+    app.state.scheduler.start()  # before uvicorn: a session that cannot open is one error line, not a traceback
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

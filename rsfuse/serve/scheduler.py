@@ -86,8 +86,10 @@ class Scheduler:
 
     # ----- requests' side (any thread) ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread; returns once its session is open (raises what opening it raised)."""
-        self._thread.start()
+        """Start the worker thread (once; later calls only wait); returns once its session is open (raises what
+        opening it raised)."""
+        if not self._thread.is_alive() and not self._ready.is_set():
+            self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
             raise self._startup_error
