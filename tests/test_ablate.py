@@ -137,6 +137,15 @@ def test_kind_accuracies_by_hand(tmp_path):
     assert ablate.kind_accuracies(tmp_path / "missing", records, "vehicle") == {}
 
 
+def test_train_seconds_sum_every_session_of_a_resumed_run(tmp_path):
+    # A run cut after step 2 and resumed: its metrics.jsonl holds both sessions' steps; wall time would see only one.
+    steps = [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "step_s": t}) + "\n"
+                                                    for s, t in steps) + "\n")
+    assert ablate.train_seconds(tmp_path / "metrics.jsonl") == 3.75
+    assert ablate.train_seconds(tmp_path / "missing.jsonl") is None
+
+
 def test_an_existing_benchmark_is_never_rewritten(tmp_path):
     data = tmp_path / "data"
     generate(data, n_images=10, seed=0, size=112, workers=1)

@@ -14,6 +14,7 @@ from .report import (  # noqa: F401
     load_run,
     machine,
     mean_std,
+    train_seconds,
     verdict,
     write_report,
 )

@@ -33,10 +33,20 @@ def load_run(run_dir: Path) -> dict | None:
     timing = json.loads(wall.read_text()) if wall.is_file() else {}
     row["wall_s"] = timing.get("wall_s")
     row["machine"] = timing.get("machine")
+    row["train_s"] = train_seconds(run_dir / "metrics.jsonl")
     summary = run_dir / "summary.json"
     if summary.is_file():
         row["final_loss"] = json.loads(summary.read_text()).get("final_loss")
     return row
+
+
+def train_seconds(metrics: Path) -> float | None:
+    """Training time summed over the logged steps of every session (a resumed run's wall time covers only its last
+    part); None without the run's ``metrics.jsonl``."""
+    if not metrics.is_file():
+        return None
+    with metrics.open() as lines:
+        return sum(json.loads(line).get("step_s", 0.0) for line in lines if line.strip())
 
 DETAIL_KIND = "vehicle"  # the kind its scene does not give away (ships: water, planes: airport, tanks: yards)
 
@@ -262,15 +272,19 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
                   "compare variants across machines with care:", ""]
         lines += [f"- **M{index + 1}**: {name}" for index, name in enumerate(machines)]
     lines += ["", "## Per-run results", "",
-              "| variant | seed | small-object | overall | final train loss | wall s | machine |",
-              "|---|---|---|---|---|---|---|"]
+              "*train s*: training time summed over the logged steps of every session; *wall s*: the runner call "
+              "that finished the run, training and evaluation (a run resumed after an interruption counts only that "
+              "last call).", "",
+              "| variant | seed | small-object | overall | final train loss | train s | wall s | machine |",
+              "|---|---|---|---|---|---|---|---|"]
     for name in args.variant_names:
         for seed, row in sorted(results.get(name, {}).items()):
             loss = row.get("final_loss")
-            wall = row.get("wall_s")
+            wall, train = row.get("wall_s"), row.get("train_s")
             where = f"M{machines.index(row['machine']) + 1}" if row.get("machine") in machines else "–"
             lines.append(f"| `{name}` | {seed} | {100 * row['small-object']:.1f} | {100 * row['overall']:.1f} | "
-                         f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if wall is None else f'{wall:.0f}'} | "
+                         f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if train is None else f'{train:.0f}'} | "
+                         f"{'–' if wall is None else f'{wall:.0f}'} | "
                          f"{where} |")
     notes = Path(args.notes) if args.notes else out / "notes.md"
     if notes.is_file():
