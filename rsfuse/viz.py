@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from einops import rearrange, reduce
 
+from rsfuse.fusion import DetailStackSampler
+
 __all__ = [
     "InjectionRecord",
     "stack_labels",
@@ -50,14 +52,8 @@ class InjectionRecord:
 
 def stack_labels(config) -> list[str]:
     """One label per detail stack, in the model's stack order: scale → tower layer → phase (r-major)."""
-    factor = config.stack_factor
-    return [
-        f"{scale:g}× L{layer} ({row},{col})"
-        for scale in config.window_scales
-        for layer in config.detail_layers
-        for row in range(factor)
-        for col in range(factor)
-    ]
+    order = DetailStackSampler(config.stack_factor).stack_order(config.window_scales, config.detail_layers)
+    return [f"{scale:g}× L{layer} ({row},{col})" for scale, layer, row, col in order]
 
 
 @torch.no_grad()

@@ -34,6 +34,27 @@ def test_sampler_order_is_scale_layer_phase_r_major(batch, scales, layers, facto
     assert torch.equal(stacks, torch.stack(expected, dim=1))
 
 
+@given(scales=st.integers(1, 3), layers=st.integers(1, 3), factor=st.integers(1, 3))
+def test_stack_order_names_what_each_stack_holds(scales, layers, factor):
+    # Tag every canvas cell with its (scale, layer, row phase, column phase); each stack must hold one tag only.
+    scale_values, layer_values = [0.5 ** s for s in range(scales)], [3 * l + 2 for l in range(layers)]
+    side = 2 * factor
+    rows, cols = torch.arange(side) % factor, torch.arange(side) % factor
+    canvas = torch.zeros(1, scales, layers, side, side, 4)
+    for s in range(scales):
+        for l in range(layers):
+            canvas[0, s, l, :, :, 0] = scale_values[s]
+            canvas[0, s, l, :, :, 1] = layer_values[l]
+            canvas[0, s, l, :, :, 2] = rows[:, None].float()
+            canvas[0, s, l, :, :, 3] = cols[None, :].float()
+    sampler = DetailStackSampler(factor=factor)
+    stacks = sampler(canvas)[0]
+    order = sampler.stack_order(scale_values, layer_values)
+    assert len(order) == stacks.shape[0] == sampler.num_stacks(scales, layers)
+    for k, tag in enumerate(order):
+        assert torch.equal(stacks[k], torch.tensor(tag, dtype=torch.float).expand_as(stacks[k]))
+
+
 def test_sampler_paper_shape_and_errors():
     stacks = DetailStackSampler()(torch.zeros(1, 2, 3, 48, 48, 8))
     assert stacks.shape == (1, 24, 576, 8)

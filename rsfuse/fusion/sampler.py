@@ -1,5 +1,7 @@
 """``DetailStackSampler``: split token canvases by phase into position-aligned detail stacks (docs/DESIGN_NOTES.md §1.7)."""
 
+from collections.abc import Sequence
+
 from einops import rearrange
 from torch import nn
 
@@ -24,6 +26,11 @@ class DetailStackSampler(nn.Module):
     def num_stacks(self, scales: int, layers: int) -> int:
         """``K`` for ``scales`` × ``layers`` canvases."""
         return scales * layers * self.factor**2
+
+    def stack_order(self, scales: Sequence[float], layers: Sequence[int]) -> list[tuple[float, int, int, int]]:
+        """``(scale, layer, row phase, column phase)`` of each of the ``K`` stacks, in stack order."""
+        phases = [(row, col) for row in range(self.factor) for col in range(self.factor)]
+        return [(scale, layer, row, col) for scale in scales for layer in layers for row, col in phases]
 
     @typecheck
     def forward(
