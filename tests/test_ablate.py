@@ -84,6 +84,10 @@ def test_undecided_directions_get_more_seeds(tmp_path):
         _fake_run(tmp_path, "mf_rsvlm", seed, 0.6)
         _fake_run(tmp_path, "scales_1", seed, 0.5)
     assert ablate.undecided_jobs(args, tmp_path) == []  # still undecided, but 5 seeds is the most
+    args.report = str(tmp_path / "ABLATIONS.md")
+    text = ablate.write_report(args, tmp_path, "python -m studies.ablate_synthetic", None)
+    assert ("Completed runs**: 9 of the 9 planned (3 variants × seeds [0, 1, 2]), and 4 extra seeds of directions "
+            "undecided after 3 (up to 5 seeds per variant).") in text
     off = ablate.parse_args(["--variants", "global_only,mf_rsvlm,scales_1", "--seeds", "3"])
     assert off.all_seeds == [0, 1, 2]
 
@@ -172,7 +176,7 @@ def test_micro_study_end_to_end(tmp_path):
     assert ablate.main(argv) == 0
     text = report.read_text()
     assert "| `global_only` |" in text and "| `mf_rsvlm` |" in text
-    assert "Completed runs**: 2 of 2" in text
+    assert "Completed runs**: 2 of the 2 planned (2 variants × seeds [0])." in text
     assert "| `mf_rsvlm` | `global_only` |" in text  # the goal comparison row
     assert "Questions about the vehicle only" in text
     # One seed a side: the +10-point goal (a mean over 3 seeds) is not judged.

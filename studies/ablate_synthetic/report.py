@@ -167,6 +167,7 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
     types = list(SMALL_OBJECT_TYPES) + list(OTHER_TYPES)
     expected = len(args.variant_names) * len(args.seed_list)
     done = sum(len(seeds) for seeds in results.values())
+    extra = sum(1 for seeds in results.values() for seed in seeds if seed not in args.seed_list)
     lines = [
         "# Ablations on the synthetic benchmark",
         "",
@@ -197,7 +198,10 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         + _protocol(results) + "), mean ± sample std over seeds. *small-object* = accuracy over all test questions "
         "flagged `small_object` (count, existence, colour, position); *overall* = mean over question types. "
         "Captions rarely match exactly: read that column as a sanity check only.",
-        f"- **Completed runs**: {done} of {expected}.",
+        f"- **Completed runs**: {done - extra} of the {expected} planned ({len(args.variant_names)} variants × seeds "
+        f"{args.seed_list})" + (f", and {extra} extra seed{'s' if extra != 1 else ''} of directions undecided after "
+                                f"{len(args.seed_list)} (up to {args.max_seeds} seeds per variant)" if extra else "")
+        + ".",
         "",
         "| variant | what changes | seeds | " + " | ".join(types) + " | small-object | overall |",
         "|---|---|---|" + "---|" * (len(types) + 2),
