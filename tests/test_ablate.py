@@ -195,3 +195,12 @@ def test_micro_study_end_to_end(tmp_path):
     assert ablate.main(argv) == 0
     assert log.read_text() == before
     assert ablate.main([*argv, "--report-only"]) == 0
+
+
+def test_report_only_without_finished_runs_keeps_the_report(tmp_path, capsys):
+    report = tmp_path / "ABLATIONS.md"
+    report.write_text("committed figures\n")
+    argv = ["--report-only", "--out", str(tmp_path / "nothing_here"), "--report", str(report)]
+    assert ablate.main(argv) == 2
+    assert report.read_text() == "committed figures\n"
+    assert f"no finished run under {tmp_path / 'nothing_here' / 'runs'}" in capsys.readouterr().err

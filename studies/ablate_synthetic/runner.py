@@ -308,6 +308,11 @@ def main(argv=None) -> int:
     command = shlex.join([*COMMAND, *argv])
     study_file = out / "study.json"
     if args.report_only:
+        if not any((out / "runs").glob("*/seed*/eval/metrics.json")):
+            # An empty report would overwrite a committed one with nothing.
+            print(f"ablate_synthetic: no finished run under {out / 'runs'} (pass --out STUDY_FOLDER); "
+                  f"{args.report} left as it is", file=sys.stderr)
+            return 2
         # The report names the command that ran the study, not this report-only call.
         elapsed = None
         if study_file.is_file():
