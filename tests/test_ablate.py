@@ -4,6 +4,7 @@ report's arithmetic."""
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,15 @@ def test_undecided_directions_get_more_seeds(tmp_path):
         _fake_run(tmp_path, "scales_1", seed, 0.5)
     assert ablate.undecided_jobs(args, tmp_path) == []  # still undecided, but 5 seeds is the most
     args.report = str(tmp_path / "ABLATIONS.md")
-    text = ablate.write_report(args, tmp_path, "python -m studies.ablate_synthetic", None)
+    (tmp_path / "study.json").write_text(json.dumps({"started": time.time() - 7200}))  # two hours ago
+    for seed in range(3):
+        steps = "".join(json.dumps({"step": step, "step_s": 600.0}) + "\n" for step in (1, 2))
+        (tmp_path / "runs" / "global_only" / f"seed{seed}" / "metrics.jsonl").write_text(steps)
+    text = ablate.write_report(args, tmp_path, "python -m studies.ablate_synthetic")
     assert ("Completed runs**: 9 of the 9 planned (3 variants × seeds [0, 1, 2]), and 4 extra seeds of directions "
             "undecided after 3 (up to 5 seeds per variant).") in text
+    assert ("Training time summed over the runs: 1.0 h. Study span, first start to last finished run (pauses "
+            "included): 2.0 h.") in text
     off = ablate.parse_args(["--variants", "global_only,mf_rsvlm,scales_1", "--seeds", "3"])
     assert off.all_seeds == [0, 1, 2]
 

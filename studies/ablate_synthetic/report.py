@@ -162,7 +162,7 @@ def _data_summary(data: Path) -> str:
             f"(objects drawn {drawn} px); train/val/test samples {counts.get('train')}/{counts.get('val')}/"
             f"{counts.get('test')}")
 
-def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
+def write_report(args, out: Path, command: str) -> str:
     results = collect(out, args.variant_names, getattr(args, "all_seeds", args.seed_list))
     types = list(SMALL_OBJECT_TYPES) + list(OTHER_TYPES)
     expected = len(args.variant_names) * len(args.seed_list)
@@ -182,7 +182,7 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         + ("one multi-turn conversation per image holding all its questions, shuffled per image"
            if args.train_turns == "image" else "one question each")
         + f"), same data order per seed, seeds {args.seed_list}; "
-        f"{args.jobs} runs in parallel." + (f" Study wall time: {elapsed / 60:.1f} min." if elapsed else ""),
+        f"{args.jobs} runs in parallel." + _time_spent(out, results),
         "- **Model**: the tiny MF-RSVLM (4-layer decoder, 112-px global view, 224-px canvas built from the image's "
         "real pixels) with a vision tower of width 64, 3 blocks, patch 14 (8×8 tokens; detail layers {1, 2, 3} = "
         "{1/3, 2/3, last}), **frozen** as the paper freezes CLIP: "
@@ -299,6 +299,22 @@ def write_report(args, out: Path, command: str, elapsed: float | None) -> str:
         report = REPO / report
     report.write_text(text)
     return text
+
+def _time_spent(out: Path, results) -> str:
+    """The runs' training time summed, and the study's span from its first start to its last finished run (pauses
+    between sessions included, so the two differ)."""
+    train = [row["train_s"] for seeds in results.values() for row in seeds.values() if row.get("train_s")]
+    text = f" Training time summed over the runs: {sum(train) / 3600:.1f} h." if train else ""
+    finished = [path.stat().st_mtime for path in (out / "runs").glob("*/seed*/eval/metrics.json")]
+    try:
+        started = float(json.loads((out / "study.json").read_text())["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return text
+    if finished:
+        text += (f" Study span, first start to last finished run (pauses included): "
+                 f"{(max(finished) - started) / 3600:.1f} h.")
+    return text
+
 
 def _commits(out: Path) -> str:
     """The commit(s) the study's runs used, from OUT/study.json."""

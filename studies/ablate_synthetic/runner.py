@@ -314,7 +314,6 @@ def main(argv=None) -> int:
                   f"{args.report} left as it is", file=sys.stderr)
             return 2
         # The report names the command that ran the study, not this report-only call.
-        elapsed = None
         if study_file.is_file():
             study = json.loads(study_file.read_text())
             command = study["command"]
@@ -328,9 +327,7 @@ def main(argv=None) -> int:
             if args.max_seeds:
                 wanted += ["--max-seeds", str(args.max_seeds)]
             args = parse_args(stored + wanted)
-            finished = [path.stat().st_mtime for path in (out / "runs").glob("*/seed*/eval/metrics.json")]
-            elapsed = max(finished) - study["started"] if finished else None
-        print(write_report(args, out, command, elapsed))
+        print(write_report(args, out, command))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     study = json.loads(study_file.read_text()) if study_file.is_file() else {"started": time.time()}
@@ -358,7 +355,7 @@ def main(argv=None) -> int:
             else:
                 print(f"[ablate] {name} seed {seed}: small-object {100 * row['small-object']:.1f}, "
                       f"overall {100 * row['overall']:.1f} ({(time.time() - started) / 60:.1f} min)", flush=True)
-            write_report(args, out, command, time.time() - started)
+            write_report(args, out, command)
 
     jobs = job_order(args.variant_names, args.seed_list, args.order)
     while jobs and not failures:
@@ -377,7 +374,7 @@ def main(argv=None) -> int:
         jobs = undecided_jobs(args, out) if args.max_seeds else []
         if jobs:
             print(f"[ablate] undecided directions: adding {jobs}", flush=True)
-    print(write_report(args, out, command, time.time() - started))
+    print(write_report(args, out, command))
     if failures:
         print(f"[ablate] failed runs: {failures}", file=sys.stderr)
         return 1
