@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rsfuse.fusion import DetailStackSampler
-from rsfuse.llm.tokenizer import Tokenizer
+from rsfuse.llm import Tokenizer
 from rsfuse.model import MFRSVLM
 from rsfuse.recipes.evaluate import evaluate, read_task
 
