@@ -28,6 +28,10 @@ def test_mean_std_and_verdict():
     assert delta == pytest.approx(-40.0) and se == pytest.approx(8.16497, abs=1e-4) and word == "reversed"
     # Δ = −0.33 but SE 8.2: the interval is far wider than ±2 points.
     assert ablate.compare([0.50, 0.60, 0.40], [0.49, 0.61, 0.41])[2] == "undecided"
+    _, word = ablate.verdict([0.50, 0.60, 0.40], [0.49, 0.61, 0.41], max_seeds=5)
+    assert word.endswith("more seeds needed, SE 8.2)")  # 3 seeds a side: the study may still add two
+    _, word = ablate.verdict([0.50, 0.60, 0.40], [0.49, 0.61, 0.41], max_seeds=3)
+    assert word.endswith("still so after 3 seeds a side, the most this study runs, SE 8.2)")
     # Δ = 50.5 − 50.2 = 0.3, SE = sqrt(0.25/3 + 0.21/3) = 0.392: Δ ± 2 SE = [−0.48, +1.08] inside ±2 points.
     delta, se, word = ablate.compare([0.500, 0.505, 0.510], [0.497, 0.503, 0.506])
     assert delta == pytest.approx(0.3) and se == pytest.approx(0.39158, abs=1e-4) and word == "negligible"

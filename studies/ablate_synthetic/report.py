@@ -108,15 +108,19 @@ def compare(better: list[float], worse: list[float]) -> tuple[float, float | Non
     return delta, se, "undecided"
 
 
-def verdict(better: list[float], worse: list[float]) -> tuple[float, str]:
-    """``compare`` as (Δ, one phrase with the standard error)."""
+def verdict(better: list[float], worse: list[float], *, max_seeds: int = 0) -> tuple[float, str]:
+    """``compare`` as (Δ, one phrase with the standard error); an undecided direction with ``max_seeds`` seeds on
+    each side (the most the study runs) says so instead of asking for more."""
     delta, se, word = compare(better, worse)
     if se is None:
         return delta, word
+    exhausted = max_seeds and min(len(better), len(worse)) >= max_seeds
     reason = {"holds": "Δ > 2 standard errors", "reversed": "Δ < −2 standard errors",
               "negligible": f"Δ ± 2 SE inside ±{NEGLIGIBLE_POINTS:g} points",
               "undecided": "within 2 standard errors, interval wider than "
-                           f"±{NEGLIGIBLE_POINTS:g} points: more seeds needed"}[word]
+                           f"±{NEGLIGIBLE_POINTS:g} points: "
+                           + (f"still so after {max_seeds} seeds a side, the most this study runs" if exhausted
+                              else "more seeds needed")}[word]
     return delta, f"{word} ({reason}, SE {se:.1f})"
 
 def _tower_summary(out: Path) -> str:
@@ -242,7 +246,7 @@ def write_report(args, out: Path, command: str) -> str:
             continue
         small_b, small_w = [r["small-object"] for r in rows_b], [r["small-object"] for r in rows_w]
         delta, se, _ = compare(small_b, small_w)
-        _, word = verdict(small_b, small_w)
+        _, word = verdict(small_b, small_w, max_seeds=getattr(args, "max_seeds", 0) or 0)
         delta_all, _, _ = compare([r["overall"] for r in rows_b], [r["overall"] for r in rows_w])
         spread = "–" if se is None else f"{se:.1f}"
         interval = "–" if se is None else f"[{delta - 2 * se:+.1f}, {delta + 2 * se:+.1f}]"
