@@ -35,6 +35,7 @@ from rsfuse.data import ImageProcessor, load_image
 from rsfuse.llm.templates import build_prompt, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 from rsfuse.model import MFRSVLM
+from studies._cli import emit_json
 
 TYPES = ("colour", "position", "count")
 READ_TYPES = ("colour", "position")
@@ -209,10 +210,7 @@ def main(argv=None) -> int:
         result["read"] = read_figures(recorder, with_scenes(questions_about_present_kinds(
             data, "train", scenes, READ_TYPES, args.read_questions)))
     result["seconds"] = round(time.time() - started, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
     return 0
 
 

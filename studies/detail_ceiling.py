@@ -23,7 +23,6 @@ Example (the tower and data of the study in docs/ablations/ABLATIONS.md)::
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 

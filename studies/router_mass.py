@@ -26,6 +26,7 @@ from einops import reduce
 from rsfuse.fusion import DetailStackSampler
 from rsfuse.model import MFRSVLM
 from rsfuse.processor import MFRSVLMProcessor
+from studies._cli import benchmark_test_file, emit_json
 
 
 @torch.no_grad()
@@ -83,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the result as JSON here (default: print it)")
     args = parser.parse_args(argv)
     data = Path(args.data)
-    test = data / "test.json"
-    if not test.is_file():
-        print(f"router_mass: {test} not found (--data must be a synthetic benchmark folder)", file=sys.stderr)
+    test = benchmark_test_file("router_mass", data)
+    if test is None:
         return 2
     try:
         records = json.loads(test.read_text())[: args.limit]
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"router_mass: {error}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
     return 0
 
 

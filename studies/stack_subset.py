@@ -15,7 +15,6 @@ Example (seed 0 of the directions study, last tower layer only)::
 """
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from rsfuse.fusion import DetailStackSampler
 from rsfuse.llm import Tokenizer
 from rsfuse.model import MFRSVLM
 from rsfuse.recipes.evaluate import evaluate, read_task
+from studies._cli import benchmark_test_file, emit_json
 
 
 class StackSubset(nn.Module):
@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the result as JSON here (default: print it)")
     args = parser.parse_args(argv)
     data = Path(args.data)
-    test = data / "test.json"
-    if not test.is_file():
-        print(f"stack_subset: {test} not found (--data must be a synthetic benchmark folder)", file=sys.stderr)
+    test = benchmark_test_file("stack_subset", data)
+    if test is None:
         return 2
     try:
         layers, scales = _numbers(args.layers, int), _numbers(args.scales, float)
@@ -103,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "overall": result["avg"]["exact_accuracy"],
         "per_type": {kind: row["exact_accuracy"] for kind, row in result["per_type"].items()},
     }
-    text = json.dumps(summary, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit_json(summary, args.out)
     return 0
 
 

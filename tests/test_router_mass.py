@@ -8,11 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from factories.mfrsvlm import make_model
-from factories.tokenizer import tiny_tokenizer_dir
+from factories.mfrsvlm import make_model, write_study_folder
 from rsfuse.injection.visual import InjectionStats
 from rsfuse.processor import MFRSVLMProcessor
-from rsfuse.synthetic.benchmark import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the studies folder sits beside the package
 
@@ -21,10 +19,7 @@ from studies import router_mass as study  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("router_mass")
-    generate(root / "data", n_images=40, seed=0, size=112, workers=1)
-    make_model(seed=5).save_pretrained(root / "model", tokenizer=tiny_tokenizer_dir())
-    return root
+    return write_study_folder(tmp_path_factory.mktemp("router_mass"))
 
 
 def test_weights_are_summed_per_layer_and_scale_by_hand(tiny_study, monkeypatch):

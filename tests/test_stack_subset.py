@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories.mfrsvlm import make_model
-from factories.tokenizer import tiny_tokenizer_dir
+from factories.mfrsvlm import make_model, write_study_folder
 
 from rsfuse.cli import main as rsfuse_main
 from rsfuse.processor import MFRSVLMProcessor
-from rsfuse.synthetic.benchmark import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the studies folder sits beside the package
 
@@ -24,10 +22,7 @@ LAST_LAYER = [8, 9, 10, 11, 20, 21, 22, 23]
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack_subset")
-    generate(root / "data", n_images=40, seed=0, size=112, workers=1)
-    make_model(seed=5).save_pretrained(root / "model", tokenizer=tiny_tokenizer_dir())
-    return root
+    return write_study_folder(tmp_path_factory.mktemp("stack_subset"))
 
 
 def _inputs(tiny_study):

@@ -24,6 +24,7 @@ from factories.tokenizer import TINY_VOCAB_SIZE, tiny_tokenizer_dir
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.model import MFRSVLM, MFRSVLMConfig
+from rsfuse.synthetic.benchmark import generate
 
 __all__ = [
     "MICRO_VISION",
@@ -240,3 +241,11 @@ class TowerCounter:
             return original(pixels, *args, **kwargs)
 
         model.vision_tower.forward_intermediates = counted
+
+
+def write_study_folder(root: Path) -> Path:
+    """What the study CLIs read: a 40-image synthetic benchmark in ``root/data`` (112 px) and ``make_model(seed=5)``
+    with the tiny tokenizer in ``root/model``."""
+    generate(root / "data", n_images=40, seed=0, size=112, workers=1)
+    make_model(seed=5).save_pretrained(root / "model", tokenizer=tiny_tokenizer_dir())
+    return root
