@@ -46,6 +46,7 @@ from gpu_paper_scale import AuthorsDetailStage  # bench/ is on sys.path when thi
 from rsfuse.encoders import MultiScaleCanvas
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.encoders.clip_config import CLIPVisionConfig
+from rsfuse.options import WINDOW_LAYOUTS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYER_FRACTIONS = (0.33, 0.66, 1.0)
@@ -100,7 +101,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image", type=int, default=112, help="tower image size = base window; canvas = 2x")
     parser.add_argument("--patch", type=int, default=14)
     parser.add_argument("--scales", default="1.0,0.5")
-    parser.add_argument("--window-layout", choices=["spatial", "reference"], default="spatial")
+    parser.add_argument("--window-layout", choices=WINDOW_LAYOUTS, default="spatial")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

@@ -51,6 +51,7 @@ from typing import Sequence
 import torch
 
 from rsfuse import MFRSVLMConfig
+from rsfuse.options import ATTENTION_BACKENDS
 from paper_scale.common import DTYPES, Recorder, SECTIONS, git_commit, measure_references, synchronize
 from paper_scale.models import build_hf_clip, build_llava_hf, llava_shaped, random_mfrsvlm
 from paper_scale.report import collect_figures, goal_rows, table
@@ -77,7 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--authors-repeats", type=int, default=None, help="(3; tiny 1)")
     parser.add_argument("--session-steps", type=int, default=32, help="timed steps of the steady-state session")
     parser.add_argument("--tower-batch", type=int, default=None, help="batch of the compiled-tower run (default: largest detail batch)")
-    parser.add_argument("--attention-backend", default="sdpa", help="rsfuse attention backend (the baselines use SDPA)")
+    parser.add_argument("--attention-backend", default="sdpa", choices=ATTENTION_BACKENDS,
+                        help="rsfuse attention backend (the baselines use SDPA)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="sections 'batch' and 'tower' are skipped when less than 20%% of this is left")

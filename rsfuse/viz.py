@@ -25,6 +25,7 @@ import torch
 from einops import rearrange, reduce
 
 from rsfuse.fusion import DetailStackSampler
+from rsfuse.options import DEFAULT_TEMPLATE
 
 __all__ = [
     "InjectionRecord",
@@ -271,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--question", required=True, help="question about the image")
         parser.add_argument("--out", default="", help="PNG to write (default <image name>.viz.png here)")
         parser.add_argument("--tokenizer", default="", help="tokenizer folder (default: the model folder)")
-        parser.add_argument("--template", default=None, help="conversation template (default: the folder's, else vicuna_v1)")
+        parser.add_argument("--template", default=None,
+                            help=f"conversation template (default: the folder's, else {DEFAULT_TEMPLATE})")
         parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length budget")
         args = parser.parse_args(argv)
         handler = _injection_main

@@ -35,6 +35,7 @@ from rsfuse.data import ImageProcessor, load_image
 from rsfuse.llm.templates import build_prompt, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 from rsfuse.model import MFRSVLM
+from rsfuse.options import DEFAULT_TEMPLATE
 from studies._cli import emit_json
 
 TYPES = ("colour", "position", "count")
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=300, help="find: test questions per type (the first ones)")
     parser.add_argument("--read-questions", type=int, default=0,
                         help="read: training questions per type for the probes (0: skip the read part)")
-    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="", help="JSON file for the figures (printed either way)")
     args = parser.parse_args(argv)

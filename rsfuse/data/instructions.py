@@ -45,6 +45,7 @@ from rsfuse.llm.templates import (
     validate_conversation,
 )
 from rsfuse.llm.tokenizer import Tokenizer
+from rsfuse.options import PADDING_SIDES, check_option
 
 __all__ = ["InstructionDataError", "InstructionDataset", "InstructionSample", "collate", "merge_turns_by_image"]
 
@@ -354,8 +355,7 @@ def collate(
     ``None`` when no sample has an image."""
     if not samples:
         raise ValueError("collate: empty batch")
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    check_option(padding_side, PADDING_SIDES, "padding_side")
     input_ids = pad_sequence(
         [sample.input_ids for sample in samples], batch_first=True, padding_value=pad_id, padding_side=padding_side
     )

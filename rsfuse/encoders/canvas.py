@@ -17,8 +17,9 @@ from einops import rearrange
 from torch import nn
 
 from rsfuse._typing import Float, Tensor, typecheck
-from rsfuse.encoders.stitch import BLENDS, blend_weights, stitch_windows
-from rsfuse.encoders.windows import WINDOW_LAYOUTS, WindowGrid, cut_windows, plan_window_grid, resize_to
+from rsfuse.encoders.stitch import blend_weights, stitch_windows
+from rsfuse.encoders.windows import WindowGrid, cut_windows, plan_window_grid, resize_to
+from rsfuse.options import BLENDS, WINDOW_LAYOUTS, check_option
 
 __all__ = ["MultiScaleCanvas"]
 
@@ -82,10 +83,8 @@ class MultiScaleCanvas(nn.Module):
         super().__init__()
         patch = _tower_patch_size(tower)
         depth = _tower_depth(tower)
-        if blend not in BLENDS:
-            raise ValueError(f"MultiScaleCanvas: blend must be one of {BLENDS}, got {blend!r}")
-        if window_layout not in WINDOW_LAYOUTS:
-            raise ValueError(f"MultiScaleCanvas: window_layout must be one of {WINDOW_LAYOUTS}, got {window_layout!r}")
+        check_option(blend, BLENDS, "MultiScaleCanvas: blend")
+        check_option(window_layout, WINDOW_LAYOUTS, "MultiScaleCanvas: window_layout")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"MultiScaleCanvas: chunk_size must be a positive int or None, got {chunk_size!r}")
         if not isinstance(canvas_size, int) or canvas_size < 1 or canvas_size % patch:

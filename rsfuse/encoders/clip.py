@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 
 from rsfuse._typing import Float, Tensor, typecheck
 from rsfuse.encoders.clip_config import CLIPVisionConfig
-from rsfuse.ops.attention import BACKENDS, attention
+from rsfuse.ops.attention import attention
+from rsfuse.options import ATTENTION_BACKENDS, check_option
 
 __all__ = ["CLIPVisionTower", "CLIPVisionEmbeddings", "CLIPEncoderLayer"]
 
@@ -163,8 +164,7 @@ class CLIPVisionTower(nn.Module):
         super().__init__()
         if not isinstance(config, CLIPVisionConfig):
             raise TypeError(f"CLIPVisionTower expects a CLIPVisionConfig, got {type(config).__name__}")
-        if attention_backend not in BACKENDS:
-            raise ValueError(f"CLIPVisionTower: attention_backend must be one of {BACKENDS}, got {attention_backend!r}")
+        check_option(attention_backend, ATTENTION_BACKENDS, "CLIPVisionTower: attention_backend")
         self.config = config
         self.gradient_checkpointing = gradient_checkpointing
         self.embeddings = CLIPVisionEmbeddings(config=config)

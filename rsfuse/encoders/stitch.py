@@ -10,20 +10,17 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from rsfuse._typing import Float, Tensor, typecheck
+from rsfuse.options import BLENDS, check_option
 
 __all__ = ["BLENDS", "blend_weights", "stitch_windows"]
 
-BLENDS = ("hann", "mean")
-
-
 def blend_weights(side: int, blend: str, *, device: torch.device | None = None) -> Tensor:
     """``[side, side]`` float32 blend weights of one window."""
+    check_option(blend, BLENDS, "blend")
     if blend == "hann":
         profile = torch.hann_window(side, periodic=False, dtype=torch.float32, device=device)
         return torch.outer(profile, profile)
-    if blend == "mean":
-        return torch.ones(side, side, dtype=torch.float32, device=device)
-    raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return torch.ones(side, side, dtype=torch.float32, device=device)
 
 
 @typecheck

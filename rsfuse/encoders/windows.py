@@ -13,11 +13,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from rsfuse._typing import Float, Tensor, typecheck
+from rsfuse.options import WINDOW_LAYOUTS, check_option
 
 __all__ = ["WINDOW_LAYOUTS", "WindowGrid", "cut_windows", "plan_window_grid", "resize_to"]
-
-WINDOW_LAYOUTS = ("spatial", "reference")
-
 
 @dataclass(frozen=True)
 class WindowGrid:
@@ -99,8 +97,7 @@ def cut_windows(
     viewed as ``[B·n·n, C, w, w]`` without moving the channel axis, so window k's C planes are the planes
     ``k·C … k·C + C − 1`` of that sample in (channel, row, col) order.
     """
-    if layout not in WINDOW_LAYOUTS:
-        raise ValueError(f"window_layout must be one of {WINDOW_LAYOUTS}, got {layout!r}")
+    check_option(layout, WINDOW_LAYOUTS, "window_layout")
     size, step = grid.window_pixels, grid.stride_pixels
     patches = canvas.unfold(2, size, step).unfold(3, size, step)  # [B, C, n, n, w, w]
     if layout == "spatial":

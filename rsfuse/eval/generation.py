@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from rsfuse.options import DEFAULT_TEMPLATE
+
 __all__ = [
     "BAD_IMAGE",
     "TOO_LONG",
@@ -120,7 +122,7 @@ def generate_batches(
     *,
     batch_size: int,
     max_new_tokens: int,
-    template: str = "vicuna_v1",
+    template: str = DEFAULT_TEMPLATE,
     progress: bool = False,
     skip_bad: bool = False,
     skipped: list[dict] | None = None,
@@ -169,7 +171,7 @@ def generate_predictions(
     *,
     batch_size: int = 16,
     max_new_tokens: int = 32,
-    template: str = "vicuna_v1",
+    template: str = DEFAULT_TEMPLATE,
     progress: bool = False,
 ) -> Iterator[list[tuple[Mapping[str, Any], str]]]:
     """Yield ``[(record, prediction), ...]`` one batch at a time: greedy, KV-cached, left-padded prompts, batched by

@@ -17,12 +17,10 @@ from einops import rearrange, reduce
 from torch import nn
 
 from rsfuse._typing import Float, Tensor, typecheck
-from rsfuse.ops.attention import BACKENDS, attention
+from rsfuse.ops.attention import attention
+from rsfuse.options import ATTENTION_BACKENDS, ROUTER_MODES, check_option
 
 __all__ = ["Router", "ROUTER_MODES"]
-
-ROUTER_MODES = ("sample", "token")
-
 
 def _norm_linear(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
@@ -54,10 +52,8 @@ class Router(nn.Module):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"Router: dim must be a positive int, got {dim!r}")
-        if mode not in ROUTER_MODES:
-            raise ValueError(f"Router: mode must be one of {ROUTER_MODES}, got {mode!r}")
-        if attention_backend not in BACKENDS:
-            raise ValueError(f"Router: attention_backend must be one of {BACKENDS}, got {attention_backend!r}")
+        check_option(mode, ROUTER_MODES, "Router: mode")
+        check_option(attention_backend, ATTENTION_BACKENDS, "Router: attention_backend")
         self.dim = dim
         self.mode = mode
         self.attention_backend = attention_backend

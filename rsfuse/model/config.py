@@ -12,15 +12,27 @@ from typing import Any, Mapping
 
 from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
+from rsfuse.options import (
+    ATTENTION_BACKENDS,
+    BLENDS,
+    CANVAS_SOURCES,
+    IMAGE_PLACEMENTS,
+    ROUTER_MODES,
+    WINDOW_LAYOUTS,
+    check_option,
+)
 
 __all__ = ["MFRSVLMConfig", "detail_layers_from_fractions", "PAPER_DETAIL_FRACTIONS", "PRESETS"]
 
-CANVAS_SOURCES = ("upsampled", "image")
-IMAGE_PLACEMENTS = ("prefix", "token")
-WINDOW_LAYOUTS = ("spatial", "reference")
-BLENDS = ("hann", "mean")
-ROUTER_MODES = ("sample", "token")
-ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
+# The option tuples (defined in rsfuse.options) checked by the config, by field.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "canvas_source": CANVAS_SOURCES,
+    "image_placement": IMAGE_PLACEMENTS,
+    "window_layout": WINDOW_LAYOUTS,
+    "blend": BLENDS,
+    "router_mode": ROUTER_MODES,
+    "attention_backend": ATTENTION_BACKENDS,
+}
 
 
 def _positive_int_tuple(name: str, values: Any) -> tuple[int, ...]:
@@ -31,11 +43,6 @@ def _positive_int_tuple(name: str, values: Any) -> tuple[int, ...]:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"MFRSVLMConfig.{name} must hold positive ints, got {value!r} in {list(values)}")
     return values
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"MFRSVLMConfig.{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass(kw_only=True)
@@ -120,12 +127,8 @@ class MFRSVLMConfig:
             )
         if self.detail and not self.injection_layers:
             raise ValueError("MFRSVLMConfig.injection_layers is empty; set detail=False for a model without injection")
-        _choice("canvas_source", self.canvas_source, CANVAS_SOURCES)
-        _choice("image_placement", self.image_placement, IMAGE_PLACEMENTS)
-        _choice("window_layout", self.window_layout, WINDOW_LAYOUTS)
-        _choice("blend", self.blend, BLENDS)
-        _choice("router_mode", self.router_mode, ROUTER_MODES)
-        _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        for name, choices in CHOICES.items():
+            check_option(getattr(self, name), choices, f"MFRSVLMConfig.{name}")
         if isinstance(self.residual_scale_init, bool) or not isinstance(self.residual_scale_init, (int, float)):
             raise ValueError(f"MFRSVLMConfig.residual_scale_init must be a number, got {self.residual_scale_init!r}")
         self.residual_scale_init = float(self.residual_scale_init)
@@ -327,9 +330,7 @@ def _check_fields(values: Mapping[str, Any]) -> None:
             raise refuse("residual_scale_init", "must be a finite number")
     if "detail" in values and not isinstance(values["detail"], bool):
         raise refuse("detail", "must be true or false")
-    for key, choices in (("canvas_source", CANVAS_SOURCES), ("image_placement", IMAGE_PLACEMENTS),
-                         ("window_layout", WINDOW_LAYOUTS), ("blend", BLENDS), ("router_mode", ROUTER_MODES),
-                         ("attention_backend", ATTENTION_BACKENDS)):
+    for key, choices in CHOICES.items():
         if key in values and (not isinstance(values[key], str) or values[key] not in choices):
             raise refuse(key, f"must be one of {choices}")
 

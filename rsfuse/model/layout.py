@@ -33,11 +33,9 @@ from einops import rearrange, repeat
 from rsfuse._typing import Bool, Int, Tensor
 from rsfuse.llm.model import IGNORE_INDEX
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
+from rsfuse.options import IMAGE_PLACEMENTS, PADDING_SIDES, check_option
 
 __all__ = ["IGNORE_INDEX", "SequenceLayout", "layout_sequence", "position_ids_from_mask"]
-
-PADDING_SIDES = ("left", "right")
-
 
 @dataclass
 class SequenceLayout:
@@ -94,10 +92,8 @@ def layout_sequence(
     """Lay out a batch; ``image_mask`` marks the rows with an image (None: a text-only batch). See the module doc."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
-    if placement not in ("prefix", "token"):
-        raise ValueError(f"image placement must be 'prefix' or 'token', got {placement!r}")
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    check_option(placement, IMAGE_PLACEMENTS, "image placement")
+    check_option(padding_side, PADDING_SIDES, "padding_side")
     if image_token_id != IMAGE_TOKEN_INDEX:  # an in-vocabulary image token (llava-hf): LLaVA's −200 means it too
         input_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, image_token_id)
     if attention_mask is None:

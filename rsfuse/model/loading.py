@@ -34,6 +34,7 @@ from rsfuse.checkpoints.rsfuse_folder import (
     write_rsfuse_folder,
 )
 from rsfuse.model.config import MFRSVLMConfig
+from rsfuse.options import DEFAULT_TEMPLATE
 
 __all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "READABLE_MODEL_TYPES"]
 
@@ -249,5 +250,5 @@ def _record_template(folder: Path, template: str | None) -> None:
     record: dict[str, Any] = {"processor_class": "MFRSVLMProcessor"}
     if recorded_template(folder) is not None:
         record = json.loads(path.read_text())
-    record["template"] = template or record.get("template") or "vicuna_v1"
+    record["template"] = template or record.get("template") or DEFAULT_TEMPLATE
     path.write_text(json.dumps(record, indent=2) + "\n")

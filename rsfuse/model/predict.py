@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from rsfuse.options import DEFAULT_TEMPLATE
+
 __all__ = ["answer", "main"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
-    parser.add_argument("--template", default=None, help="conversation template (default: the folder's, else vicuna_v1)")
+    parser.add_argument("--template", default=None,
+                        help=f"conversation template (default: the folder's, else {DEFAULT_TEMPLATE})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error")

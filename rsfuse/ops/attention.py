@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from rsfuse._typing import Float, Tensor, typecheck
+from rsfuse.options import ATTENTION_BACKENDS, check_option
 
 __all__ = ["attention", "attention_weights", "xformers_available", "BACKENDS"]
 
-BACKENDS = ("auto", "sdpa", "xformers", "math")
+BACKENDS = ATTENTION_BACKENDS  # defined in rsfuse.options
 
 
 def _causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
@@ -192,8 +193,7 @@ def attention(
 
     ``all_rows_attend=True``: the caller guarantees that every query row's mask allows some key (e.g. a decoding
     step, which always sees itself), so the zero-fill of empty rows is skipped."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    check_option(backend, ATTENTION_BACKENDS, "attention backend")
     _check(q, k, v, mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if backend == "auto":

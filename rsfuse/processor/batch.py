@@ -12,7 +12,8 @@ from typing import Any
 
 from rsfuse._typing import Tensor
 from rsfuse.data.instructions import InstructionSample, collate
-from rsfuse.model.layout import PADDING_SIDES, layout_sequence
+from rsfuse.model.layout import layout_sequence
+from rsfuse.options import PADDING_SIDES, check_option
 
 __all__ = ["SampleCollator", "layout_batch"]
 
@@ -49,8 +50,7 @@ class SampleCollator:
     padding_side: str = "right"
 
     def __post_init__(self) -> None:
-        if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+        check_option(self.padding_side, PADDING_SIDES, "padding_side")
 
     def __call__(self, samples: Sequence[InstructionSample]) -> dict[str, Tensor | None]:
         raw = collate(samples, pad_id=self.pad_token_id, padding_side=self.padding_side)

@@ -38,9 +38,10 @@ from rsfuse.data.images import CLIP_MEAN, CLIP_STD
 from rsfuse.data.preprocess import ImageProcessor
 from rsfuse.llm.templates import IGNORE_INDEX, ConversationTemplate, get_template, tokenize_conversation, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
+from rsfuse.options import DEFAULT_TEMPLATE, IMAGE_PLACEMENTS, PADDING_SIDES, check_option
 from rsfuse.processor.batch import SampleCollator, layout_batch
 from rsfuse.processor.images import to_image
-from rsfuse.processor.prompts import DEFAULT_TEMPLATE, prompt_text, template_and_rounds
+from rsfuse.processor.prompts import prompt_text, template_and_rounds
 from rsfuse.processor.settings import (
     PREPROCESSOR_CONFIG_FILE,
     PROCESSOR_CLASS,
@@ -96,8 +97,7 @@ class MFRSVLMProcessor:
         for name, value in (("image_size", image_size), ("num_visual_tokens", num_visual_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if image_placement not in ("prefix", "token"):
-            raise ValueError(f"image_placement must be 'prefix' or 'token', got {image_placement!r}")
+        check_option(image_placement, IMAGE_PLACEMENTS, "image_placement")
         try:
             self.template = get_template(template)
         except KeyError as error:
@@ -297,8 +297,7 @@ class MFRSVLMProcessor:
         bool, only for a batch mixing image and text-only samples) and with ``return_labels`` ``labels``.
 
         ``padding_side="left"`` for generation, ``"right"`` for training / scoring."""
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        check_option(padding_side, PADDING_SIDES, "padding_side")
         texts = self._batch_texts(text)
         images = self._batch_images(images, len(texts))
         has_image = [image is not None for image in images]

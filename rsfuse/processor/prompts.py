@@ -8,10 +8,10 @@ from typing import Any
 
 from rsfuse.llm.templates import IMAGE_PLACEHOLDER, ConversationTemplate, get_template, tokenize_prompt
 from rsfuse.llm.tokenizer import Tokenizer
+from rsfuse.options import DEFAULT_TEMPLATE
 
 __all__ = ["DEFAULT_TEMPLATE", "prompt_token_ids", "prompt_text", "template_and_rounds"]
 
-DEFAULT_TEMPLATE = "vicuna_v1"
 _USER_ROLES = {"human": "user", "user": "user"}
 _ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant"}
 

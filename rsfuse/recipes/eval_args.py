@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from rsfuse.eval.tasks import EvalTask, get_task, task_protocols
+from rsfuse.options import DEFAULT_TEMPLATE
 from rsfuse.recipes.config import ConfigError, help_text as _help_text, load_config, split_config_argv, option
 
 __all__ = ["EvalConfig", "TOO_LONG_POLICIES", "USAGE", "load_eval_config", "parse_eval_args", "help_text", "task_of"]
@@ -41,7 +42,7 @@ class EvalConfig:
     max_new_tokens: int = option(32, "generation budget per answer", ge=1)
     limit: int = option(0, "evaluate the first N records only (0 = all)", ge=0)
     protocol: str = option("", "scoring protocol where a task has several ('' = the task's default)")
-    template: str = option("vicuna_v1", "conversation template of the prompts")
+    template: str = option(DEFAULT_TEMPLATE, "conversation template of the prompts")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto | cpu | cuda")
     dtype: Literal["fp32", "bf16", "fp16"] = option("fp32", "model dtype: fp32 | bf16 | fp16")
     fingerprint_weights: Literal["stat", "content"] = option(

@@ -53,6 +53,7 @@ from rsfuse.eval.generation import (
 from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, mismatch_reason, read_predictions
 from rsfuse.eval.ranks import RankGroup, capture, finish, launch, picklable
 from rsfuse.eval.tasks import get_task, task_protocols
+from rsfuse.options import DEFAULT_TEMPLATE
 from rsfuse.recipes.config import ConfigError
 from rsfuse.recipes.eval_args import TOO_LONG_POLICIES, EvalConfig, load_eval_config, parse_eval_args, task_of
 
@@ -132,7 +133,7 @@ def evaluate(
     protocol: str | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 32,
-    template: str = "vicuna_v1",
+    template: str = DEFAULT_TEMPLATE,
     predictions_path: str | os.PathLike | None = None,
     identity: Mapping[str, str] | None = None,
     progress: bool = False,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 from rsfuse.model.config import PRESETS, MFRSVLMConfig
+from rsfuse.options import DEFAULT_TEMPLATE
 from rsfuse.recipes.config import ConfigError, describe, load_config as _load, open_section, option
 from rsfuse.recipes.config import parse_args as _parse
 
@@ -40,7 +41,7 @@ class DataArgs:
     allow_outside_root: bool = option(False, "allow image paths outside data.image_root (absolute or '..')")
     max_length: int = option(128, "maximum text tokens per sample (longer samples are truncated; at most the "
                                   "decoder's max_position_embeddings)", ge=1)
-    template: str = option("vicuna_v1", "conversation template: plain | vicuna_v1 | ...")
+    template: str = option(DEFAULT_TEMPLATE, f"conversation template: plain | {DEFAULT_TEMPLATE} | ...")
     tokenizer: str = option("", "tokenizer folder; '' = <output_dir>/tokenizer, trained on the data if missing")
     vocab_size: int = option(512, "vocabulary size when a sentencepiece tokenizer is trained", ge=8)
     synthetic: bool = option(True, "create the synthetic benchmark at data.image_root when data.json is missing")

@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from rsfuse.options import DEFAULT_TEMPLATE
+
 __all__ = ["build", "main", "parser"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -29,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $RSFUSE_API_KEY)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--template", default=None, help="conversation template (default: recorded in DIR, else vicuna_v1)")
+    p.add_argument("--template", default=None,
+                   help=f"conversation template (default: recorded in DIR, else {DEFAULT_TEMPLATE})")
     p.add_argument("--allow-local-images", type=Path, default=None, metavar="DIR",
                    help="also accept image_url paths of files inside DIR")
     p.add_argument("--name", default=None, help="model id in the API (default: the folder name)")
