@@ -1,6 +1,8 @@
 """Checkpoint-layout readers and writers: pure functions from files to (config, state dict) and back.
 
 Nothing in this package imports a model class, so the composed model can call these readers without import cycles.
+``formats`` is the one registry of the folder layouts ``MFRSVLM.from_pretrained`` and ``MFRSVLMProcessor`` read
+(``config.json``'s ``model_type`` → reader).
 """
 
 from rsfuse.checkpoints.clip import (
@@ -10,6 +12,7 @@ from rsfuse.checkpoints.clip import (
     read_clip_vision_config,
     save_clip_vision,
 )
+from rsfuse.checkpoints.formats import FORMATS, CheckpointFormat, checkpoint_format, read_model_config
 from rsfuse.checkpoints.io import (
     CheckpointError,
     check_finite_tensors,
@@ -34,6 +37,10 @@ from rsfuse.checkpoints.mfrsvlm import read_released_mfrsvlm
 from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_folder, write_rsfuse_folder
 
 __all__ = [
+    "CheckpointFormat",
+    "FORMATS",
+    "checkpoint_format",
+    "read_model_config",
     "CheckpointError",
     "check_finite_tensors",
     "check_floating_tensors",

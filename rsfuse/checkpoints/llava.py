@@ -12,8 +12,10 @@ Pure functions: no model class here.
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +25,7 @@ from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf
 from rsfuse.encoders.clip_config import CLIPVisionConfig
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["LlavaParts", "read_llava", "LIUHAOTIAN_LAYOUT", "LLAVA_HF_LAYOUT"]
+__all__ = ["LlavaParts", "read_llava", "llava_settings", "LIUHAOTIAN_LAYOUT", "LLAVA_HF_LAYOUT"]
 
 LIUHAOTIAN_LAYOUT = "liuhaotian"
 LLAVA_HF_LAYOUT = "llava-hf"
@@ -51,6 +53,25 @@ class LlavaParts:
     vision_config: CLIPVisionConfig | None = None
     vision_state_dict: dict[str, torch.Tensor] | None = None
     image_token_index: int | None = None
+
+
+def llava_settings(
+    *, layout: str, vision_select_layer: int, image_token_index: int | None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``MFRSVLMConfig`` settings a LLaVA folder implies (besides its tower and decoder configs), ``overrides`` last.
+
+    Both layouts: ``global_layer`` = the folder's select layer. llava-hf (the LLaVA-1.5 model as transformers runs
+    it): ``detail=False``, ``image_placement="token"``, ``image_token_index`` = its in-vocabulary image token, and no
+    injection layers unless ``detail=True`` is asked for.
+    """
+    overrides = dict(overrides or {})
+    settings: dict[str, Any] = {"global_layer": vision_select_layer}
+    if layout == LLAVA_HF_LAYOUT:
+        settings.update(detail=False, image_placement="token", image_token_index=image_token_index)
+        if overrides.get("detail", False) is False:
+            settings["injection_layers"] = ()
+    settings.update(overrides)
+    return settings
 
 
 def read_llava(folder: str | os.PathLike, *, check_finite: bool = True) -> LlavaParts:

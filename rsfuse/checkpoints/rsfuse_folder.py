@@ -15,7 +15,10 @@ import torch
 
 from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json, save_sharded
 
-__all__ = ["RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "write_rsfuse_folder", "checkpoint_model_type"]
+__all__ = [
+    "RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "rsfuse_config", "write_rsfuse_folder",
+    "checkpoint_model_type",
+]
 
 RSFUSE_MODEL_TYPE = "rsfuse_mfrsvlm"
 TOKENIZER_FILE = "tokenizer.model"
@@ -28,6 +31,11 @@ def checkpoint_model_type(folder: str | os.PathLike) -> str:
     if not isinstance(model_type, str):
         raise CheckpointError(f"{path}: no 'model_type' string; cannot tell which checkpoint layout this is")
     return model_type
+
+
+def rsfuse_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``MFRSVLMConfig.from_dict`` dict of an rsfuse ``config.json`` dict (the file's own markers dropped)."""
+    return {key: value for key, value in data.items() if key not in ("model_type", "architectures", "torch_dtype")}
 
 
 def read_rsfuse_folder(
@@ -45,7 +53,7 @@ def read_rsfuse_folder(
         raise CheckpointError(
             f"{config_path}: model_type {data.get('model_type')!r} is not an rsfuse folder ({RSFUSE_MODEL_TYPE!r})"
         )
-    config = {key: value for key, value in data.items() if key not in ("model_type", "architectures", "torch_dtype")}
+    config = rsfuse_config(data)
     from rsfuse.model.config import MFRSVLMConfig  # noqa: PLC0415  (a config, no model class)
 
     try:

@@ -1,7 +1,8 @@
 """Building an ``MFRSVLM`` from checkpoints and writing it back (docs/DESIGN_NOTES.md §3).
 
-* ``load_pretrained``: the layout is chosen from ``config.json``'s ``model_type`` — "rsfuse_mfrsvlm" (rsfuse folder)
-  or "mfrsvlm" / "vhm" (released MF-RSVLM) — never from the folder name.
+* ``load_pretrained``: the layout is chosen from ``config.json``'s ``model_type`` — "rsfuse_mfrsvlm" (rsfuse folder),
+  "mfrsvlm" / "vhm" (released MF-RSVLM) or "llava" (transformers' llava-hf) — never from the folder name, through
+  the one registry of formats, ``rsfuse.checkpoints.formats`` (which ``MFRSVLMProcessor.from_pretrained`` uses too).
 * ``load_from_parts``: HF CLIP folder + HF Llama folder and/or LLaVA-1.5 folder (liuhaotian or llava-hf layout; a
   llava-hf folder brings its own tower and gives the LLaVA-1.5 settings by default); new modules are initialised.
 * ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model, and ``processor_config.json``
@@ -22,23 +23,17 @@ import torch
 
 from rsfuse.checkpoints.assign import assign_weights, check_nothing_on_meta
 from rsfuse.checkpoints.clip import read_clip_vision
+from rsfuse.checkpoints.formats import MODEL_TYPES, checkpoint_format
 from rsfuse.checkpoints.io import CheckpointError
 from rsfuse.checkpoints.llama import read_llama
-from rsfuse.checkpoints.llava import LLAVA_HF_LAYOUT, LlavaParts, read_llava
-from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, read_released_mfrsvlm
-from rsfuse.checkpoints.rsfuse_folder import (
-    RSFUSE_MODEL_TYPE,
-    TOKENIZER_FILE,
-    checkpoint_model_type,
-    read_rsfuse_folder,
-    write_rsfuse_folder,
-)
+from rsfuse.checkpoints.llava import llava_settings, read_llava
+from rsfuse.checkpoints.rsfuse_folder import TOKENIZER_FILE, write_rsfuse_folder
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.options import DEFAULT_TEMPLATE
 
 __all__ = ["load_pretrained", "load_from_parts", "save_pretrained", "READABLE_MODEL_TYPES"]
 
-READABLE_MODEL_TYPES = (RSFUSE_MODEL_TYPE, *RELEASED_MODEL_TYPES)
+READABLE_MODEL_TYPES = MODEL_TYPES  # the registry's (rsfuse.checkpoints.formats)
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 
@@ -67,31 +62,20 @@ def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: s
 
 def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", check_finite: bool = True, **overrides: Any):
     """``MFRSVLM`` from an rsfuse folder, a released MF-RSVLM folder or a transformers LLaVA (llava-hf) folder, picked
-    by ``config.json``'s ``model_type``.
+    by ``config.json``'s ``model_type`` (``rsfuse.checkpoints.formats.checkpoint_format``).
 
     ``dtype`` None: the decoder's stored dtype, applied to every weight (one dtype for the whole model).
     ``check_finite``: refuse a checkpoint with NaN/inf tensors, naming the file and the keys.
     """
     folder = Path(path)
-    model_type = checkpoint_model_type(folder)
-    if model_type == RSFUSE_MODEL_TYPE:
-        config_data, state_dict = read_rsfuse_folder(folder, check_finite=check_finite)
-    elif model_type in RELEASED_MODEL_TYPES:
-        config_data, state_dict = read_released_mfrsvlm(folder, check_finite=check_finite)
-    elif model_type == "llava":  # transformers' LLaVA layout (llava-hf): LLaVA-1.5 semantics, tower in the folder
+    checkpoint = checkpoint_format(folder)
+    if checkpoint.reads_parts:  # transformers' LLaVA layout (llava-hf): LLaVA-1.5 semantics, tower in the folder
         model = load_from_parts(cls, vision=None, llm=None, llava=folder, dtype=dtype, device=device,
                                 check_finite=check_finite, **overrides)
-        tokenizer = folder / TOKENIZER_FILE
-        model.tokenizer_path = tokenizer if tokenizer.is_file() else None
-        model.chat_template = recorded_template(folder)
-        return model
     else:
-        raise CheckpointError(
-            f"{folder / 'config.json'}: model_type {model_type!r} is not an MF-RSVLM checkpoint (readable: "
-            f"{READABLE_MODEL_TYPES}); build from an HF CLIP + Llama/LLaVA folder with MFRSVLM.from_parts"
-        )
-    config = _config_from_dict(config_data, overrides, str(folder))
-    model = _build(cls, config, state_dict, dtype=dtype, device=device, source=str(folder))
+        config_data, state_dict = checkpoint.read(folder, check_finite=check_finite)
+        config = _config_from_dict(config_data, overrides, str(folder))
+        model = _build(cls, config, state_dict, dtype=dtype, device=device, source=str(folder))
     tokenizer = folder / TOKENIZER_FILE
     model.tokenizer_path = tokenizer if tokenizer.is_file() else None
     model.chat_template = recorded_template(folder)
@@ -111,22 +95,6 @@ def recorded_template(folder: str | os.PathLike) -> str | None:
         return None  # transformers' LlavaProcessor writes a file of the same name
     template = data.get("template")
     return template if isinstance(template, str) else None
-
-
-def llava_settings(parts: LlavaParts, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``MFRSVLMConfig`` settings a LLaVA folder implies, ``overrides`` applied last.
-
-    Both layouts: ``global_layer`` = the folder's select layer. llava-hf (the LLaVA-1.5 model as transformers runs
-    it): ``detail=False``, ``image_placement="token"``, ``image_token_index`` = its in-vocabulary image token, and no
-    injection layers unless ``detail=True`` is asked for.
-    """
-    settings: dict[str, Any] = {"global_layer": parts.vision_select_layer}
-    if parts.layout == LLAVA_HF_LAYOUT:
-        settings.update(detail=False, image_placement="token", image_token_index=parts.image_token_index)
-        if overrides.get("detail", False) is False:
-            settings["injection_layers"] = ()
-    settings.update(overrides)
-    return settings
 
 
 def load_from_parts(
@@ -166,7 +134,8 @@ def load_from_parts(
     if parts is not None:
         llm_config, llm_state = parts.llm_config, parts.llm_state_dict
         projector_state = parts.projector_state_dict
-        settings = llava_settings(parts, overrides)
+        settings = llava_settings(layout=parts.layout, vision_select_layer=parts.vision_select_layer,
+                                  image_token_index=parts.image_token_index, overrides=overrides)
     else:
         llm_config, llm_state = read_llama(llm, check_finite=check_finite)
         settings = dict(overrides)

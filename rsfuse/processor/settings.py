@@ -1,5 +1,6 @@
 """The processor's settings: those implied by an ``MFRSVLMConfig`` (`settings_from_config`), the config a model folder
-describes read from its config files alone (`model_config`: rsfuse, released MF-RSVLM, transformers' LLaVA), and the
+describes read from its config files alone (`model_config`: rsfuse, released MF-RSVLM, transformers' LLaVA, through
+the registry of checkpoint formats ``rsfuse.checkpoints.formats`` that ``MFRSVLM.from_pretrained`` uses), and the
 names of the files ``from_pretrained`` / ``save_pretrained`` use."""
 
 import json
@@ -49,43 +50,17 @@ def settings_from_config(config: Any) -> dict[str, Any]:
 
 
 def model_config(folder: Path) -> Any:
-    """The ``MFRSVLMConfig`` a model folder describes, from its config files only (no weight is read)."""
-    from rsfuse.checkpoints.clip import read_clip_vision_config  # noqa: PLC0415
-    from rsfuse.checkpoints.io import CheckpointError, read_json  # noqa: PLC0415
-    from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf_config  # noqa: PLC0415
-    from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, VISION_SUBFOLDER, released_config  # noqa: PLC0415
-    from rsfuse.checkpoints.rsfuse_folder import RSFUSE_MODEL_TYPE  # noqa: PLC0415
+    """The ``MFRSVLMConfig`` a model folder describes, from its config files only (no weight is read): the format is
+    the one ``MFRSVLM.from_pretrained`` reads it as (``rsfuse.checkpoints.formats``, chosen by ``model_type``)."""
+    from rsfuse.checkpoints.formats import read_model_config  # noqa: PLC0415
+    from rsfuse.checkpoints.io import CheckpointError  # noqa: PLC0415
     from rsfuse.model.config import MFRSVLMConfig  # noqa: PLC0415
 
-    path = folder / "config.json"
-    data = read_json(path)
-    model_type = data.get("model_type")
+    data = read_model_config(folder)
     try:
-        if model_type == RSFUSE_MODEL_TYPE:
-            skip = ("model_type", "architectures", "torch_dtype")
-            return MFRSVLMConfig.from_dict({key: value for key, value in data.items() if key not in skip})
-        if model_type in RELEASED_MODEL_TYPES:
-            vision = read_clip_vision_config(folder / VISION_SUBFOLDER / "config.json")
-            return MFRSVLMConfig.from_dict(released_config(data, vision, path=path))
-        if model_type == "llava" and is_llava_hf_config(data):
-            llava = read_llava_hf_config(folder)
-            return MFRSVLMConfig(
-                vision=llava["vision_config"],
-                llm=llava["llm_config"],
-                global_layer=llava["vision_select_layer"],
-                detail=False,
-                injection_layers=(),
-                image_placement="token",
-                image_token_index=llava["image_token_index"],
-            )
+        return MFRSVLMConfig.from_dict(data)
     except (TypeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: {error}") from None
-    raise CheckpointError(
-        f"{path}: model_type {model_type!r} is not a folder MFRSVLMProcessor reads (rsfuse 'rsfuse_mfrsvlm', released "
-        "'mfrsvlm'/'vhm', transformers 'llava'); build one with MFRSVLMProcessor.from_model(model, tokenizer)"
-    )
+        raise CheckpointError(f"{folder / 'config.json'}: {error}") from None
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
