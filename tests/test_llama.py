@@ -166,17 +166,18 @@ def test_bad_inputs_are_refused():
 
 # ---------------------------------------------------------------------------------------------------- KV cache
 def _incremental_logits(model, ids, mask, cache, prefill):
-    """Prefill ``prefill`` tokens, then feed the rest one at a time; returns logits of all positions."""
-    output = model(ids[:, :prefill], attention_mask=mask[:, :prefill], past_key_values=cache, use_cache=True)
-    pieces = [output.logits]
-    cache = output.past_key_values
-    for position in range(prefill, ids.shape[1]):
-        output = model(ids[:, position : position + 1], attention_mask=mask[:, : position + 1],
-                       past_key_values=cache, use_cache=True)
-        pieces.append(output.logits)
-    if isinstance(cache, StaticKVCache):  # a fill level per row, on the device
-        assert cache.lengths.tolist() == [ids.shape[1]] * ids.shape[0]
-    else:
+    """Prefill ``prefill`` tokens, then feed the rest one at a time; returns logits of all positions. A dynamic cache
+    appends (HF convention: the mask covers past + new); a static one is told the slots and attends over the
+    columns the mask covers."""
+    def call(start, stop):
+        if isinstance(cache, StaticKVCache):
+            slots = torch.arange(start, stop).unsqueeze(0)
+            return model(ids[:, start:stop], attention_mask=mask[:, :stop], past_key_values=cache,
+                         cache_position=slots).logits
+        return model(ids[:, start:stop], attention_mask=mask[:, :stop], past_key_values=cache, use_cache=True).logits
+
+    pieces = [call(0, prefill)] + [call(position, position + 1) for position in range(prefill, ids.shape[1])]
+    if isinstance(cache, DynamicKVCache):
         assert cache.seq_length == ids.shape[1]
     return torch.cat(pieces, dim=1)
 
@@ -188,7 +189,7 @@ def test_cached_decoding_equals_full_forward_with_left_padding(cache_kind, varia
     hf_model = make_hf_llama(seed=6, **VARIANTS[variant])
     model = ours_from_hf(hf_model)
     ids, mask = left_padded_batch(hf_model.config.vocab_size, [12, 7, 10])
-    cache = None
+    cache = DynamicKVCache()
     if cache_kind == "static":
         cache = StaticKVCache.for_model(model.config, batch_size=3, max_length=16, dtype=torch.float32, device="cpu")
     with torch.no_grad():
@@ -211,37 +212,44 @@ def test_cached_decoding_without_mask_matches_transformers():
     torch.testing.assert_close(torch.cat([first, chunk, *rest], dim=1), expected, atol=2e-5, rtol=1e-5)
 
 
-def test_static_cache_refuses_overflow():
+def test_static_cache_refuses_overflow_and_calls_without_slots():
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
     cache = StaticKVCache.for_model(model.config, batch_size=1, max_length=4, dtype=torch.float32, device="cpu")
-    with pytest.raises(ValueError, match="max_length 4"):
-        model(torch.randint(0, 256, (1, 5)), past_key_values=cache, use_cache=True)
+    ids = torch.randint(0, 256, (1, 5))
+    with pytest.raises(ValueError, match="5 positions exceed max_length 4"):
+        model(ids, attention_mask=torch.ones(1, 5), past_key_values=cache, cache_position=torch.arange(5)[None])
+    with pytest.raises(ValueError, match="pass cache_position"):
+        model(ids[:, :3], past_key_values=cache, use_cache=True)
+    with pytest.raises(ValueError, match="cache_position needs an attention_mask"):
+        model(ids[:, :3], past_key_values=cache, cache_position=torch.arange(3)[None])
 
 
-def test_a_prefill_into_an_empty_static_cache_computes_what_a_cache_free_forward_computes():
-    """Bit for bit: the first call on an empty cache attends over its own new positions only (the usual causal
-    path), not over the whole buffer."""
+def test_a_prefill_into_a_static_cache_computes_what_a_cache_free_forward_computes():
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(3))
     cache = StaticKVCache.for_model(model.config, batch_size=2, max_length=64, dtype=torch.float32, device="cpu")
     with torch.no_grad():
-        assert torch.equal(model(ids, past_key_values=cache, use_cache=True).logits, model(ids).logits)
+        cached = model(ids, attention_mask=torch.ones(2, 9), past_key_values=cache, cache_position=torch.arange(9)[None])
+        torch.testing.assert_close(cached.logits, model(ids).logits, atol=1e-6, rtol=1e-6)
 
 
-def test_write_row_copies_a_prefilled_row_into_a_running_cache():
+def test_a_prefill_into_chosen_rows_writes_only_those_rows_and_equals_the_row_alone():
+    """A new prompt joins a running batch: written straight into its cache row, the other rows untouched."""
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4))
-    source = StaticKVCache.for_model(model.config, batch_size=1, max_length=5, dtype=torch.float32, device="cpu")
-    target = StaticKVCache.for_model(model.config, batch_size=3, max_length=8, dtype=torch.float32, device="cpu")
+    cache = StaticKVCache.for_model(model.config, batch_size=3, max_length=8, dtype=torch.float32, device="cpu")
+    for buffer in (*cache.keys, *cache.values):
+        buffer.fill_(7.0)
     with torch.no_grad():
-        model(ids, past_key_values=source, use_cache=True)
-    target.write_row(2, source)
-    assert target.lengths.tolist() == [0, 0, 5]
-    for mine, theirs in zip((*target.keys, *target.values), (*source.keys, *source.values)):
-        assert torch.equal(mine[2, :5], theirs[0, :5]) and not mine[:2].any() and not mine[2, 5:].any()
-    small = StaticKVCache.for_model(model.config, batch_size=1, max_length=4, dtype=torch.float32, device="cpu")
-    with pytest.raises(ValueError, match="5 positions exceed max_length 4"):
-        small.write_row(0, source)
+        logits = model(ids, attention_mask=torch.ones(1, 5), past_key_values=cache,
+                       cache_position=torch.arange(5)[None], cache_rows=torch.tensor([2])).logits
+        torch.testing.assert_close(logits, model(ids).logits, atol=1e-6, rtol=1e-6)
+    alone = StaticKVCache.for_model(model.config, batch_size=1, max_length=8, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        model(ids, attention_mask=torch.ones(1, 5), past_key_values=alone, cache_position=torch.arange(5)[None])
+    for mine, theirs in zip((*cache.keys, *cache.values), (*alone.keys, *alone.values)):
+        assert torch.equal(mine[2, :5], theirs[0, :5])
+        assert (mine[:2] == 7.0).all() and (mine[2, 5:] == 7.0).all()
 
 
 # --------------------------------------------------------------------------------------------- hooks, training
@@ -261,7 +269,7 @@ def test_layers_take_hidden_states_first_and_hooks_can_edit_them():
         handle = model.model.layers[1].register_forward_pre_hook(shift_first_token, with_kwargs=True)
         after = model(ids).logits
         handle.remove()
-    assert seen == [(torch.Size([2, 5, 64]), ["attention_mask", "cache", "position_embeddings", "position_ids", "weights_out"])]
+    assert seen == [(torch.Size([2, 5, 64]), ["attention_mask", "cache", "cache_write", "position_embeddings", "position_ids", "weights_out"])]
     assert not torch.allclose(before[:, 0], after[:, 0])
 
 

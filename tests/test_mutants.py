@@ -155,30 +155,36 @@ def test_attention_options_are_keyword_only():
 
 
 # --------------------------------------------------------------------------------------------- llm/cache.py
-def test_static_cache_chunk_and_steps_without_mask_equal_the_full_forward():
+def test_static_cache_chunk_and_steps_equal_the_full_forward():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(3))
     cache = StaticKVCache.for_model(model.config, batch_size=2, max_length=12, dtype=torch.float32, device="cpu")
+    real = torch.zeros(2, 12, dtype=torch.bool)
+
+    def call(start, stop):
+        real[:, start:stop] = True  # the caller owns the key mask; the cache is storage
+        return model(ids[:, start:stop], attention_mask=real, past_key_values=cache,
+                     cache_position=torch.arange(start, stop)[None]).logits
+
     with torch.no_grad():
         full = model(ids).logits
-        first = model(ids[:, :4], past_key_values=cache, use_cache=True).logits
-        # a multi-token step after the prefill: its causal bound is `slot <= write position` (`>` would invert it)
-        chunk = model(ids[:, 4:7], past_key_values=cache, use_cache=True).logits
-        # one-token steps without an attention mask mark their slot real (the mask-None branch of `begin`)
-        rest = [model(ids[:, i : i + 1], past_key_values=cache, use_cache=True).logits for i in range(7, 9)]
-    torch.testing.assert_close(torch.cat([first, chunk, *rest], dim=1), full, atol=2e-5, rtol=1e-5)
-    assert cache.lengths.tolist() == [9, 9] and cache.key_mask[:, :9].all() and not cache.key_mask[:, 9:].any()
+        # a multi-token call after the first: its causal bound is `column <= slot` (`>=` would invert it)
+        pieces = [call(0, 4), call(4, 7), *(call(i, i + 1) for i in range(7, 9))]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-5)
 
 
-def test_static_cache_overflow_is_caught_after_the_prefill():
+def test_static_cache_attends_only_over_the_columns_the_mask_covers():
+    """Stale keys in a reused row (slots 3:) are never read: the mask's columns are the ones attended."""
     model = LlamaForCausalLM(LlamaConfig.tiny()).eval()
-    cache = StaticKVCache.for_model(model.config, batch_size=1, max_length=4, dtype=torch.float32, device="cpu")
+    ids = torch.randint(0, 256, (1, 3), generator=torch.Generator().manual_seed(5))
+    cache = StaticKVCache.for_model(model.config, batch_size=1, max_length=6, dtype=torch.float32, device="cpu")
+    for buffer in (*cache.keys, *cache.values):
+        buffer.normal_()
+    mask = torch.tensor([[True, True, True, False, False, False]])
     with torch.no_grad():
-        model(torch.randint(0, 256, (1, 3)), past_key_values=cache, use_cache=True)
-        # `end` counts the prefill's 3 positions (`if track_fill` → `if not track_fill` would forget them)
-        with pytest.raises(ValueError, match="3 \\+ 2 positions exceed max_length 4"):
-            model(torch.randint(0, 256, (1, 2)), past_key_values=cache, use_cache=True)
+        logits = model(ids, attention_mask=mask, past_key_values=cache, cache_position=torch.arange(3)[None]).logits
+    torch.testing.assert_close(logits, model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- model/generation.py

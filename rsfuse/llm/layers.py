@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
-from rsfuse.llm.cache import KVCache
+from rsfuse.llm.cache import CacheWrite, KVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.rope import apply_rotary
 from rsfuse.ops.attention import attention, attention_weights
@@ -85,9 +85,10 @@ class LlamaAttention(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
         attention_mask: AttentionMask,
         cache: KVCache | None = None,
+        cache_write: CacheWrite | None = None,
         weights_out: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch tokens dim"]:
-        """``weights_out``: a list that receives this call's softmax weights ``[B, H, M, N]`` (float32), computed
+        """``cache_write``: where ``cache`` stores this call's keys/values. ``weights_out``: a list that receives this call's softmax weights ``[B, H, M, N]`` (float32), computed
         explicitly and then applied (for analysis; the fused kernel is used otherwise)."""
         cos, sin = position_embeddings
         # "b m (h d) -> b m h d" (native views: this runs once per layer per decoded token, where einops' parsing
@@ -98,7 +99,7 @@ class LlamaAttention(nn.Module):
         queries = apply_rotary(queries, cos, sin)
         keys = apply_rotary(keys, cos, sin)
         if cache is not None:
-            keys, values = cache.update(self.layer_index, keys, values)
+            keys, values = cache.update(self.layer_index, keys, values, cache_write)
         if weights_out is not None:
             weights = attention_weights(queries, keys, causal=attention_mask.causal, mask=attention_mask.mask)
             weights_out.append(weights)
@@ -142,6 +143,7 @@ class LlamaDecoderLayer(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
         attention_mask: AttentionMask,
         cache: KVCache | None,
+        cache_write: CacheWrite | None = None,
         weights_out: list[Tensor] | None = None,
     ) -> Tensor:
         attended = self.self_attn(
@@ -149,6 +151,7 @@ class LlamaDecoderLayer(nn.Module):
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             cache=cache,
+            cache_write=cache_write,
             weights_out=weights_out,
         )
         hidden_states = hidden_states + attended
@@ -163,6 +166,7 @@ class LlamaDecoderLayer(nn.Module):
         attention_mask: AttentionMask,
         position_ids: Int[Tensor, "#batch tokens"] | None = None,
         cache: KVCache | None = None,
+        cache_write: CacheWrite | None = None,
         weights_out: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch tokens dim"]:
         """``position_ids`` is informational (rotation comes from ``position_embeddings``); hooks may read it.
@@ -171,4 +175,4 @@ class LlamaDecoderLayer(nn.Module):
             return checkpoint(
                 self._block, hidden_states, position_embeddings, attention_mask, None, use_reentrant=False
             )
-        return self._block(hidden_states, position_embeddings, attention_mask, cache, weights_out)
+        return self._block(hidden_states, position_embeddings, attention_mask, cache, cache_write, weights_out)

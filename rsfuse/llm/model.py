@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from rsfuse._typing import Float, Int, Shaped, Tensor, typecheck
-from rsfuse.llm.cache import DynamicKVCache, KVCache, StaticKVCache
+from rsfuse._typing import Bool, Float, Int, Shaped, Tensor, typecheck
+from rsfuse.llm.cache import CacheWrite, DynamicKVCache, KVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.layers import AttentionMask, LlamaDecoderLayer, RMSNorm
 from rsfuse.llm.rope import RotaryEmbedding
@@ -74,14 +74,38 @@ def build_attention_mask(
     return AttentionMask(mask=mask, causal=False)
 
 
+def cache_attention_mask(
+    attention_mask: Tensor | None, slots: Int[Tensor, "#batch new"], *, width: int, new_tokens: int
+) -> AttentionMask:
+    """The mask of a forward that writes its ``new_tokens`` at ``slots`` of a cache and attends over its first
+    ``width`` columns: a token sees the real columns (``attention_mask``) up to its own slot, and always itself, so no
+    row is empty. Without a mask every column up to the slot is real: one new token then needs no mask at all, and
+    a first call (``width == new_tokens``) is plain causal."""
+    if attention_mask is None:
+        if new_tokens == 1:
+            return AttentionMask(mask=None, causal=False)
+        if width == new_tokens:
+            return AttentionMask(mask=None, causal=True)
+    columns = torch.arange(width, device=slots.device)
+    slot = slots.unsqueeze(-1)  # [B, M, 1] (native views: this runs once per decoded token)
+    mask = columns <= slot
+    if attention_mask is not None:
+        mask = mask & (attention_mask.to(torch.bool).unsqueeze(1) | (columns == slot))
+    return AttentionMask(mask=mask.unsqueeze(1), causal=False, all_rows_attend=True)
+
+
+def position_ids_from_mask(attention_mask: Bool[Tensor, "batch total"]) -> Int[Tensor, "batch total"]:
+    """``cumsum(mask) − 1`` clamped at 0: real tokens numbered from 0 whatever the padding."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
 def default_position_ids(
     attention_mask: Tensor | None, *, new_tokens: int, past_tokens: int, device: torch.device
 ) -> Int[Tensor, "#batch new"]:
     """``cumsum(mask) - 1`` clamped at 0 over the new columns (left padding works); ``past + arange`` without a mask."""
     if attention_mask is None:
         return rearrange(torch.arange(past_tokens, past_tokens + new_tokens, device=device), "m -> 1 m")
-    positions = (attention_mask.to(device=device).long().cumsum(dim=-1) - 1).clamp_min(0)
-    return positions[:, -new_tokens:]
+    return position_ids_from_mask(attention_mask.to(device=device))[:, -new_tokens:]
 
 
 @runtime_checkable
@@ -117,35 +141,43 @@ class LlamaModel(nn.Module):
         attention_mask: Shaped[Tensor, "batch total"] | None = None,
         position_ids: Int[Tensor, "#batch new"] | None = None,
         cache: KVCache | None = None,
+        cache_position: Int[Tensor, "#batch new"] | None = None,
+        cache_rows: Int[Tensor, " batch"] | None = None,
         injection: LayerInjection | None = None,
         attention_weights: list[Tensor] | None = None,
     ) -> Float[Tensor, "batch new dim"]:
         """Normed hidden states of the new positions. ``injection`` (a prefill's visual context bound to injectors)
         edits the hidden states just before the layers it names; decoding steps pass none. ``attention_weights``: a
-        list that receives each layer's softmax weights ``[B, H, M, N]`` (float32), in layer order."""
+        list that receives each layer's softmax weights ``[B, H, M, N]`` (float32), in layer order.
+
+        With a ``cache``: ``cache_position [B, M]`` (or ``[1, M]``) are the cache slots of the new tokens and
+        ``attention_mask`` covers the cache columns attended (``0:width``; 1 = real); ``cache_rows [B]`` the cache rows
+        of the batch's rows (a prefill of some rows of a running batch). Without ``cache_position`` the cache appends
+        (``DynamicKVCache``; HF convention, the mask covering past + new)."""
         new_tokens = inputs_embeds.shape[1]
         device = inputs_embeds.device
-        if isinstance(cache, StaticKVCache):
-            buffer_mask = cache.begin(new_tokens, attention_mask)
-            if buffer_mask is None:  # prefill into an empty cache: attend over the new positions only
-                new_mask = None if attention_mask is None else attention_mask[:, -new_tokens:]
-                mask = build_attention_mask(new_mask, new_tokens=new_tokens, past_tokens=0, device=device)
-            else:  # a one-token step without a padding mask always sees its own slot
-                attend = new_tokens == 1 and attention_mask is None
-                mask = AttentionMask(mask=buffer_mask, causal=False, all_rows_attend=attend)
-            if position_ids is None:
-                if attention_mask is not None:
-                    position_ids = default_position_ids(attention_mask, new_tokens=new_tokens, past_tokens=0, device=device)
-                else:
-                    offsets = rearrange(torch.arange(new_tokens, device=device), "m -> 1 m")
-                    position_ids = rearrange(cache.lengths, "b -> b 1") + offsets
-        else:
-            past_tokens = cache.seq_length if cache is not None else 0
-            if position_ids is None:
-                position_ids = default_position_ids(
-                    attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device
+        write = None
+        if cache is not None:
+            if cache_position is None:
+                write = cache.next_write(new_tokens)
+            elif attention_mask is None:
+                raise ValueError("cache_position needs an attention_mask over the attended cache columns")
+            else:
+                write = CacheWrite(slots=cache_position, rows=cache_rows, width=attention_mask.shape[-1])
+            if attention_mask is not None and attention_mask.shape[-1] != write.width:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} columns; expected past + new = "
+                    f"{write.width - new_tokens} + {new_tokens} = {write.width} (HF convention: the mask covers "
+                    "cached and new positions)"
                 )
-            mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=past_tokens, device=device)
+            mask = cache_attention_mask(attention_mask, write.slots, width=write.width, new_tokens=new_tokens)
+            if position_ids is None:  # a token's position counts the real columns before it
+                position_ids = write.slots if attention_mask is None else position_ids_from_mask(
+                    attention_mask.to(torch.bool)).gather(1, write.slots.expand(attention_mask.shape[0], -1))
+        else:
+            if position_ids is None:
+                position_ids = default_position_ids(attention_mask, new_tokens=new_tokens, past_tokens=0, device=device)
+            mask = build_attention_mask(attention_mask, new_tokens=new_tokens, past_tokens=0, device=device)
         position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)
         injected = frozenset() if injection is None else injection.layer_indices
         hidden_states = inputs_embeds
@@ -158,10 +190,9 @@ class LlamaModel(nn.Module):
                 attention_mask=mask,
                 position_ids=position_ids,
                 cache=cache,
+                cache_write=write,
                 weights_out=attention_weights,
             )
-        if isinstance(cache, StaticKVCache):
-            cache.end(new_tokens)
         return self.norm(hidden_states)
 
 
@@ -231,6 +262,8 @@ class LlamaForCausalLM(nn.Module):
         position_ids: Int[Tensor, "#batch new"] | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        cache_position: Int[Tensor, "#batch new"] | None = None,
+        cache_rows: Int[Tensor, " batch"] | None = None,
         labels: Int[Tensor, "batch new"] | None = None,
         logits_to_keep: int = 0,
         injection: LayerInjection | None = None,
@@ -250,8 +283,8 @@ class LlamaForCausalLM(nn.Module):
             cache = DynamicKVCache()
         attentions: list[Tensor] | None = [] if output_attentions else None
         hidden_states = self.model(
-            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, injection=injection,
-            attention_weights=attentions,
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            cache_position=cache_position, cache_rows=cache_rows, injection=injection, attention_weights=attentions,
         )
         if logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]

@@ -77,7 +77,9 @@ class GenerationSession:
         self.cache = StaticKVCache.for_model(
             model.config.llm, batch_size=max_batch, max_length=max_length, dtype=dtype, device=device
         )
-        self.cache.active.fill_(False)
+        # The cache is storage only; the session owns each row's fill level and which of its slots hold real tokens.
+        self.lengths = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.key_mask = torch.zeros(max_batch, max_length, dtype=torch.bool, device=device)
         self.rows: list[_Row | None] = [None] * max_batch
         # Per-row device state: the token to feed next, its rotary position, sampling settings, EOS ids, limits.
         self.last_token = torch.zeros(max_batch, dtype=torch.long, device=device)
@@ -94,14 +96,17 @@ class GenerationSession:
         self._row_starts = rearrange(self._everything * max_length, "b -> b 1")
         self._step = self._decode_logits
         if compile:
-            self.cache.mark_static_addresses() if device.type == "cuda" else None
+            if device.type == "cuda":
+                self.cache.mark_static_addresses()
+                for tensor in (self.lengths, self.key_mask, self.last_token, self.position):
+                    torch._dynamo.mark_static_address(tensor)
             mode = "reduce-overhead" if device.type == "cuda" else None
             self._step = torch.compile(self._decode_logits, mode=mode, dynamic=False)
 
     def reset(self, *, generator: torch.Generator | None = None) -> None:
         """Free every row and empty the cache, keeping its buffers (and a compiled step's graphs) for reuse."""
-        self.cache.reset()
-        self.cache.active.fill_(False)
+        self.lengths.zero_()
+        self.key_mask.zero_()
         self.rows = [None] * self.max_batch
         self.done.fill_(True)
         self.count.zero_()
@@ -135,7 +140,12 @@ class GenerationSession:
         if state is not None and state.finish_reason is None:
             state.finish_reason = "cancelled"
         self.done[row] = True
-        self.cache.reset_row(row)
+        self._forget(row)
+
+    def _forget(self, row: int) -> None:
+        """Empty row ``row`` of the cache (its slots stop counting as real)."""
+        self.key_mask[row] = False
+        self.lengths[row] = 0
 
     def _eos_ids(self, params: SamplingParams) -> list[int]:
         if params.eos_token_ids is not None:
@@ -179,19 +189,20 @@ class GenerationSession:
                     f"generate: prompt of {length} positions + max_new_tokens {item.max_new_tokens} exceeds {limit}"
                 )
         rows = free[:batch]
-        direct = self.cache.is_empty and rows == list(range(self.max_batch))
-        cache = self.cache if direct else StaticKVCache.for_model(
-            model.config.llm, batch_size=batch, max_length=length, dtype=embeds.dtype, device=embeds.device
-        )
-        if direct:
-            self.cache.active.fill_(True)
-        # Without padding or masked visual slots no mask is needed at all (the decoder's causal fast path).
-        mask = None if bool(layout.attention_mask.all()) else layout.attention_mask
+        index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
+        mask = layout.attention_mask
+        slots = torch.arange(length, device=embeds.device).unsqueeze(0)
+        # The prompts are written straight into their rows, from slot 0; the rows' other slots stop counting.
+        self.key_mask[index] = False
+        self.key_mask[index, :length] = mask
+        self.lengths[index] = length
         logits = model.llm(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=layout.position_ids,
-            past_key_values=cache,
+            past_key_values=self.cache,
+            cache_position=slots,
+            cache_rows=None if rows == list(range(self.max_batch)) else index,
             injection=injection,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -199,11 +210,6 @@ class GenerationSession:
             raise ValueError(
                 "generate: the prefill produced non-finite logits (NaN/inf in the weights or in pixel_values?)"
             )
-        index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
-        if not direct:
-            for source_row, row in enumerate(rows):
-                self.cache.write_row(row, cache, source_row)
-        self.cache.track_fill = False
         eos_lists = [self._eos_ids(item) for item in params]
         width = max([self.eos.shape[1], *(len(ids) for ids in eos_lists)])
         if width > self.eos.shape[1]:
@@ -227,12 +233,16 @@ class GenerationSession:
 
     # ----- decoding ------------------------------------------------------------------------------------------------
     def _decode_logits(self, token: Tensor, position: Tensor) -> Tensor:
+        slots = self.lengths.unsqueeze(1)  # [B, 1] (hot path: native views)
+        self.key_mask.scatter_(1, slots, True)
         output = self.model.llm(
-            token.unsqueeze(1),  # [B, 1] (hot path: native views)
+            token.unsqueeze(1),
             position_ids=position.unsqueeze(1),
             past_key_values=self.cache,
-            use_cache=True,
+            cache_position=slots,
+            attention_mask=self.key_mask,
         )
+        self.lengths += (~self.done).long()
         return output.logits[:, -1]
 
     def _sample(self, logits: Tensor, index: Tensor) -> Tensor:
@@ -298,7 +308,7 @@ class GenerationSession:
                 state.finish_reason = "length"
             if state.finish_reason is not None:
                 self.done[row] = True
-                self.cache.reset_row(row)
+                self._forget(row)
             updates.append(RowUpdate(row=row, new_tokens=new, finish_reason=state.finish_reason))
         return updates
 
