@@ -181,7 +181,7 @@ def model_bound(model_dir: Path, *, clients: int, max_tokens: int, threads: int,
     from PIL import Image  # noqa: PLC0415
 
     from rsfuse.model import MFRSVLM  # noqa: PLC0415
-    from rsfuse.model.generation import GenerationSession, SamplingParams  # noqa: PLC0415
+    from rsfuse.generation import GenerationSession, SamplingParams  # noqa: PLC0415
     from rsfuse.serve.inputs import PromptEncoder, collate  # noqa: PLC0415
     from rsfuse.serve.protocol import Turn  # noqa: PLC0415
 

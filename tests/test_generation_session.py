@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from factories.mfrsvlm import make_model
-from rsfuse.model.generation import GenerationSession, SamplingParams, sample_tokens
+from rsfuse.generation import GenerationSession, SamplingParams, sample_tokens
 
 IMAGE = -200
 
@@ -112,17 +112,58 @@ def test_sample_tokens_follows_the_softmax_at_the_temperature():
     temperature = 0.7
     expected = torch.softmax(logits / temperature, dim=0)
     draws = 20000
+    seeds = torch.arange(draws)  # one stream per row; every row at step 0
     tokens = sample_tokens(logits.expand(draws, -1), torch.full((draws,), temperature), torch.ones(draws),
-                           generator=torch.Generator().manual_seed(0))
+                           seeds=seeds, steps=torch.zeros(draws, dtype=torch.long))
     frequencies = torch.bincount(tokens, minlength=4).float() / draws
     torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
     nucleus = sample_tokens(logits.expand(draws, -1), torch.full((draws,), temperature), torch.full((draws,), 0.8),
-                            generator=torch.Generator().manual_seed(1))
+                            seeds=torch.full((draws,), 7), steps=torch.arange(draws))  # one stream, many steps
     kept = expected[:2] / expected[:2].sum()  # 0.8 is reached by the two most likely tokens (0.76 + ...)
     torch.testing.assert_close(torch.bincount(nucleus, minlength=4).float()[:2] / draws, kept, atol=0.015, rtol=0)
     assert int((nucleus >= 2).sum()) == 0
-    greedy = sample_tokens(logits[None], torch.zeros(1), torch.ones(1))
+    greedy = sample_tokens(logits[None], torch.zeros(1), torch.ones(1), seeds=torch.zeros(1, dtype=torch.long),
+                           steps=torch.zeros(1, dtype=torch.long))
     assert greedy.tolist() == [0]
+
+
+def test_counter_based_noise_is_uniform_and_depends_on_seed_step_and_token_only():
+    from rsfuse.generation.sampling import noise_uniform
+
+    ids = torch.arange(50000).reshape(2, 25000)
+    noise = noise_uniform(torch.tensor([3, 2**40 + 3]), torch.tensor([0, 0]), ids)
+    assert noise.dtype == torch.float32 and 0 < float(noise.min()) and float(noise.max()) < 1
+    for row in noise:  # uniform: mean 1/2, variance 1/12, deciles 1/10 each
+        assert abs(float(row.mean()) - 0.5) < 0.01 and abs(float(row.var()) - 1 / 12) < 0.003
+        torch.testing.assert_close(torch.histc(row, bins=10, min=0, max=1) / row.numel(), torch.full((10,), 0.1),
+                                   atol=0.01, rtol=0)
+    # the high half of the seed matters, and so do the step and the token id; nothing else does
+    assert not torch.equal(noise[0], noise[1])
+    again = noise_uniform(torch.tensor([3]), torch.tensor([0]), ids[:1].flip(-1)).flip(-1)
+    assert torch.equal(again[0], noise[0])
+    assert not torch.equal(noise_uniform(torch.tensor([3]), torch.tensor([1]), ids[:1])[0], noise[0])
+    # neighbouring seeds and steps are uncorrelated
+    other = noise_uniform(torch.tensor([4]), torch.tensor([0]), ids[:1])[0]
+    assert abs(float(torch.corrcoef(torch.stack([noise[0], other]))[0, 1])) < 0.03
+
+
+def test_a_seeded_request_gets_the_same_answer_whatever_is_batched_beside_it(model):
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.5, eos_token_ids=(), seed=11)
+    alone = GenerationSession(model, max_batch=1, max_length=100)
+    alone.add(_pixels(0), _prompt(9, 0), params=sampled)
+    _drain(alone, [0])
+    crowded = GenerationSession(model, max_batch=3, max_length=100)
+    others = [SamplingParams(max_new_tokens=8, temperature=1.5, eos_token_ids=(), seed=seed) for seed in (1, 2)]
+    crowded.add(torch.cat([_pixels(2), _pixels(0), _pixels(1)]), torch.cat([_prompt(9, 2), _prompt(9, 0), _prompt(9, 1)]),
+                params=[others[0], sampled, others[1]])
+    _drain(crowded, [0, 1, 2])
+    assert crowded.tokens(1) == alone.tokens(0)
+    assert crowded.tokens(0) != crowded.tokens(1) or crowded.tokens(2) != crowded.tokens(1)
+    reseeded = GenerationSession(model, max_batch=1, max_length=100)
+    reseeded.add(_pixels(0), _prompt(9, 0), params=SamplingParams(max_new_tokens=8, temperature=1.5,
+                                                                  eos_token_ids=(), seed=12))
+    _drain(reseeded, [0])
+    assert reseeded.tokens(0) != alone.tokens(0)
 
 
 def test_limits_are_value_errors_naming_the_numbers(model):
@@ -154,10 +195,10 @@ def test_compiled_decoding_gives_the_eager_greedy_tokens(model):
     assert eager[0].tolist() == _greedy_by_reforward(model, _pixels(0), _prompt(9, 0), 12)
     # Another prompt length in the same cache-length bucket reuses the session and the compiled step.
     graphs = counters["stats"]["unique_graphs"]
-    session = model._compiled_session[1]
+    assert len(model.compiled_sessions) == 1
     longer = torch.cat([_prompt(13, 5), _prompt(13, 6)])
     again = model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[], compile=True)
-    assert model._compiled_session[1] is session and counters["stats"]["unique_graphs"] == graphs
+    assert len(model.compiled_sessions) == 1 and counters["stats"]["unique_graphs"] == graphs
     assert torch.equal(again, model.generate(pixels, longer, max_new_tokens=12, eos_token_id=[]))
 
 
@@ -211,3 +252,32 @@ def test_a_new_request_with_more_eos_ids_leaves_the_running_rows_stop_rules_alon
     _drain(session, [0, 1])
     assert session.tokens(0) == [1, 1, 1, 1] and session.rows[0].finish_reason == "length"
     assert session.tokens(1) == [1, 1]
+
+
+def count_host_syncs(monkeypatch) -> list[str]:
+    """Record every ``Tensor.item`` / ``tolist`` / ``cpu`` / ``__bool__`` call (the ways a CPU run would read a value
+    back to the host; on a GPU each is a synchronisation) from now on."""
+    calls: list[str] = []
+    for name in ("item", "tolist", "cpu", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_a_decode_step_reads_nothing_back_to_the_host(model, monkeypatch):
+    session = GenerationSession(model, max_batch=3, max_length=100)
+    session.add(torch.cat([_pixels(0), _pixels(1)]), torch.cat([_prompt(9, 0), _prompt(9, 1)]),
+                params=[SamplingParams(max_new_tokens=6, eos_token_ids=()),
+                        SamplingParams(max_new_tokens=6, temperature=1.0, eos_token_ids=(), seed=3)])
+    session.step()  # warm
+    calls = count_host_syncs(monkeypatch)
+    for _ in range(3):
+        session.step()
+    assert calls == []
+    session.poll()
+    assert calls  # the counter does see reads: poll synchronises once by design

@@ -187,22 +187,20 @@ def test_static_cache_attends_only_over_the_columns_the_mask_covers():
     torch.testing.assert_close(logits, model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------------------------- model/generation.py
-def test_compiled_session_is_reused_for_the_same_shape_only():
-    from rsfuse.model.decoding import _session_for
-
+# --------------------------------------------------------------------------------------------- generation/generate.py
+def test_compiled_session_is_reused_for_the_same_shape_only_and_dropped_by_clear():
     model = make_model()
-    first = _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0)
-    # same key: the cached session comes back (`cached[0] == key` → `<` would build a new one, and recompile)
-    assert _session_for(model, batch=1, max_length=128, compile=True, generator=None, pad=0) is first
-    assert _session_for(model, batch=2, max_length=128, compile=True, generator=None, pad=0) is not first
-
-
-# ----------------------------------------------------------------------------------------------- model/decoding.py
+    sessions = model.compiled_sessions
+    first = sessions.get(model, batch=1, max_length=128, pad=0)
+    # same key: the kept session comes back (a new one would recompile)
+    assert sessions.get(model, batch=1, max_length=128, pad=0) is first
+    assert sessions.get(model, batch=2, max_length=128, pad=0) is not first and len(sessions) == 2
+    sessions.clear()
+    assert len(sessions) == 0 and sessions.get(model, batch=1, max_length=128, pad=0) is not first
 def test_generate_stops_decoding_once_every_row_ended(monkeypatch):
     """EOS is read every ``sync_every`` steps and the loop stops there: with every row ending at its first token,
     ``generate`` runs fewer than ``sync_every`` decode steps, not ``max_new_tokens``."""
-    from rsfuse.model.generation import GenerationSession
+    from rsfuse.generation import GenerationSession
 
     model = make_model()
     ids = torch.randint(3, 200, (2, 5))
@@ -219,17 +217,16 @@ def test_generate_stops_decoding_once_every_row_ended(monkeypatch):
 def test_compiled_generate_sizes_its_cache_in_buckets_of_128(monkeypatch):
     """``compile=True`` rounds prompt + visual + new tokens up to a multiple of 128 positions (a fixed cache shape
     reused across prompt lengths); checked on the length handed to the session, without compiling."""
-    import rsfuse.model.decoding as decoding
+    from rsfuse.generation import CompiledSessions, GenerationSession
 
     model = make_model()
     lengths = []
-    build = decoding._session_for
 
-    def spy(model, *, batch, max_length, compile, generator, pad):
+    def spy(self, model, *, batch, max_length, pad):
         lengths.append(max_length)
-        return build(model, batch=batch, max_length=max_length, compile=False, generator=generator, pad=pad)
+        return GenerationSession(model, max_batch=batch, max_length=max_length, pad_token_id=pad)
 
-    monkeypatch.setattr(decoding, "_session_for", spy)
+    monkeypatch.setattr(CompiledSessions, "get", spy)
     pixels = torch.randn(1, 3, model.config.input_size, model.config.input_size)
     visual = model.config.num_visual_tokens
     for new, expected in ((128 - visual - 9, 128), (129 - visual - 9, 256)):

@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn")
 from factories.mfrsvlm import make_model  # noqa: E402
 from factories.serve import LiveServer, image_data_uri, scene_image  # noqa: E402
 from factories.tokenizer import tiny_tokenizer  # noqa: E402
-from rsfuse.model.generation import SamplingParams  # noqa: E402
+from rsfuse.generation import SamplingParams  # noqa: E402
 from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder  # noqa: E402
 from rsfuse.serve.limits import ServeLimits  # noqa: E402

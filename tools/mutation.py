@@ -45,12 +45,12 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
     "layers": ("rsfuse/llm/layers.py", ["tests/test_llama.py"], []),
     "cache": ("rsfuse/llm/cache.py", ["tests/test_llama.py"], []),
     "generation": (
-        "rsfuse/model/generation.py",
+        "rsfuse/generation/session.py",
         ["tests/test_generation_session.py", "tests/test_generate.py"],
         [],
     ),
-    "sampling": ("rsfuse/model/sampling.py", ["tests/test_generation_session.py", "tests/test_generate.py"], []),
-    "decoding": ("rsfuse/model/decoding.py", ["tests/test_generate.py", "tests/test_generation_session.py"], []),
+    "sampling": ("rsfuse/generation/sampling.py", ["tests/test_generation_session.py", "tests/test_generate.py"], []),
+    "decoding": ("rsfuse/generation/generate.py", ["tests/test_generate.py", "tests/test_generation_session.py"], []),
     "layout": ("rsfuse/model/layout.py", ["tests/test_layout.py", "tests/test_mfrsvlm.py"], []),
     "matching": ("rsfuse/eval/matching.py", ["tests/test_eval_matching.py", "tests/test_eval_vqa.py"], []),
 }

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rsfuse import MFRSVLM, MFRSVLMConfig
-from rsfuse.model.generation import GenerationSession, SamplingParams
+from rsfuse.generation import GenerationSession, SamplingParams
 from paper_scale.authors import (
     authors_stage_for,
     detail_flops_per_image,

@@ -156,6 +156,22 @@ class LlamaConfig:
         self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
 
     @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at (the one EOS rule): ``eos_token_id`` as a tuple (empty when None)."""
+        eos = self.eos_token_id
+        if eos is None:
+            return ()
+        return (int(eos),) if isinstance(eos, int) else tuple(int(token) for token in eos)
+
+    @property
+    def pad_id(self) -> int:
+        """The id that fills padding and finished rows (the one pad rule): ``pad_token_id``, else the first EOS id,
+        else 0."""
+        if self.pad_token_id is not None:
+            return int(self.pad_token_id)
+        return self.eos_token_ids[0] if self.eos_token_ids else 0
+
+    @property
     def rope_type(self) -> str:
         """"default" for plain RoPE, else the scaling type."""
         return "default" if self.rope_scaling is None else self.rope_scaling["rope_type"]

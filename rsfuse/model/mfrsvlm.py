@@ -33,15 +33,17 @@ from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
 from rsfuse.encoders.canvas import MultiScaleCanvas
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
+from rsfuse.generation import CompiledSessions, PromptEmbeddings, generate
 from rsfuse.fusion.sampler import DetailStackSampler
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router
 from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualContext
+from rsfuse.llm.cache import KVCache
+from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.decoding import generate as generate_tokens
 from rsfuse.model.layout import SequenceLayout, layout_sequence
 
 # Windows per tower call when a batch of images is encoded (``model.canvas.chunk_size``; None: all of one scale at
@@ -109,6 +111,8 @@ class MFRSVLM(nn.Module):
         self.tokenizer_path: Path | None = None
         self.chat_template: str | None = None  # the conversation template a loaded folder records
         object.__setattr__(self, "vision_feature_cache", None)
+        self.compiled_sessions = CompiledSessions()
+        """The sessions ``generate(compile=True)`` reuses (their caches and compiled graphs); ``.clear()`` drops them."""
 
     def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
         return MultiScaleCanvas(
@@ -223,11 +227,8 @@ class MFRSVLM(nn.Module):
     # ----- sequence ------------------------------------------------------------------------------------------------
     @property
     def pad_token_id(self) -> int:
-        pad = self.config.llm.pad_token_id
-        if pad is None:
-            eos = self.config.llm.eos_token_id
-            pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-        return int(pad)
+        """The decoder config's pad rule (`rsfuse.llm.LlamaConfig.pad_id`)."""
+        return self.config.llm.pad_id
 
     def layout(
         self,
@@ -361,11 +362,66 @@ class MFRSVLM(nn.Module):
             attentions=output.attentions,
         )
 
-    # ----- generation ----------------------------------------------------------------------------------------------
-    generate = generate_tokens
-    """``model.generate(pixel_values, input_ids, attention_mask=None, *, max_new_tokens, temperature=0.0, top_p=1.0,
-    eos_token_id=None, pad_token_id=None, image_mask=None, generator=None, use_cache=True, compile=False)``: see
-    `rsfuse.model.decoding.generate`."""
+    # ----- generation (what `rsfuse.generation.GenerativeModel` names) ------------------------------------------------
+    @property
+    def decoder_config(self) -> LlamaConfig:
+        return self.config.llm
+
+    def embed_prompts(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        image_mask: Tensor | None = None,
+    ) -> PromptEmbeddings:
+        """Prompts for generation: token ids checked against the vocabulary, laid out with left padding, embedded
+        with the images' global tokens, and the prefill's injection."""
+        self.check_token_ids(input_ids, attention_mask)
+        layout, embeds, injection = self.prefill_inputs(
+            pixel_values, input_ids, attention_mask, image_mask=image_mask, padding_side="left"
+        )
+        return PromptEmbeddings(embeds, layout.attention_mask, layout.position_ids, injection)
+
+    def next_token_logits(
+        self,
+        *,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None,
+        position_ids: Tensor,
+        cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
+        cache_rows: Tensor | None = None,
+        injection: DecoderInjection | None = None,
+    ) -> Tensor:
+        """The decoder's logits ``[B, V]`` of each row's last position (see ``LlamaForCausalLM.forward``)."""
+        output = self.llm(
+            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, cache_position=cache_position, cache_rows=cache_rows, injection=injection,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1]
+
+    def generate(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        compile: bool = False,
+        **options: Any,
+    ) -> Tensor:
+        """New token ids ``[B, T]``; ``options``: ``pad_token_id``, ``image_mask``, ``generator``, ``use_cache``,
+        ``sync_every`` (see `rsfuse.generation.generate`). ``compile=True`` reuses ``self.compiled_sessions``."""
+        return generate(
+            self, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, eos_token_id=eos_token_id, compile=compile, sessions=self.compiled_sessions, **options,
+        )
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
     @classmethod

@@ -26,25 +26,15 @@ SETTINGS = (
 )
 
 
-def _pad_id(llm: Any) -> int:
-    """``MFRSVLM.pad_token_id``'s rule: the config's pad id, else its (first) EOS, else 0."""
-    pad = llm.pad_token_id
-    if pad is None:
-        eos = llm.eos_token_id
-        pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    return int(pad)
-
-
 def settings_from_config(config: Any) -> dict[str, Any]:
     """Processor settings implied by an ``MFRSVLMConfig``."""
-    eos = config.llm.eos_token_id
     return {
         "image_size": config.input_size,
         "num_visual_tokens": config.num_visual_tokens,
         "image_token_index": config.image_token_index,
         "image_placement": config.image_placement,
-        "pad_token_id": _pad_id(config.llm),
-        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
+        "pad_token_id": config.llm.pad_id,
+        "eos_token_id": list(config.llm.eos_token_ids),
         "max_length": config.llm.max_position_embeddings,
     }
 

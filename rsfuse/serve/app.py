@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rsfuse.model.generation import SamplingParams
+from rsfuse.generation import SamplingParams
 from rsfuse.serve.errors import APIError, bad_request, error_body
 from rsfuse.serve.images import decode_image
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream

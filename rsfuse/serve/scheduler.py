@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from rsfuse.model.generation import GenerationSession, SamplingParams
+from rsfuse.generation import GenerationSession, SamplingParams
 from rsfuse.serve.errors import APIError
 from rsfuse.serve.inputs import EncodedPrompt, collate
 

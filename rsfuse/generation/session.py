@@ -1,34 +1,77 @@
-"""Generation for ``MFRSVLM`` (docs/DESIGN_NOTES.md §1.11): the step-wise, batched API.
+"""Step-wise batched generation (docs/DESIGN_NOTES.md §1.11): ``GenerationSession``.
 
-``GenerationSession`` holds a ``StaticKVCache`` of ``max_batch`` rows (the pytorch-labs/gpt-fast pattern):
+A session holds a ``StaticKVCache`` of ``max_batch`` rows (the pytorch-labs/gpt-fast pattern) and owns each row's
+fill level and key mask (the cache is storage only):
 
 * ``add(pixel_values, input_ids, ..., params)`` prefills new prompts (images encoded once, detail injected at
-  prefill) into free rows and samples each row's first token;
-* ``step()`` decodes one token for every row at once: fixed shapes, per-row temperature and top-p, sampling
-  without a host sync (greedy rows take the argmax; sampled rows race exponential noise, ``argmax(p / q)``), EOS
-  and token limits tracked on the device;
+  prefill) straight into free rows of the cache and samples each row's first token;
+* ``step()`` decodes one token for every row at once: fixed shapes, per-row temperature, top-p and seed, sampling
+  without a host sync (greedy rows take the argmax; sampled rows race counter-based exponential noise of
+  ``(seed, step, token)``), EOS and token limits tracked on the device;
 * ``poll()`` synchronises once and returns each row's new tokens and whether it finished (EOS, length, a stop
   string, or ``cancel``); a finished row's slot takes the next ``add`` while the others keep decoding.
 
 ``compile=True`` compiles the decode step with ``torch.compile`` (``mode="reduce-overhead"``, i.e. CUDA graphs, on a
-GPU). ``MFRSVLM.generate`` (`rsfuse.model.decoding`) and the server (``rsfuse serve``) drive this session, so there
-is one decoding loop.
+GPU). The session needs only what `GenerativeModel` names from a model; ``MFRSVLM.generate`` (`rsfuse.generation.generate`)
+and the server (``rsfuse serve``) drive it, so there is one decoding loop.
 """
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from einops import rearrange
 
-from rsfuse._typing import Tensor
-from rsfuse.llm.cache import StaticKVCache
-from rsfuse.model.sampling import SamplingParams, sample_tokens
+from rsfuse._typing import Bool, Float, Int, Tensor
+from rsfuse.llm.cache import KVCache, StaticKVCache
+from rsfuse.llm.config import LlamaConfig
+from rsfuse.generation.sampling import SamplingParams, draw_seed, sample_tokens
 
-if TYPE_CHECKING:
-    from rsfuse.model.mfrsvlm import MFRSVLM
+__all__ = ["GenerationSession", "GenerativeModel", "PromptEmbeddings", "RowUpdate", "SamplingParams"]
 
-__all__ = ["GenerationSession", "RowUpdate", "SamplingParams", "sample_tokens"]
+
+@dataclass
+class PromptEmbeddings:
+    """A batch of prompts ready for the decoder: ``inputs_embeds [B, L, D]``, the bool ``attention_mask [B, L]``,
+    rotary ``position_ids [B, L]`` and the prefill's injection (None without one)."""
+
+    inputs_embeds: Float[Tensor, "batch sequence dim"]
+    attention_mask: Bool[Tensor, "batch sequence"]
+    position_ids: Int[Tensor, "batch sequence"]
+    injection: Any = None
+
+
+class GenerativeModel(Protocol):
+    """What ``GenerationSession`` and ``generate`` need from a model (``MFRSVLM`` is one)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def decoder_config(self) -> LlamaConfig:
+        """Cache shape (layers, KV heads, head size), context length, and the EOS and pad rules."""
+
+    def embed_prompts(
+        self, pixel_values: Tensor | None, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any
+    ) -> PromptEmbeddings:
+        """Checked, laid-out (left-padded) and embedded prompts; ``inputs``: the processor's other outputs."""
+
+    def next_token_logits(
+        self,
+        *,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None,
+        position_ids: Tensor,
+        cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
+        cache_rows: Tensor | None = None,
+        injection: Any = None,
+    ) -> Float[Tensor, "batch vocab"]:
+        """The decoder's logits of the last position of each row (writing the cache where told)."""
 
 
 @dataclass
@@ -53,7 +96,7 @@ class GenerationSession:
 
     def __init__(
         self,
-        model: "MFRSVLM",
+        model: GenerativeModel,
         *,
         max_batch: int,
         max_length: int,
@@ -62,7 +105,8 @@ class GenerationSession:
         decode: Callable[[list[int]], str] | None = None,
         pad_token_id: int | None = None,
     ) -> None:
-        context = model.config.llm.max_position_embeddings
+        config = model.decoder_config
+        context = config.max_position_embeddings
         if max_length > context:
             raise ValueError(
                 f"generate: {max_length} positions (prompt + max_new_tokens) exceed the model's context "
@@ -72,10 +116,11 @@ class GenerationSession:
         self.max_batch, self.max_length = max_batch, max_length
         self.generator = generator
         self.decode = decode
-        self.pad_token_id = model.pad_token_id if pad_token_id is None else int(pad_token_id)
+        self.pad_token_id = config.pad_id if pad_token_id is None else int(pad_token_id)
+        self.default_eos = config.eos_token_ids
         device, dtype = model.device, model.dtype
         self.cache = StaticKVCache.for_model(
-            model.config.llm, batch_size=max_batch, max_length=max_length, dtype=dtype, device=device
+            config, batch_size=max_batch, max_length=max_length, dtype=dtype, device=device
         )
         # The cache is storage only; the session owns each row's fill level and which of its slots hold real tokens.
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=device)
@@ -86,6 +131,7 @@ class GenerationSession:
         self.position = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.temperature = torch.zeros(max_batch, dtype=torch.float32, device=device)
         self.top_p = torch.ones(max_batch, dtype=torch.float32, device=device)
+        self.seed = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.limit = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.eos = torch.full((max_batch, 1), -1, dtype=torch.long, device=device)
         self.done = torch.ones(max_batch, dtype=torch.bool, device=device)
@@ -148,12 +194,8 @@ class GenerationSession:
         self.lengths[row] = 0
 
     def _eos_ids(self, params: SamplingParams) -> list[int]:
-        if params.eos_token_ids is not None:
-            return [int(token) for token in params.eos_token_ids]
-        eos = self.model.config.llm.eos_token_id
-        if eos is None:
-            return []
-        return [int(eos)] if isinstance(eos, int) else [int(token) for token in eos]
+        ids = self.default_eos if params.eos_token_ids is None else params.eos_token_ids
+        return [int(token) for token in ids]
 
     # ----- prefill -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -165,9 +207,19 @@ class GenerationSession:
         *,
         params: SamplingParams | Sequence[SamplingParams],
         image_mask: Tensor | None = None,
+        **inputs: Any,
     ) -> list[int]:
-        """Prefill a batch of prompts into free rows (returned, in order) and sample their first tokens."""
-        batch = input_ids.shape[0]
+        """Prefill a batch of prompts into free rows (returned, in order) and sample their first tokens.
+        ``inputs``: the processor's other outputs (e.g. ``visual_positions``), passed to the model."""
+        prompts = self.model.embed_prompts(pixel_values, input_ids, attention_mask, image_mask=image_mask, **inputs)
+        return self.add_prompts(prompts, params=params)
+
+    @torch.no_grad()
+    def add_prompts(
+        self, prompts: PromptEmbeddings, *, params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[int]:
+        """``add`` for prompts the model has embedded already (``model.embed_prompts``)."""
+        batch = prompts.inputs_embeds.shape[0]
         params = [params] * batch if isinstance(params, SamplingParams) else list(params)
         if len(params) != batch:
             raise ValueError(f"GenerationSession.add: {len(params)} SamplingParams for {batch} prompts")
@@ -175,14 +227,11 @@ class GenerationSession:
         if len(free) < batch:
             raise ValueError(f"GenerationSession.add: {batch} prompts but only {len(free)} free rows")
         model = self.model
-        model.check_token_ids(input_ids, attention_mask)
-        layout, embeds, injection = model.prefill_inputs(
-            pixel_values, input_ids, attention_mask, image_mask=image_mask, padding_side="left"
-        )
+        embeds = prompts.inputs_embeds
         length = embeds.shape[1]
         for item in params:
             if length + item.max_new_tokens > self.max_length:
-                context = model.config.llm.max_position_embeddings
+                context = model.decoder_config.max_position_embeddings
                 limit = (f"the model's context max_position_embeddings = {context}" if self.max_length == context
                          else f"this session's max_length {self.max_length} (the context is {context})")
                 raise ValueError(
@@ -190,22 +239,21 @@ class GenerationSession:
                 )
         rows = free[:batch]
         index = torch.tensor(rows, dtype=torch.long, device=embeds.device)
-        mask = layout.attention_mask
+        mask = prompts.attention_mask
         slots = torch.arange(length, device=embeds.device).unsqueeze(0)
         # The prompts are written straight into their rows, from slot 0; the rows' other slots stop counting.
         self.key_mask[index] = False
         self.key_mask[index, :length] = mask
         self.lengths[index] = length
-        logits = model.llm(
+        logits = model.next_token_logits(
             inputs_embeds=embeds,
             attention_mask=mask,
-            position_ids=layout.position_ids,
-            past_key_values=self.cache,
+            position_ids=prompts.position_ids,
+            cache=self.cache,
             cache_position=slots,
             cache_rows=None if rows == list(range(self.max_batch)) else index,
-            injection=injection,
-            logits_to_keep=1,
-        ).logits[:, -1]
+            injection=prompts.injection,
+        )
         if not bool(torch.isfinite(logits).all()):
             raise ValueError(
                 "generate: the prefill produced non-finite logits (NaN/inf in the weights or in pixel_values?)"
@@ -221,8 +269,10 @@ class GenerationSession:
         self.eos[index] = eos_rows.to(self.eos.device)
         self.temperature[index] = torch.tensor([float(p.temperature) for p in params], device=index.device)
         self.top_p[index] = torch.tensor([float(p.top_p) for p in params], device=index.device)
+        seeds = [draw_seed(self.generator) if p.seed is None else p.seed for p in params]
+        self.seed[index] = torch.tensor(seeds, dtype=torch.long, device=index.device)
         self.limit[index] = torch.tensor([p.max_new_tokens for p in params], device=index.device)
-        self.position[index] = layout.position_ids[:, -1] + 1
+        self.position[index] = prompts.position_ids[:, -1] + 1
         self.count[index] = 0
         self.done[index] = False
         for row, item in zip(rows, params):
@@ -235,21 +285,22 @@ class GenerationSession:
     def _decode_logits(self, token: Tensor, position: Tensor) -> Tensor:
         slots = self.lengths.unsqueeze(1)  # [B, 1] (hot path: native views)
         self.key_mask.scatter_(1, slots, True)
-        output = self.model.llm(
-            token.unsqueeze(1),
+        logits = self.model.next_token_logits(
+            input_ids=token.unsqueeze(1),
             position_ids=position.unsqueeze(1),
-            past_key_values=self.cache,
+            cache=self.cache,
             cache_position=slots,
             attention_mask=self.key_mask,
         )
         self.lengths += (~self.done).long()
-        return output.logits[:, -1]
+        return logits
 
     def _sample(self, logits: Tensor, index: Tensor) -> Tensor:
         rows = [self.rows[int(i)] for i in index.tolist()] if index.numel() != self.max_batch else self.rows
         if all(row is None or row.params.temperature == 0 for row in rows):
             return logits.argmax(dim=-1)
-        return sample_tokens(logits, self.temperature[index], self.top_p[index], generator=self.generator)
+        return sample_tokens(logits, self.temperature[index], self.top_p[index], seeds=self.seed[index],
+                             steps=self.count[index])
 
     def _record(self, token: Tensor, index: Tensor | None) -> None:
         """Store each still-running row's new token; mark rows that hit EOS or their token limit (on the device).
