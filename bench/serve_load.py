@@ -182,7 +182,7 @@ def model_bound(model_dir: Path, *, clients: int, max_tokens: int, threads: int,
 
     from rsfuse.model import MFRSVLM  # noqa: PLC0415
     from rsfuse.generation import GenerationSession, SamplingParams  # noqa: PLC0415
-    from rsfuse.serve.inputs import PromptEncoder, collate  # noqa: PLC0415
+    from rsfuse.serve.inputs import PromptEncoder  # noqa: PLC0415
     from rsfuse.serve.protocol import Turn  # noqa: PLC0415
 
     torch.set_num_threads(threads)
@@ -196,9 +196,7 @@ def model_bound(model_dir: Path, *, clients: int, max_tokens: int, threads: int,
 
     def answer(batch: list) -> None:
         session = GenerationSession(model, max_batch=len(batch), max_length=model.config.llm.max_position_embeddings)
-        inputs = collate(batch, session.pad_token_id)
-        session.add(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], params=params,
-                    image_mask=inputs["image_mask"])
+        session.add(**encoder.batch(batch), params=params)
         for _ in range(max_tokens - 1):
             session.step()
         session.poll()

@@ -60,18 +60,18 @@ def stack_labels(config) -> list[str]:
 @torch.no_grad()
 def record_injection(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 16,
-                     eos_token_id: int | None = None) -> tuple[list[InjectionRecord], torch.Tensor]:
+                     eos_token_id: int | None = None, **inputs) -> tuple[list[InjectionRecord], torch.Tensor]:
     """Run greedy generation for one sample and read the injectors' statistics of its prefill; returns (one record
-    per injector, new token ids)."""
+    per injector, new token ids). ``inputs``: the processor's other outputs (``visual_positions``)."""
     if not model.config.detail or len(model.injectors) == 0:
         raise ValueError("rsfuse viz: this model has no detail injectors (config.detail is false): "
                          "there are no router weights or gates to show")
     if pixel_values.shape[0] != 1:
         raise ValueError(f"rsfuse viz: one image at a time, got a batch of {pixel_values.shape[0]}")
     new_tokens = model.generate(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                eos_token_id=eos_token_id)
+                                eos_token_id=eos_token_id, **inputs)
     # The injection happens at prefill; the forward over the prompt is that prefill, with its statistics returned.
-    stats = model(pixel_values, input_ids, attention_mask, output_injection_stats=True).injection_stats or {}
+    stats = model(pixel_values, input_ids, attention_mask, output_injection_stats=True, **inputs).injection_stats or {}
     records = []
     for layer in sorted(int(index) for index in model.injectors.keys()):
         if layer not in stats or stats[layer].router_weights is None:
@@ -223,8 +223,8 @@ def _injection_main(args) -> Path:
         processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template)
     image = load_image(args.image)
     inputs = processor(images=[image], text=[args.question])
-    records, new_tokens = record_injection(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
-                                           max_new_tokens=args.max_new_tokens, eos_token_id=processor.tokenizer.eos_id)
+    records, new_tokens = record_injection(model, **inputs, max_new_tokens=args.max_new_tokens,
+                                           eos_token_id=processor.tokenizer.eos_id)
     answer = processor.decode(new_tokens)
     figure = injection_figure(processor.image_processor.pad_to_square(image), records, stack_labels(model.config),
                               question=args.question, answer=answer)

@@ -47,8 +47,7 @@ def router_mass(model: MFRSVLM, processor: MFRSVLMProcessor, records: list[dict]
         questions = [record["conversations"][0]["value"].replace("<image>", "").strip() for record in batch]
         images = [str(image_root / record["image"]) for record in batch]
         inputs = processor(images=images, text=questions, padding_side="right")
-        stats = model(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
-                      output_injection_stats=True).injection_stats or {}
+        stats = model(**inputs, output_injection_stats=True).injection_stats or {}
         for layer_index, stat in stats.items():
             if stat.router_weights is None:
                 raise ValueError(f"router_mass: the injector before decoder layer {layer_index + 1} has no router")

@@ -9,7 +9,9 @@ import copy
 import pytest
 import torch
 
+from factories.host_syncs import count_host_syncs
 from factories.mfrsvlm import make_model
+
 from rsfuse.generation import GenerationSession, SamplingParams, sample_tokens
 
 IMAGE = -200
@@ -252,21 +254,6 @@ def test_a_new_request_with_more_eos_ids_leaves_the_running_rows_stop_rules_alon
     _drain(session, [0, 1])
     assert session.tokens(0) == [1, 1, 1, 1] and session.rows[0].finish_reason == "length"
     assert session.tokens(1) == [1, 1]
-
-
-def count_host_syncs(monkeypatch) -> list[str]:
-    """Record every ``Tensor.item`` / ``tolist`` / ``cpu`` / ``__bool__`` call (the ways a CPU run would read a value
-    back to the host; on a GPU each is a synchronisation) from now on."""
-    calls: list[str] = []
-    for name in ("item", "tolist", "cpu", "__bool__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _name=name, _original=original, **kwargs):
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return calls
 
 
 def test_a_decode_step_reads_nothing_back_to_the_host(model, monkeypatch):

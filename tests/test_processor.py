@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from factories.host_syncs import count_host_syncs
 from factories.llava_hf import IMAGE_TOKEN, NUM_VISUAL_TOKENS, write_hf_llava
 from factories.mfrsvlm import make_model, write_released_checkpoint
 from factories.tokenizer import tiny_tokenizer, tiny_tokenizer_dir
@@ -72,7 +73,8 @@ def test_processor_equals_the_manual_path(placement, padding_side):
     images = _images()
     inputs = processor(images=images, text=QUESTIONS, padding_side=padding_side)
     pixels, _, _, layout = _manual(model, images, QUESTIONS, padding_side=padding_side)
-    assert set(inputs) == {"pixel_values", "input_ids", "attention_mask"}
+    assert set(inputs) == {"pixel_values", "input_ids", "attention_mask", "visual_positions"}
+    assert torch.equal(inputs["visual_positions"], layout.visual_positions)  # the layout is said, not left to guess
     assert torch.equal(inputs["pixel_values"], pixels)
     assert torch.equal(inputs["input_ids"], layout.input_ids)
     assert torch.equal(inputs["attention_mask"], layout.attention_mask.long())
@@ -322,3 +324,38 @@ def test_bad_folders_and_templates(tmp_path, processor):
         MFRSVLMProcessor.from_pretrained(tmp_path / "empty")
     with pytest.raises(ValueError, match="template"):
         MFRSVLMProcessor.from_config(make_model(0).config, tiny_tokenizer(), template="chatml")
+
+
+def test_a_forward_on_the_processors_output_reads_nothing_back_to_the_host(model, processor, monkeypatch):
+    """The processor says where the visual positions are; the model only scatters there: no layout, no look at the
+    ids (the ids-at-positions check runs only under RSFUSE_TYPECHECK=1, switched off here as at run time)."""
+    import rsfuse.model.mfrsvlm as mfrsvlm
+
+    inputs = processor(images=_images(), text=QUESTIONS, padding_side="right")
+    monkeypatch.setattr(mfrsvlm, "TYPECHECK", False)
+    calls = count_host_syncs(monkeypatch)
+    with torch.no_grad():
+        model(**inputs)
+    assert calls == []
+    raw = {key: inputs[key] for key in ("pixel_values", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        model(**raw)  # without the processor's marker: one explicit layout at the boundary, which may read back
+    assert calls
+
+
+def test_visual_positions_are_checked_against_the_model(model, processor, monkeypatch):
+    inputs = processor(images=_images(), text=QUESTIONS)
+    short = dict(inputs, visual_positions=inputs["visual_positions"][:, 1:])
+    tokens = model.config.num_visual_tokens
+    with pytest.raises(ValueError, match=f"holds {tokens - 1} positions per row but the model has {tokens} visual"):
+        model(**short)
+    shifted = dict(inputs, visual_positions=inputs["visual_positions"] + 1)
+    with pytest.raises(ValueError, match="do not hold the image token"):
+        model(**shifted)  # RSFUSE_TYPECHECK=1 in the tests: the ids at the positions are checked
+    right = processor(images=_images(), text=QUESTIONS, padding_side="right")
+    with pytest.raises(ValueError, match="right-padded"):
+        model.generate(**right, max_new_tokens=2)
+    ids = right["input_ids"][:, :]
+    raw = torch.cat([torch.full((2, 2), -200), ids[:, -5:]], dim=1)
+    with pytest.raises(ValueError, match="row 0 holds 2 image placeholders but the model has"):
+        model(right["pixel_values"], raw)

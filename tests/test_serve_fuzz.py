@@ -215,11 +215,11 @@ def test_a_prompt_failing_at_prefill_does_not_fail_its_batch(served):
     """Two prompts admitted together, one of them with a token id outside the vocabulary: the good one is answered,
     the bad one gets an error (the worker retries the batch prompt by prompt)."""
     model, encoder = served.model, served.encoder
-    scheduler = Scheduler(model, max_batch=2, max_length=200, max_wait_ms=200, decode=encoder.decode)
+    scheduler = Scheduler(model, batch=encoder.batch, max_batch=2, max_length=200, max_wait_ms=200,
+                          decode=encoder.decode)
     good = encoder.encode([Turn("user", "Is there a ship?")], None)
     bad = copy.copy(good)
-    bad.input_ids = good.input_ids.clone()
-    bad.input_ids[0, -1] = 10**6
+    bad.token_ids = [*good.token_ids[:-1], 10**6]
     events = {"good": [], "bad": []}
     done = threading.Event()
 
@@ -241,7 +241,7 @@ def test_a_prompt_failing_at_prefill_does_not_fail_its_batch(served):
     assert events["bad"][-1][0] == "error" and events["bad"][-1][1].status == 400
     tokens = [token for kind, value in events["good"] if kind == "tokens" for token in value]
     assert events["good"][-1][0] == "done"
-    expected = model.generate(None, good.input_ids, good.attention_mask, max_new_tokens=5,
+    expected = model.generate(**encoder.batch([good]), max_new_tokens=5,
                               eos_token_id=sorted(encoder.eos_ids))[0].tolist()
     assert tokens and tokens == expected[: len(tokens)]
 
@@ -282,7 +282,7 @@ def test_text_stream_cuts_at_stop_strings_and_holds_back_partial_ones():
 def test_a_session_that_cannot_open_fails_the_start_with_its_error(served):
     """The session opens on the worker thread; ``start`` waits for it and re-raises what opening it raised."""
     context = served.model.config.llm.max_position_embeddings
-    scheduler = Scheduler(served.model, max_batch=1, max_length=context + 1)
+    scheduler = Scheduler(served.model, batch=served.encoder.batch, max_batch=1, max_length=context + 1)
     with pytest.raises(ValueError, match=f"{context + 1} positions .* max_position_embeddings = {context}"):
         scheduler.start()
     assert not scheduler.alive

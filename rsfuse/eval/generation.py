@@ -51,12 +51,11 @@ def length_order(lengths: Sequence[int]) -> list[int]:
 
 
 def decoder_length(prompt: Sequence[int], model) -> int:
-    """Positions the decoder's sequence takes for a prompt, as `MFRSVLM.generate` counts them against
-    ``max_position_embeddings``: the prompt's ids (a single -200 placeholder keeps its column, as padding) plus the
-    visual tokens; a placeholder repeated per visual token already holds their places."""
-    placeholder = model.config.image_token_index
-    repeated = sum(1 for token in prompt if token == placeholder) > 1
-    return len(prompt) + (0 if repeated else model.num_visual_tokens)
+    """Positions the decoder's sequence takes for a prompt with its image, as `MFRSVLM.generate` counts them against
+    ``max_position_embeddings``: the width of the layout ``MFRSVLMProcessor`` gives it (the one producer)."""
+    from rsfuse.processor.batch import SampleCollator
+
+    return SampleCollator.from_config(model.config, padding_side="left").sequence_length(prompt, has_image=True)
 
 
 def context_limit(model) -> int:

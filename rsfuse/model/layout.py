@@ -1,6 +1,8 @@
-"""Where every token of a multimodal sequence goes (docs/DESIGN_NOTES.md §1, the sequence): one pure function on token ids, shared by
-``MFRSVLMProcessor`` (which decides the layout once) and ``MFRSVLM`` (which re-applies it to raw ids; applying it
-to an already laid-out sequence changes nothing).
+"""Where every token of a multimodal sequence goes (docs/DESIGN_NOTES.md §1, the sequence): one pure function on token
+ids. ``MFRSVLMProcessor`` (its calls, ``pack`` and the training collate) is the one producer of layouts: it returns
+the laid-out ids with ``visual_positions`` beside them, and the model then only scatters features there.
+``MFRSVLM`` calls this function itself only at its boundary, for raw ids that come without ``visual_positions``
+(and laying out a sequence that is already laid out changes nothing).
 
 The laid-out ``input_ids`` hold ``image_token_id`` at each of the ``N`` visual slots; the model embeds the text and
 scatters the projected image features into those slots, so prefill is known, not guessed.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
-from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
+from rsfuse._typing import TYPECHECK, Bool, Float, Int, Tensor, typecheck
 from rsfuse.encoders.canvas import MultiScaleCanvas
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
@@ -44,7 +44,7 @@ from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.layout import SequenceLayout, layout_sequence
+from rsfuse.model.layout import SequenceLayout, layout_sequence, position_ids_from_mask
 
 # Windows per tower call when a batch of images is encoded (``model.canvas.chunk_size``; None: all of one scale at
 # once). On the CPU a call over every window of 16 images leaves the caches and costs 1.5-1.8x as much per image as
@@ -239,10 +239,22 @@ class MFRSVLM(nn.Module):
         image_mask: Tensor | None,
         padding_side: str,
     ) -> SequenceLayout:
-        """Lay out ``input_ids`` (raw or already laid out by ``MFRSVLMProcessor``) for this model's placement; rows
-        of ``image_mask`` (None: a text-only batch) get the visual slots."""
+        """The explicit layout at the model's boundary, for ids that come without the processor's
+        ``visual_positions`` (raw: no placeholder, one LLaVA −200 or ``N`` in-vocabulary image tokens, any padding):
+        ``rsfuse.model.layout.layout_sequence`` with this model's settings; rows of ``image_mask`` (None: a text-only
+        batch) get the visual slots. One host sync (the placeholder count check)."""
         if input_ids.ndim != 2:
             raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        tokens = self.config.num_visual_tokens
+        placeholders = (input_ids == self.config.image_token_index) | (input_ids == IMAGE_TOKEN_INDEX)
+        if attention_mask is not None:
+            placeholders = placeholders & attention_mask.to(torch.bool)
+        counts = placeholders.sum(dim=1)
+        wrong = (counts > 1) & (counts != tokens)
+        if bool(wrong.any()):
+            row = int(wrong.nonzero()[0])
+            raise ValueError(f"MFRSVLM: input_ids row {row} holds {int(counts[row])} image placeholders but the model "
+                             f"has {tokens} visual tokens (give one placeholder, {tokens}, or none)")
         return layout_sequence(
             input_ids,
             attention_mask,
@@ -296,6 +308,36 @@ class MFRSVLM(nn.Module):
         )
         return DecoderInjection(self.injectors, context, keep_stats=keep_stats)
 
+    def given_layout(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        labels: Tensor | None,
+        visual_positions: Tensor,
+    ) -> SequenceLayout:
+        """The layout ``MFRSVLMProcessor`` decided (its ``visual_positions`` beside laid-out ids), taken as it is: no
+        id is inspected. Shapes are checked always, the ids at the positions under ``RSFUSE_TYPECHECK=1``."""
+        tokens = self.config.num_visual_tokens
+        if visual_positions.ndim != 2 or visual_positions.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"MFRSVLM: visual_positions must be [B, N] = [{input_ids.shape[0]}, {tokens}], got "
+                             f"{tuple(visual_positions.shape)}")
+        if visual_positions.shape[1] != tokens:
+            raise ValueError(f"MFRSVLM: visual_positions holds {visual_positions.shape[1]} positions per row but the "
+                             f"model has {tokens} visual tokens (a processor of another model?)")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+        if TYPECHECK:
+            self._check_given_layout(input_ids, visual_positions)
+        return SequenceLayout(input_ids, mask, position_ids_from_mask(mask), labels, visual_positions)
+
+    def _check_given_layout(self, input_ids: Tensor, visual_positions: Tensor) -> None:
+        at_slots = input_ids.gather(1, visual_positions.clamp(0, input_ids.shape[1] - 1))
+        if not bool((at_slots == self.config.image_token_index).all()):
+            raise ValueError(f"MFRSVLM: input_ids do not hold the image token {self.config.image_token_index} at "
+                             "visual_positions (ids and positions from different processor calls?)")
+        expected_front = torch.arange(visual_positions.shape[1], device=visual_positions.device)
+        if self.config.image_placement == "prefix" and not bool((visual_positions == expected_front).all()):
+            raise ValueError("MFRSVLM: prefix placement needs the visual positions 0..N-1 in every row")
+
     def prefill_inputs(
         self,
         pixel_values: Tensor | None,
@@ -304,21 +346,28 @@ class MFRSVLM(nn.Module):
         labels: Tensor | None = None,
         *,
         image_mask: Tensor | None = None,
+        visual_positions: Tensor | None = None,
         padding_side: str = "right",
         keep_stats: bool = False,
     ) -> tuple[SequenceLayout, Tensor, DecoderInjection | None]:
-        """Encode the images, lay out the ids and embed them: ``(layout, inputs_embeds, injection or None)``."""
+        """Encode the images, take the processor's layout (``visual_positions`` given) or lay out raw ids
+        (``padding_side``), and embed: ``(layout, inputs_embeds, injection or None)``."""
         if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"MFRSVLM: pixel_values has {pixel_values.shape[0]} samples but input_ids has {input_ids.shape[0]}"
             )
+        if visual_positions is not None and pixel_values is None:
+            raise ValueError("MFRSVLM: visual_positions given without pixel_values")
         global_tokens, stacks, image_mask = self._encode_selected(pixel_values, image_mask)
-        if global_tokens is not None and image_mask is None:
-            image_mask = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        layout = self.layout(
-            input_ids, attention_mask, labels,
-            image_mask=None if global_tokens is None else image_mask, padding_side=padding_side,
-        )
+        if visual_positions is not None:
+            layout = self.given_layout(input_ids, attention_mask, labels, visual_positions)
+        else:
+            if global_tokens is not None and image_mask is None:
+                image_mask = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            layout = self.layout(
+                input_ids, attention_mask, labels,
+                image_mask=None if global_tokens is None else image_mask, padding_side=padding_side,
+            )
         embeds = self.embed(layout, global_tokens)
         return layout, embeds, self.injection(stacks, layout, image_mask, keep_stats=keep_stats)
 
@@ -332,6 +381,7 @@ class MFRSVLM(nn.Module):
         labels: Int[Tensor, "batch text"] | None = None,
         *,
         image_mask: Bool[Tensor, " batch"] | None = None,
+        visual_positions: Int[Tensor, "batch visual"] | None = None,
         output_injection_stats: bool = False,
         output_attentions: bool = False,
     ) -> MFRSVLMOutput:
@@ -341,7 +391,8 @@ class MFRSVLM(nn.Module):
         ``output_attentions``: also return each decoder layer's attention weights ``[B, H, T, T]`` (``attentions``).
         """
         layout, embeds, injection = self.prefill_inputs(
-            pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, keep_stats=output_injection_stats
+            pixel_values, input_ids, attention_mask, labels, image_mask=image_mask, visual_positions=visual_positions,
+            keep_stats=output_injection_stats,
         )
         output = self.llm(
             inputs_embeds=embeds,
@@ -374,12 +425,18 @@ class MFRSVLM(nn.Module):
         attention_mask: Tensor | None = None,
         *,
         image_mask: Tensor | None = None,
+        visual_positions: Tensor | None = None,
     ) -> PromptEmbeddings:
-        """Prompts for generation: token ids checked against the vocabulary, laid out with left padding, embedded
-        with the images' global tokens, and the prefill's injection."""
+        """Prompts for generation: token ids checked against the vocabulary, laid out with left padding (or as the
+        processor laid them out, ``visual_positions`` given), embedded with the images' global tokens, and the
+        prefill's injection. One host sync (the checks)."""
         self.check_token_ids(input_ids, attention_mask)
+        if visual_positions is not None and attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate: the prompts are right-padded (processor(..., padding_side='right')); "
+                             "generation appends after each row's last position and needs left padding")
         layout, embeds, injection = self.prefill_inputs(
-            pixel_values, input_ids, attention_mask, image_mask=image_mask, padding_side="left"
+            pixel_values, input_ids, attention_mask, image_mask=image_mask, visual_positions=visual_positions,
+            padding_side="left",
         )
         return PromptEmbeddings(embeds, layout.attention_mask, layout.position_ids, injection)
 

@@ -7,9 +7,10 @@ generated ids → text, the way users of transformers' ``LlavaProcessor`` expect
 
 The sequence layout is decided here, once: ``input_ids`` come back already laid out by
 ``rsfuse.model.layout.layout_sequence`` with the model's settings (``image_token_index`` at each of the
-``num_visual_tokens`` visual slots, prefix or token placement, left padding for generation, right for training), so
-``MFRSVLM.forward`` / ``generate`` (which re-apply the same function, a no-op on laid-out ids) see exactly the
-positions the processor returned. ``image_mask`` comes back when a batch mixes samples with and without an image.
+``num_visual_tokens`` visual slots, prefix or token placement, left padding for generation, right for training) and
+``visual_positions [B, N]`` says where the slots are, so ``MFRSVLM.forward`` / ``generate`` only scatter the image
+features there (they lay out raw ids themselves only when ``visual_positions`` is absent). ``image_mask`` comes
+back when a batch mixes samples with and without an image. ``pack`` lays out prompts tokenized earlier (the server).
 
 Prompts are the conversation template's (``vicuna_v1`` unless the folder records another): a question is one user
 turn with the image (``<image>\\n`` in front, LLaVA's rule); a conversation of ``{"from": "human"|"gpt", "value"}``
@@ -32,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from rsfuse.data.images import CLIP_MEAN, CLIP_STD
+from rsfuse.data.instructions import InstructionSample
 from rsfuse.data.preprocess import ImageProcessor
 from rsfuse.llm.templates import IGNORE_INDEX, ConversationTemplate, get_template, tokenize_conversation, tokenize_prompt
 from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 from rsfuse.options import DEFAULT_TEMPLATE, IMAGE_PLACEMENTS, PADDING_SIDES, check_option
-from rsfuse.processor.batch import SampleCollator, layout_batch
+from rsfuse.processor.batch import SampleCollator
 from rsfuse.processor.images import to_image
 from rsfuse.processor.prompts import prompt_text, template_and_rounds
 from rsfuse.processor.settings import (
@@ -282,6 +283,12 @@ class MFRSVLMProcessor:
             raise ValueError(f"{where}: {error}") from None
         return tokenize_prompt(prompt, self.tokenizer), None
 
+    def prompt_ids(self, text: Any, *, has_image: bool, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of one question or conversation's prompt, before layout (−200 where the image goes): what
+        :meth:`pack` takes."""
+        return self._sample_ids(text, 0, has_image=has_image, add_generation_prompt=add_generation_prompt,
+                                return_labels=False)[0]
+
     # ----- the call ----------------------------------------------------------------------------------------------
     def __call__(
         self,
@@ -309,35 +316,52 @@ class MFRSVLMProcessor:
             )
             ids.append(sample_ids)
             labels.append(sample_labels)
-        rows = [torch.tensor(sample_ids, dtype=torch.long) for sample_ids in ids]
-        input_ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id)
-        attention_mask = pad_sequence([torch.ones_like(row, dtype=torch.bool) for row in rows], batch_first=True)
-        label_tensor = None
-        if return_labels:
-            label_tensor = pad_sequence([torch.tensor(row, dtype=torch.long) for row in labels], batch_first=True,
-                                        padding_value=IGNORE_INDEX)
-        any_image = any(has_image)
-        image_mask = torch.tensor(has_image, dtype=torch.bool) if any_image else None
-        laid_out = layout_batch(
-            input_ids, attention_mask, label_tensor, image_mask, padding_side=padding_side,
-            num_visual_tokens=self.num_visual_tokens, image_token_id=self.image_token_index,
-            pad_token_id=self.pad_token_id, placement=self.image_placement,
-        )
-        pixel_values = None
-        if any_image:
-            size = self.image_size
-            pixel_values = torch.zeros((len(images), 3, size, size), dtype=torch.float32)
-            for row, image in enumerate(images):
-                if image is not None:
-                    pixel_values[row] = self.image_processor(to_image(image, f"images[{row}]"))
-        out = ProcessorInputs(
-            pixel_values=pixel_values, input_ids=laid_out["input_ids"], attention_mask=laid_out["attention_mask"]
-        )
-        if any_image and not all(has_image):
-            out["image_mask"] = image_mask
-        if return_labels:
-            out["labels"] = laid_out["labels"]
+        pixels = [None if image is None else self.image_processor(to_image(image, f"images[{row}]"))
+                  for row, image in enumerate(images)]
+        return self.pack(ids, pixels, labels=labels if return_labels else None, padding_side=padding_side)
+
+    def pack(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        pixel_values: Sequence[torch.Tensor | None] | None = None,
+        *,
+        labels: Sequence[Sequence[int]] | None = None,
+        padding_side: str = "left",
+    ) -> ProcessorInputs:
+        """Model inputs for prompts tokenized earlier (ids as `tokenize_prompt` gives them: −200 where the image goes)
+        and their preprocessed images (``[3, S, S]`` or ``[1, 3, S, S]`` each, None for a text-only prompt): padded
+        and laid out exactly as :meth:`__call__` does (the server encodes prompts one at a time and batches them
+        later). The output: ``pixel_values`` (None for an all-text batch), laid-out ``input_ids``, ``attention_mask``
+        (long), ``visual_positions`` (``[B, N]`` sequence index of each visual slot, when a row has an image),
+        ``image_mask`` (only for a batch mixing image and text-only rows), and ``labels`` when given."""
+        check_option(padding_side, PADDING_SIDES, "padding_side")
+        pixel_values = [None] * len(token_ids) if pixel_values is None else list(pixel_values)
+        if len(pixel_values) != len(token_ids) or (labels is not None and len(labels) != len(token_ids)):
+            raise ValueError(f"pack: {len(token_ids)} prompts, {len(pixel_values)} images"
+                             + ("" if labels is None else f", {len(labels)} label rows"))
+        samples = []
+        for index, ids in enumerate(token_ids):
+            pixels = pixel_values[index]
+            if pixels is not None and pixels.ndim == 4:
+                pixels = pixels[0]
+            row_labels = [IGNORE_INDEX] * len(ids) if labels is None else labels[index]
+            samples.append(InstructionSample(input_ids=torch.tensor(ids, dtype=torch.long),
+                                             labels=torch.tensor(row_labels, dtype=torch.long),
+                                             pixel_values=pixels, index=index, sample_id=None))
+        batch = self.collator(padding_side)(samples)
+        out = ProcessorInputs(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"])
+        if batch["visual_positions"] is not None:
+            out["visual_positions"] = batch["visual_positions"]
+            if not bool(batch["image_mask"].all()):
+                out["image_mask"] = batch["image_mask"]
+        if labels is not None:
+            out["labels"] = batch["labels"]
         return out
+
+    def sequence_length(self, token_ids: Sequence[int], *, has_image: bool) -> int:
+        """Positions one tokenized prompt takes in the decoder once laid out (what the context limit counts)."""
+        return self.collator("left").sequence_length(token_ids, has_image=has_image)
 
     # ----- decoding ----------------------------------------------------------------------------------------------
     def batch_decode(self, ids: Any, skip_special_tokens: bool = True) -> list[str]:

@@ -57,7 +57,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan."""
     context = model.config.llm.max_position_embeddings
     max_length = min(settings.max_length or context, context)
-    scheduler = Scheduler(model, max_batch=settings.max_batch, max_length=max_length,
+    scheduler = Scheduler(model, batch=encoder.batch, max_batch=settings.max_batch, max_length=max_length,
                           max_wait_ms=settings.max_wait_ms, decode=encoder.decode, max_queue=settings.max_queue,
                           sync_every=1 if model.device.type == "cpu" else 2, compile=settings.compile,
                           seed=settings.seed)
@@ -280,8 +280,8 @@ async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> 
     from rsfuse.viz import injection_figure, record_injection, stack_labels  # noqa: PLC0415
 
     def record():
-        return record_injection(model, prompt.pixel_values, prompt.input_ids, prompt.attention_mask,
-                                max_new_tokens=1, eos_token_id=min(encoder.eos_ids))
+        return record_injection(model, max_new_tokens=1, eos_token_id=min(encoder.eos_ids),
+                                **encoder.batch([prompt]))
 
     try:
         records, _ = await asyncio.wrap_future(scheduler.call(record))

@@ -1,8 +1,9 @@
 """From a checked request to model inputs, and from generated tokens back to text.
 
-`PromptEncoder.encode` is the one place that turns a conversation and its image into tensors (``MFRSVLMProcessor``:
-template, tokenizer, image preprocessing, sequence layout); `collate` left-pads several encoded prompts into one
-``GenerationSession.add`` batch;
+`PromptEncoder.encode` turns a conversation and its image into token ids and pixels (``MFRSVLMProcessor``: template,
+tokenizer, image preprocessing); `PromptEncoder.batch` hands several encoded prompts to ``MFRSVLMProcessor.pack``,
+which pads and lays them out into one ``GenerationSession.add`` batch (the processor is the only code that decides
+where visual positions go);
 `TextStream` turns a row's growing token list into text deltas, cut at the first stop string and holding back
 what could still become one (or a half-decoded UTF-8 character).
 """
@@ -12,20 +13,18 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from torch.nn.utils.rnn import pad_sequence
 
 from rsfuse.serve.protocol import Turn
 
-__all__ = ["EncodedPrompt", "PromptEncoder", "TextStream", "collate"]
+__all__ = ["EncodedPrompt", "PromptEncoder", "TextStream"]
 
 
 @dataclass
 class EncodedPrompt:
-    """One prompt as ``MFRSVLMProcessor`` lays it out: ``input_ids``/``attention_mask`` ``[1, L]`` (visual slots
-    included), ``pixel_values`` ``[1, 3, S, S]`` or None; ``length`` = the positions it takes in the decoder."""
+    """One prompt before layout: ``token_ids`` (−200 where the image goes), ``pixel_values`` ``[1, 3, S, S]`` or
+    None; ``length`` = the positions it takes in the decoder once laid out (the processor's count)."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    token_ids: list[int]
     pixel_values: torch.Tensor | None
     length: int
     image: Image.Image | None = None  # as given (the page's pictures draw it)
@@ -64,39 +63,19 @@ class PromptEncoder:
         return out
 
     def encode(self, turns: Sequence[Turn], image: Image.Image | None) -> EncodedPrompt:
-        inputs = self.processor(images=[image], text=[self.conversation(turns)], padding_side="left")
-        inputs = inputs.to(self.model.device, self.model.dtype)
-        ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
-        # The model lays the ids out again, and re-laying out laid-out ids keeps their width and adds the visual
-        # slots once more (as padding): hand it the placeholder-free ids (one placeholder kept for "token"
-        # placement, where it marks the spot), so the prompt takes exactly its own positions in the cache.
-        config = self.model.config
-        is_image = ids[0] == config.image_token_index
-        if bool(is_image.any()):
-            keep = ~is_image
-            if config.image_placement == "token":
-                keep[int(is_image.nonzero()[0])] = True
-            ids, mask = ids[:, keep], mask[:, keep]
-        image_mask = None if pixels is None else torch.ones(1, dtype=torch.bool, device=ids.device)
-        length = self.model.layout(ids, mask, image_mask=image_mask, padding_side="left").input_ids.shape[1]
-        return EncodedPrompt(ids, mask, pixels, int(length), image)
+        processor = self.processor
+        token_ids = processor.prompt_ids(self.conversation(turns), has_image=image is not None)
+        pixels = None
+        if image is not None:
+            pixels = processor.preprocess_images([image]).to(self.model.device, self.model.dtype)
+        length = processor.sequence_length(token_ids, has_image=image is not None)
+        return EncodedPrompt(token_ids, pixels, length, image)
 
-
-def collate(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> dict:
-    """Left-pad prompts into one batch for ``GenerationSession.add`` (``image_mask`` when only some have images)."""
-    first = prompts[0].input_ids
-    ids = pad_sequence([prompt.input_ids[0] for prompt in prompts], batch_first=True, padding_value=pad_token_id,
-                       padding_side="left")
-    mask = pad_sequence([prompt.attention_mask[0] for prompt in prompts], batch_first=True, padding_side="left")
-    with_image = [prompt.pixel_values is not None for prompt in prompts]
-    pixels, image_mask = None, None
-    if any(with_image):
-        sample = next(prompt.pixel_values for prompt in prompts if prompt.pixel_values is not None)
-        pixels = torch.cat([prompt.pixel_values if prompt.pixel_values is not None else torch.zeros_like(sample)
-                            for prompt in prompts])
-        if not all(with_image):
-            image_mask = torch.tensor(with_image, dtype=torch.bool, device=first.device)
-    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask, "image_mask": image_mask}
+    def batch(self, prompts: Sequence[EncodedPrompt]) -> dict:
+        """Several prompts as one left-padded, laid-out batch for ``GenerationSession.add`` (``**batch``)."""
+        inputs = self.processor.pack([prompt.token_ids for prompt in prompts],
+                                     [prompt.pixel_values for prompt in prompts], padding_side="left")
+        return dict(inputs.to(self.model.device, self.model.dtype))
 
 
 class TextStream:

@@ -28,7 +28,7 @@ import torch
 
 from rsfuse.generation import GenerationSession, SamplingParams
 from rsfuse.serve.errors import APIError
-from rsfuse.serve.inputs import EncodedPrompt, collate
+from rsfuse.serve.inputs import EncodedPrompt
 
 __all__ = ["Job", "Scheduler"]
 
@@ -52,6 +52,7 @@ class Scheduler:
         self,
         model,
         *,
+        batch: Callable[[list[EncodedPrompt]], dict],
         max_batch: int,
         max_length: int,
         max_wait_ms: float = 10.0,
@@ -68,6 +69,7 @@ class Scheduler:
                                      generator=generator, decode=decode, pad_token_id=pad_token_id)
 
         self._open_session = open_session
+        self._batch = batch  # encoded prompts → one laid-out batch (``PromptEncoder.batch``)
         self.session: GenerationSession | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -227,9 +229,7 @@ class Scheduler:
                     self._admit([job])
 
     def _add(self, group: list[Job]) -> None:
-        batch = collate([job.prompt for job in group], self.session.pad_token_id)
-        rows = self.session.add(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                                params=[job.params for job in group], image_mask=batch["image_mask"])
+        rows = self.session.add(**self._batch([job.prompt for job in group]), params=[job.params for job in group])
         for row, job in zip(rows, group):
             job.row = row
             self._running[row] = job
