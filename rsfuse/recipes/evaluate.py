@@ -17,8 +17,8 @@ What it supports:
   already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files; a torn last line (a kill
   mid-write) is dropped.
 - **Fingerprints**: every line records task, model, data and a fingerprint of what changes an answer (weights by
-  sizes+mtimes or by content, ``fingerprint_weights``; tokenizer; data file content; ``max_new_tokens``, template,
-  dtype, split, image root; see `rsfuse.eval.fingerprint`). A file from a run that differs in any of them is refused
+  sizes+mtimes or by content, ``fingerprint_weights``; tokenizer; data file content; every image's content (hashed
+  once, cached by size+mtime in ``.image_digests.json``); ``max_new_tokens``, template, dtype, split, image root; see `rsfuse.eval.fingerprint`). A file from a run that differs in any of them is refused
   with one line naming each differing field (exit status 2), never mixed in.
 - **Outputs**: ``predictions.jsonl``, ``metrics.json`` (task, model, data, sample count and the scorer's result with
   its ``protocol``), ``metrics.md`` (the same as a markdown table, also printed).
@@ -271,15 +271,19 @@ def _device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
-    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, generation and input settings."""
-    from rsfuse.eval.fingerprint import run_fingerprint
+def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path, records: Sequence[Mapping[str, Any]],
+                 output_dir: Path) -> dict[str, Any]:
+    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, the records' image content
+    (digests cached in the output folder), generation and input settings."""
+    from rsfuse.eval.fingerprint import IMAGE_DIGEST_CACHE, run_fingerprint
 
     image_root = str(Path(config.image_root).resolve()) if config.image_root else ""
     settings = {"max_new_tokens": config.max_new_tokens, "template": config.template, "dtype": config.dtype,
                 "decoding": "greedy", "split": config.split, "image_root": image_root}
+    images = [record["image_path"] for record in records if record.get("image_path") is not None]
     return run_fingerprint(model_dir=model_dir, data=config.data, tokenizer_dir=tokenizer_dir,
-                           weights=config.fingerprint_weights, settings=settings)
+                           weights=config.fingerprint_weights, settings=settings, images=images,
+                           image_cache=output_dir / IMAGE_DIGEST_CACHE)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -312,6 +316,7 @@ def run(config: EvalConfig) -> dict:
         raise EvalInputError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from None
     if not records:
         raise EvalInputError(f"{config.data}: no records for task {task!r}")
+    all_records = records  # the image fingerprint covers every record: `limit` does not change an answer
     if config.limit > 0:
         records = records[: config.limit]
     output_dir = Path(config.output_dir)
@@ -321,7 +326,8 @@ def run(config: EvalConfig) -> dict:
     try:
         group = RankGroup(rank, world_size)
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
-                    "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir))}
+                    "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir, all_records,
+                                                                      output_dir))}
         refusal = group.shared(lambda: mismatch_reason(output_dir / PREDICTIONS_FILE, identity))
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
