@@ -54,6 +54,7 @@ from rsfuse.train.setup import (
     check_context_length,
     check_data,
     check_model_source_keys,
+    check_resume_settings,
     load_tower_weights,
     prepare_synthetic_data,
     prepare_tokenizer,
@@ -91,6 +92,7 @@ class TrainingRecipe:
         if self.device_type == "cpu":
             torch.use_deterministic_algorithms(True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        check_resume_settings(config, self.output_dir, context)  # before recipe.yaml records the new settings
         if context.is_main:
             save_config(config, self.output_dir / "recipe.yaml")
         check_model_source_keys(config)
