@@ -9,6 +9,7 @@ import yaml
 
 from factories.console import one_line
 from factories.train_run import recipe_args, tiny_data
+from rsfuse.cli import main as rsfuse_main
 from rsfuse.recipes.train import main as train_main
 from rsfuse.train.metrics import read_metrics
 
@@ -76,3 +77,186 @@ def test_resuming_into_a_model_of_another_size_is_one_line(finished, data, tmp_p
                                   "model.llm.hidden_size=64"))
     line = one_line(_errors(capsys.readouterr().err))
     assert code == 2 and "model.safetensors: written for a model of another size" in line and "(the model: " in line
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+def test_unknown_template_is_one_line_naming_the_key(tmp_path, capsys):
+    assert rsfuse_main(["train", "data.template=bogus", f"output_dir={tmp_path}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "data.template" in line and "'bogus'" in line and "vicuna_v1" in line
+    assert rsfuse_main(["eval", "template=bogus", f"output_dir={tmp_path}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "'template'" in line and "'bogus'" in line
+
+
+def test_latin1_config_file_is_one_line_naming_file_and_line(tmp_path, capsys):
+    config = tmp_path / "latin.yaml"
+    config.write_bytes("train:\n  lr: 0.001\n# caf\u00e9\n".encode("latin-1"))
+    assert rsfuse_main(["train", "--config", str(config), f"output_dir={tmp_path / 'run'}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(config) in line and "not UTF-8" in line and "line 3" in line
+
+
+def test_yaml_alias_expansion_is_bounded(tmp_path, capsys):
+    """A few hundred bytes of nested aliases (x9 per level) are refused before anything is expanded."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 9)}]" for level in range(1, 9)]
+    config = tmp_path / "laughs.yaml"
+    config.write_text("\n".join([*lines, "unknown_key: *a8"]) + "\n")
+    assert config.stat().st_size < 700
+    started = time.perf_counter()
+    assert train_main(["--config", str(config)]) == 2
+    assert time.perf_counter() - started < 5
+    line = one_line(capsys.readouterr().err)
+    assert str(config) in line and "aliases" in line and "100000" in line
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_output_dir_that_is_a_file_is_one_line_naming_the_key(tmp_path, capsys, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    target = blocker if where == "file" else blocker / "run"
+    for argv in ([f"output_dir={target}"], ["eval", f"output_dir={target}", "model=x", "data=y"]):
+        assert (rsfuse_main(argv) if argv[0] == "eval" else train_main(argv)) == 2
+        line = one_line(_errors(capsys.readouterr().err))
+        assert "output_dir" in line and str(blocker) in line and "file" in line
+    assert blocker.read_text() == "not a folder"
+
+
+def test_read_only_output_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    """A read-only file system (simulated: the tests may run as root, whom permissions do not stop)."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == tmp_path else real(path, mode))
+    assert train_main([f"output_dir={tmp_path / 'run'}"]) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert "output_dir" in line and "not writable" in line and str(tmp_path) in line
+
+
+def test_tokenizer_of_random_bytes_is_one_line(data, tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(os.urandom(600))
+    overrides = [item for item in data if not item.startswith("data.tokenizer=")] + [f"data.tokenizer={folder}"]
+    assert rsfuse_main(["train", *recipe_args(tmp_path / "run", overrides, "max_steps=1")]) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert str(folder / "tokenizer.model") in line and "SentencePiece" in line
+
+
+# ---------------------------------------------------------------------------------------------- rsfuse eval / predict
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from factories.mfrsvlm import make_model
+    from factories.tokenizer import tiny_tokenizer_dir
+
+    folder = tmp_path_factory.mktemp("model") / "micro"
+    make_model(seed=2).save_pretrained(folder, tokenizer=tiny_tokenizer_dir())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    from factories.eval_data import write_synthetic_benchmark
+
+    return write_synthetic_benchmark(tmp_path_factory.mktemp("bench"))
+
+
+def _eval(model: Path, data: Path, out: Path, *extra: str) -> int:
+    return rsfuse_main(["eval", "task=synthetic", f"model={model}", f"data={data}", f"output_dir={out}",
+                        "max_new_tokens=2", "progress=false", *extra])
+
+
+def test_eval_tokenizer_larger_than_the_vocabulary_is_one_line(bench, tmp_path, capsys):
+    from factories.mfrsvlm import make_model, micro_llm
+    from factories.tokenizer import tiny_tokenizer_dir
+
+    small = tmp_path / "small"
+    make_model(seed=1, llm=micro_llm(vocab_size=300)).save_pretrained(small)
+    assert _eval(small, bench, tmp_path / "out", f"tokenizer={tiny_tokenizer_dir()}") == 2
+    line = one_line(capsys.readouterr().err)
+    assert "512 pieces" in line and "vocabulary of 300" in line and "tokenizer.model" in line
+
+
+def test_eval_tokenizer_of_random_bytes_is_one_line(model_dir, bench, tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(os.urandom(600))
+    assert _eval(model_dir, bench, tmp_path / "out", f"tokenizer={folder}") == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(folder / "tokenizer.model") in line
+
+
+def test_eval_torn_line_inside_predictions_is_one_line_and_the_file_is_kept(model_dir, bench, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _eval(model_dir, bench, out) == 0
+    path = out / "predictions.jsonl"
+    lines = path.read_text().splitlines()
+    torn = "\n".join([lines[0][:30], *lines[1:]]) + "\n"  # a torn line, then a whole one
+    path.write_text(torn)
+    capsys.readouterr()
+    assert _eval(model_dir, bench, out) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{path}: line 1 is not valid JSON" in line and "delete that line" in line
+    assert path.read_text() == torn
+
+
+@pytest.mark.parametrize(("task", "field"), [("synthetic", "answer"), ("vrsbench_vqa", "ground_truth")])
+def test_eval_record_with_a_null_answer_is_a_bad_record(model_dir, tmp_path, capsys, task, field):
+    from factories.eval_data import write_image
+
+    write_image(tmp_path / "a.png")
+    if task == "synthetic":
+        entries = [{"id": "s0", "image": "a.png", "question_type": "count", "answer": None,
+                    "conversations": [{"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "3"}]}]
+    else:
+        entries = [{"image_id": "a.png", "question": "How many?", "ground_truth": None, "question_id": 7,
+                    "type": "count", "dataset": "DOTA"}]
+    data = tmp_path / "bench.json"
+    data.write_text(json.dumps(entries))
+    assert rsfuse_main(["eval", f"task={task}", f"model={model_dir}", f"data={data}", f"image_root={tmp_path}",
+                        f"output_dir={tmp_path / 'out'}", "max_new_tokens=2", "progress=false"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(data) in line and "entry 0" in line and f"'{field}': null" in line
+
+
+def test_eval_output_dir_in_use_by_another_evaluation_is_refused(model_dir, bench, tmp_path, capsys):
+    import os
+
+    from rsfuse.train.lock import RunLock
+
+    out = tmp_path / "out"
+    with RunLock(out, kind="evaluation"):  # another evaluation writing this folder
+        assert _eval(model_dir, bench, out) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "in use by another evaluation" in line and f"pid {os.getpid()}" in line
+    assert not (out / "predictions.jsonl").exists()
+    assert _eval(model_dir, bench, out) == 0  # free again
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda", "cuda:7"])
+def test_predict_with_an_unavailable_device_is_one_line(model_dir, tmp_path, capsys, device):
+    import torch
+
+    from factories.eval_data import write_image
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that device")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    image = tmp_path / "a.png"
+    write_image(image)
+    assert rsfuse_main(["predict", "--model", str(model_dir), "--image", str(image), "--question", "What?",
+                        "--device", device]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"--device '{device}'" in line

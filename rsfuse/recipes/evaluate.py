@@ -53,7 +53,8 @@ from rsfuse.eval.generation import (
 from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, mismatch_reason, read_predictions
 from rsfuse.eval.ranks import RankGroup, capture, finish, launch, picklable
 from rsfuse.eval.tasks import get_task, task_protocols
-from rsfuse.recipes.config import ConfigError
+from rsfuse.recipes.config import ConfigError, check_output_dir
+from rsfuse.train.lock import RunLock, RunLockedError
 from rsfuse.recipes.eval_args import TOO_LONG_POLICIES, EvalConfig, load_eval_config, parse_eval_args, task_of
 
 __all__ = [
@@ -286,6 +287,15 @@ def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path, recor
                            image_cache=output_dir / IMAGE_DIGEST_CACHE)
 
 
+def _lock_output(output_dir: Path):
+    """``(lock, None)``, or ``(None, message)`` when another live evaluation holds ``output_dir``
+    (`rsfuse.train.lock.RunLock`: two runs must not interleave one ``predictions.jsonl``)."""
+    try:
+        return RunLock(output_dir, kind="evaluation").acquire(), None
+    except RunLockedError as error:
+        return None, str(error)
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -295,6 +305,7 @@ def run(config: EvalConfig) -> dict:
     from rsfuse.llm.tokenizer import Tokenizer
     from rsfuse.model import MFRSVLM
 
+    check_output_dir(config.output_dir)
     for key in ("model", "data"):
         if not getattr(config, key):
             raise ConfigError(f"config key {key!r} is required (e.g. {key}=PATH)")
@@ -323,8 +334,13 @@ def run(config: EvalConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world_size, local_rank, started = launch()
     counts: dict[str, Any] = {}
+    lock = None
     try:
         group = RankGroup(rank, world_size)
+        lock, busy = _lock_output(output_dir) if group.is_main else (None, None)
+        busy = group.broadcast(busy)
+        if busy is not None:  # another evaluation writes this folder: refused on every rank
+            raise RunLockedError(busy)
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
                     "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir, all_records,
                                                                       output_dir))}
@@ -332,10 +348,17 @@ def run(config: EvalConfig) -> dict:
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
         device = _device(config.device, local_rank)
+        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)  # before the model: a bad file is named at once
         model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config.dtype], device=device)
+        vocabulary = model.config.llm.vocab_size
+        if tokenizer.vocab_size > vocabulary:
+            raise ConfigError(
+                f"config key 'tokenizer': {tokenizer_dir / 'tokenizer.model'} has {tokenizer.vocab_size} pieces, more "
+                f"than the model's vocabulary of {vocabulary} ({model_dir / 'config.json'}); use the model's own "
+                "tokenizer"
+            )
         model.requires_grad_(False)
         model.enable_vision_feature_cache()  # questions about the same image encode it once
-        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
         result = evaluate(
             model,
             tokenizer,
@@ -355,6 +378,8 @@ def run(config: EvalConfig) -> dict:
             too_long=config.too_long,
         )
     finally:
+        if lock is not None:
+            lock.release()
         finish(started)
     summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
                "template": config.template, "processes": world_size, "result": json_ready(result)}
@@ -400,7 +425,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(error, "relayed", False) or os.environ.get("RANK", "0") == "0":
             print(f"rsfuse eval: {error}", file=sys.stderr)
         return EXIT_MISMATCH if isinstance(error, PredictionsMismatchError) else EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("rsfuse eval: interrupted; every answer written so far is kept in predictions.jsonl (run it again "
+              "to continue)", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.filename is None:  # not about a file the run reads or writes: a bug, keep the traceback
+            raise
+        return _report("rsfuse eval", error)
+    except Exception as error:  # noqa: BLE001 - the expected kinds (checkpoint, data, lock) are one line
+        from rsfuse.recipes.errors import expected_errors
+
+        if not isinstance(error, expected_errors()):
+            raise
+        return _report("rsfuse eval", error)
     return 0
+
+
+def _report(prog: str, error: BaseException) -> int:
+    from rsfuse.recipes.errors import debug_requested, report_expected
+
+    return report_expected(prog, error, debug=debug_requested())
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rsfuse.recipes.config import ConfigError, save_config, to_dict
+from rsfuse.recipes.config import ConfigError, check_output_dir, save_config, to_dict
 from rsfuse.recipes.train_args import TrainRecipeConfig, parse_args
 from rsfuse.train.checkpointing import list_checkpoints
 from rsfuse.train.distributed import DistributedContext, full_state_dict, init_distributed, shard_model
@@ -303,6 +303,7 @@ def _resolve_device(config: TrainRecipeConfig) -> str:
 def run(config: TrainRecipeConfig) -> dict:
     """Train (and evaluate) as ``config`` says; returns a summary dict. Raises `NonFiniteLossError`, `ConfigError`.
     The output folder is locked for the run (`rsfuse.train.lock.RunLock`, rank 0)."""
+    check_output_dir(config.output_dir)
     device_type = _resolve_device(config)
     context = init_distributed(prefer_cuda=device_type == "cuda")
     lock = RunLock(config.output_dir) if context.is_main else None
@@ -340,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsfuse train: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
     except expected_errors() as error:
+        return report_expected("rsfuse train", error, debug=debug)
+    except OSError as error:
+        if error.filename is None:  # not about a file the run reads or writes: a bug, keep the traceback
+            raise
         return report_expected("rsfuse train", error, debug=debug)
     return 0
 
