@@ -260,3 +260,71 @@ def test_predict_with_an_unavailable_device_is_one_line(model_dir, tmp_path, cap
                         "--device", device]) == 2
     line = one_line(capsys.readouterr().err)
     assert f"--device '{device}'" in line
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C / SIGTERM
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted 6-step run without periodic checkpoints."""
+    output = tmp_path_factory.mktemp("reference")
+    assert train_main(recipe_args(output, data, "save_every=0")) == 0
+    return output
+
+
+def _final_weights(output: Path) -> dict:
+    from rsfuse.checkpoints.io import iter_weight_shards
+
+    return {key: value for _, shard in iter_weight_shards(output / "final") for key, value in shard.items()}
+
+
+@pytest.mark.parametrize(("signal_name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_with_save_every_0_saves_the_finished_steps_then_resume_loses_nothing(
+    data, reference, tmp_path, capsys, monkeypatch, signal_name, status
+):
+    import os
+    import signal
+
+    import torch
+
+    from rsfuse.data.instructions import InstructionDataset
+    from rsfuse.train.checkpointing import list_checkpoints
+
+    real = InstructionDataset._load
+    calls = {"n": 0}
+
+    def interrupted(self, index):
+        if self.json_path.name == "train.json":
+            calls["n"] += 1
+            if calls["n"] == 13:  # the first sample of step 4 (batch 4)
+                if signal_name == "SIGINT":
+                    raise KeyboardInterrupt  # what Ctrl-C raises
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, index)
+
+    monkeypatch.setattr(InstructionDataset, "_load", interrupted)
+    output = tmp_path / "run"
+    assert train_main(recipe_args(output, data, "save_every=0")) == status
+    line = one_line(_errors(capsys.readouterr().err))
+    assert f"interrupted by {signal_name} after step 3" in line and str(output / "checkpoints" / "step_3") in line
+    assert [path.name for path in list_checkpoints(output / "checkpoints")] == ["step_3"]
+    assert signal.getsignal(signal.SIGTERM) is not None and calls["n"] >= 13
+    monkeypatch.setattr(InstructionDataset, "_load", real)
+    assert train_main(recipe_args(output, data, "save_every=0")) == 0
+    losses = [(record["step"], record["loss"]) for record in read_metrics(output / "metrics.jsonl")]
+    assert losses == [(record["step"], record["loss"]) for record in read_metrics(reference / "metrics.jsonl")]
+    expected, got = _final_weights(reference), _final_weights(output)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_interrupt_during_eval_is_one_line_and_keeps_the_answers(model_dir, bench, tmp_path, capsys, monkeypatch):
+    from rsfuse.model import MFRSVLM
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MFRSVLM, "generate", interrupted)
+    assert _eval(model_dir, bench, tmp_path / "out") == 130
+    line = one_line(capsys.readouterr().err)
+    assert "interrupted" in line and "predictions.jsonl" in line

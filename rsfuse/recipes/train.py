@@ -31,8 +31,11 @@ The recipe reads top to bottom: `setup_model`, `setup_data`, `setup_optimizer`, 
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,7 +46,7 @@ from rsfuse.recipes.train_args import TrainRecipeConfig, parse_args
 from rsfuse.train.checkpointing import list_checkpoints
 from rsfuse.train.distributed import DistributedContext, full_state_dict, init_distributed, shard_model
 from rsfuse.train.lock import RunLock
-from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer
+from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer, TrainingInterrupted
 from rsfuse.train.metrics import plot_loss, read_metrics
 from rsfuse.train.optim import build_optimizer, cosine_with_warmup, warmup_steps_for
 from rsfuse.train.parts import configure_trainable, fsdp_units, merge_lora, part_of
@@ -307,6 +310,7 @@ def run(config: TrainRecipeConfig) -> dict:
     device_type = _resolve_device(config)
     context = init_distributed(prefer_cuda=device_type == "cuda")
     lock = RunLock(config.output_dir) if context.is_main else None
+    previous = _raise_on_sigterm()
     try:
         if lock is not None:
             lock.acquire()
@@ -316,9 +320,23 @@ def run(config: TrainRecipeConfig) -> dict:
         recipe.save_checkpoint()
         return recipe.evaluate()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if lock is not None:
             lock.release()
         context.close()
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises `TrainingInterrupted` in the main thread (as Ctrl-C raises `KeyboardInterrupt`), so the loop
+    saves the finished steps before the process exits; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signal_number, frame):
+        raise TrainingInterrupted(signal_number)
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,6 +358,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"rsfuse train: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except (TrainingInterrupted, KeyboardInterrupt) as error:
+        stopped = error if isinstance(error, TrainingInterrupted) else TrainingInterrupted(signal.SIGINT)
+        if debug:
+            traceback.print_exception(stopped, file=sys.stderr)
+        if stopped.checkpoint is not None:
+            kept = f"saved {stopped.checkpoint} with the {stopped.step} finished steps (resume=auto continues from it)"
+        elif stopped.step:
+            kept = "no checkpoint written (several processes: the last periodic checkpoint is kept)"
+        else:
+            kept = "no step had finished; nothing to save"
+        where = f" after step {stopped.step}" if stopped.step is not None else ""
+        print(f"rsfuse train: interrupted by {stopped.name}{where}; {kept}", file=sys.stderr)
+        return 128 + int(stopped.signal_number)
     except expected_errors() as error:
         return report_expected("rsfuse train", error, debug=debug)
     except OSError as error:
