@@ -328,3 +328,74 @@ def test_interrupt_during_eval_is_one_line_and_keeps_the_answers(model_dir, benc
     assert _eval(model_dir, bench, tmp_path / "out") == 130
     line = one_line(capsys.readouterr().err)
     assert "interrupted" in line and "predictions.jsonl" in line
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+SAFETENSORS_FULL = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                    'device" })')
+
+
+def test_full_disk_at_the_first_checkpoint_write_is_one_line(data, tmp_path, capsys, monkeypatch):
+    """The disk fills at the very first write (safetensors reports it in its own words, without an errno)."""
+    import safetensors
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def full(tensors, filename, *args, **kwargs):  # a module importing save_file now keeps it: fail checkpoints only
+        if "checkpoints" not in str(filename):
+            return real(tensors, filename, *args, **kwargs)
+        Path(filename).write_bytes(b"partial")
+        raise safetensors.SafetensorError(SAFETENSORS_FULL)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    output = tmp_path / "run"
+    assert train_main(recipe_args(output, data, "max_steps=2")) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert f"no space left on {output / 'checkpoints'}" in line and "no earlier checkpoint exists" in line
+    assert not list((output / "checkpoints").iterdir())
+
+
+def test_full_disk_in_torch_save_is_one_line(data, tmp_path, capsys, monkeypatch):
+    """torch.save says only "file write failed": a disk with (simulated) no free space is named as full."""
+    import collections
+    import shutil
+
+    import torch
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 0))
+    output = tmp_path / "run"
+    assert train_main(recipe_args(output, data, "max_steps=2")) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert f"no space left on {output / 'checkpoints'}" in line
+
+
+def test_full_disk_while_final_is_written_is_one_line_and_leaves_nothing_behind(data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from rsfuse.model import MFRSVLM
+
+    real = MFRSVLM.save_pretrained
+
+    def full(self, folder, *args, **kwargs):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(MFRSVLM, "save_pretrained", full)
+    output = tmp_path / "run"
+    assert train_main(recipe_args(output, data, "max_steps=2", "save_every=2")) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert f"no space left on {output} while writing final/" in line and "step_2" in line and "resume=auto" in line
+    assert not (output / ".final-tmp").exists() and not (output / ".final-tokenizer").exists()
+    assert not (output / "final").exists()
+    monkeypatch.setattr(MFRSVLM, "save_pretrained", real)
+    assert train_main(recipe_args(output, data, "max_steps=2", "save_every=2")) == 0  # space freed
+    assert (output / "final" / "config.json").is_file()

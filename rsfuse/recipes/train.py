@@ -28,6 +28,7 @@ The recipe reads top to bottom: `setup_model`, `setup_data`, `setup_optimizer`, 
 `evaluate`; the machinery is in `rsfuse.train` (loop, state, parts, set-up).
 """
 
+import errno
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ import torch
 
 from rsfuse.recipes.config import ConfigError, check_output_dir, save_config, to_dict
 from rsfuse.recipes.train_args import TrainRecipeConfig, parse_args
-from rsfuse.train.checkpointing import list_checkpoints
+from rsfuse.train.checkpointing import CheckpointSaveError, is_disk_full, list_checkpoints
 from rsfuse.train.distributed import DistributedContext, full_state_dict, init_distributed, shard_model
 from rsfuse.train.lock import RunLock
 from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer, TrainingInterrupted
@@ -226,10 +227,21 @@ class TrainingRecipe:
         if lora:
             merge_lora(plain)
         final, staging = output_dir / "final", output_dir / ".final-tmp"
-        shutil.rmtree(staging, ignore_errors=True)
         tokenizer_file = output_dir / ".final-tokenizer"
-        self.tokenizer.save_pretrained(tokenizer_file)
-        plain.save_pretrained(staging, tokenizer=tokenizer_file / "tokenizer.model")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.tokenizer.save_pretrained(tokenizer_file)
+            plain.save_pretrained(staging, tokenizer=tokenizer_file / "tokenizer.model")
+        except Exception as error:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
+            shutil.rmtree(tokenizer_file, ignore_errors=True)
+            if not is_disk_full(error, output_dir):
+                raise
+            kept = list_checkpoints(self.trainer.checkpoint_root)
+            kept_text = (f"the checkpoint {kept[-1]} holds every step: free space and run again (resume=auto) to "
+                         "write final/") if kept else "no checkpoint was written"
+            raise CheckpointSaveError(errno.ENOSPC, f"no space left on {output_dir} while writing final/; the "
+                                                    f"partial folder was removed, {kept_text}") from error
         shutil.rmtree(tokenizer_file)
         if final.exists():
             shutil.rmtree(final)
