@@ -399,3 +399,19 @@ def test_full_disk_while_final_is_written_is_one_line_and_leaves_nothing_behind(
     monkeypatch.setattr(MFRSVLM, "save_pretrained", real)
     assert train_main(recipe_args(output, data, "max_steps=2", "save_every=2")) == 0  # space freed
     assert (output / "final" / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- training data
+
+
+def test_training_json_that_is_not_json_names_file_line_and_column(data, tmp_path, capsys):
+    """The tokenizer is trained on the file first (no data.tokenizer): that read names the place too."""
+    bad = tmp_path / "train.json"
+    bad.write_text('[{"id": 1,\n  "image": x}]')
+    overrides = [item for item in data if not item.startswith(("data.json=", "data.tokenizer="))]
+    assert rsfuse_main(["train", *recipe_args(tmp_path / "run", overrides, f"data.json={bad}")]) == 2
+    line = one_line(_errors(capsys.readouterr().err))
+    assert f"{bad}: not valid JSON at line 2, column 12" in line
+    with_tokenizer = [item for item in data if not item.startswith("data.json=")]
+    assert rsfuse_main(["train", *recipe_args(tmp_path / "run2", with_tokenizer, f"data.json={bad}")]) == 2
+    assert f"{bad}: not valid JSON at line 2, column 12" in one_line(_errors(capsys.readouterr().err))

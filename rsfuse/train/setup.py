@@ -140,11 +140,25 @@ def prepare_synthetic_data(config, context: DistributedContext) -> None:
 
 
 def _conversation_texts(json_path: Path) -> list[str]:
-    records = json.loads(json_path.read_text())
+    """The training conversations' text (for the tokenizer); a file that is not JSON is named with its line and
+    column (`InstructionDataError`); malformed entries are left for the data check, which names them."""
+    from rsfuse.data.instructions import InstructionDataError
+
+    try:
+        records = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InstructionDataError(f"{json_path}: not valid JSON at line {error.lineno}, column {error.colno} "
+                                   f"({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise InstructionDataError(f"{json_path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not isinstance(records, list):
+        raise InstructionDataError(f"{json_path}: expected a JSON list of samples, found {type(records).__name__}")
     texts = []
     for record in records:
-        for turn in record.get("conversations", []):
-            texts.append(str(turn.get("value", "")).replace("<image>", "").strip())
+        turns = record.get("conversations", []) if isinstance(record, dict) else []
+        for turn in turns if isinstance(turns, list) else []:
+            if isinstance(turn, dict):
+                texts.append(str(turn.get("value", "")).replace("<image>", "").strip())
     return texts
 
 
