@@ -415,3 +415,48 @@ def test_training_json_that_is_not_json_names_file_line_and_column(data, tmp_pat
     with_tokenizer = [item for item in data if not item.startswith("data.json=")]
     assert rsfuse_main(["train", *recipe_args(tmp_path / "run2", with_tokenizer, f"data.json={bad}")]) == 2
     assert f"{bad}: not valid JSON at line 2, column 12" in one_line(_errors(capsys.readouterr().err))
+
+
+# ---------------------------------------------------------------------------------------------- VRSBench folder
+
+
+def _vrsbench_folder(root: Path, files: dict) -> Path:
+    """The authors' per-image layout of the same questions: DATA_ROOT/annotations/Annotations_val/*.json and
+    DATA_ROOT/images/Images_val/."""
+    import shutil
+
+    shutil.copytree(files["images"], root / "images" / "Images_val")
+    captions = {entry["image_id"]: entry["ground_truth"] for entry in files["cap_entries"]}
+    folder = root / "annotations" / "Annotations_val"
+    folder.mkdir(parents=True)
+    for image, caption in captions.items():
+        pairs = [{"ques_id": entry["question_id"], "question": entry["question"], "answer": entry["ground_truth"],
+                  "type": entry["type"]} for entry in files["vqa_entries"] if entry["image_id"] == image]
+        (folder / f"{Path(image).stem}.json").write_text(json.dumps(
+            {"image": image, "caption": caption, "qa_pairs": pairs}))
+    return root
+
+
+def test_vrsbench_per_image_annotation_folder_gives_the_eval_json_predictions(model_dir, tmp_path, capsys):
+    from factories.eval_data import write_vrsbench
+
+    files = write_vrsbench(tmp_path / "release")
+    data_root = _vrsbench_folder(tmp_path / "VRSBench" / "val", files)
+    runs = {}
+    for name, data in (("json", files["vqa"]), ("folder", data_root),
+                       ("annotations", data_root / "annotations" / "Annotations_val")):
+        out = tmp_path / f"out_{name}"
+        assert rsfuse_main(["eval", "task=vrsbench_vqa", f"model={model_dir}", f"data={data}",
+                            f"output_dir={out}", "max_new_tokens=3", "progress=false"]) == 0
+        runs[name] = {entry["id"]: entry["prediction"]
+                      for entry in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+        metrics = json.loads((out / "metrics.json").read_text())
+        runs[name + "_result"] = metrics["result"]
+    assert set(runs["json"]) == {"0", "1", "2"}
+    assert runs["folder"] == runs["json"] == runs["annotations"]
+    assert runs["folder_result"] == runs["json_result"]
+    out = tmp_path / "out_cap"
+    assert rsfuse_main(["eval", "task=vrsbench_cap", "protocol=compat", f"model={model_dir}", f"data={data_root}",
+                        f"output_dir={out}", "max_new_tokens=3", "progress=false"]) == 0
+    ids = {json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()}
+    assert ids == {"P0003_0002.png", "P0011_0000.png"}
