@@ -63,9 +63,34 @@ def _parse_bands(text: str) -> tuple[int, int, int]:
     return bands  # type: ignore[return-value]
 
 
+def _check_device(text: str) -> None:
+    """``--device``: a torch device this machine has (cpu, cuda, cuda:N, mps), else one line naming it."""
+    import torch
+
+    from rsfuse.recipes.config import ConfigError
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {text!r}: not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {text!r}: no CUDA device is available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {text!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {text!r}: MPS is not available on this machine (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {text!r}: not a device rsfuse predict runs on (cpu, cuda, cuda:N or mps)")
+
+
 def _predict(module, argv: list[str], debug: bool) -> int:
     """``rsfuse predict`` with ``--bands``: the chosen bands of the image are brought to 8-bit RGB (`load_image`)
     and handed to the predictor as a lossless PNG. The predictor's own expected errors are one line with status 2."""
+    device_text, _ = _option(argv, "--device")
+    if device_text is not None:
+        _check_device(device_text)
     bands_text, argv = _option(argv, "--bands")
     with tempfile.TemporaryDirectory(prefix="rsfuse-predict-") as scratch:
         if bands_text is not None:

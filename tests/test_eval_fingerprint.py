@@ -136,3 +136,50 @@ def test_each_line_records_the_fingerprint(first_run):
         fingerprint)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fingerprint"] == fingerprint
+
+
+# ---------------------------------------------------------------------------------------------------- image content
+
+
+def _record_images(data: Path) -> list[Path]:
+    return [record["image_path"] for record in recipe.read_task("synthetic", data)]
+
+
+def test_images_overwritten_under_the_same_names_are_refused(first_run, capsys):
+    """Issue 32, defect 3: new images under the same names (same JSON) are a new run, never reused answers."""
+    from factories.eval_data import write_image
+
+    _, data, out, args = first_run
+    before = (out / "predictions.jsonl").read_text()
+    for index, path in enumerate(_record_images(data)):
+        write_image(path, colour=(250, 10 * index, 30))
+    capsys.readouterr()
+    assert recipe.main(args) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1
+    assert "fingerprint.images 'sha256:" in error and "fingerprint.data" not in error
+    assert (out / "predictions.jsonl").read_text() == before
+
+
+def test_image_digests_are_computed_once_and_cached_by_size_and_mtime(first_run, monkeypatch, capsys):
+    from rsfuse.eval import fingerprint
+
+    _, data, out, args = first_run
+    images = {str(path.resolve()) for path in _record_images(data)}
+    hashed: list[str] = []
+    original = fingerprint.file_digest
+
+    def counting(path):
+        hashed.append(str(path))
+        return original(path)
+
+    monkeypatch.setattr(fingerprint, "file_digest", counting)
+    assert recipe.main(args) == 0  # unchanged: every image only stat'ed
+    assert "2 answers reused" in capsys.readouterr().err
+    assert not images & set(hashed)
+    touched = sorted(images)[0]
+    os.utime(touched, ns=(10**18, 10**18))  # a new mtime: read again, same content, still reused
+    hashed.clear()
+    assert recipe.main(args) == 0
+    assert images & set(hashed) == {touched}
+    assert "2 answers reused" in capsys.readouterr().err

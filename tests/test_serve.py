@@ -115,14 +115,25 @@ def test_models_health_and_api_key(served):
         assert b"rsfuse serve" in response.read()
 
 
-def test_concurrent_requests_share_steps_and_match_generate(served):
+def test_concurrent_requests_share_steps_and_match_generate(served, monkeypatch):
     """Four requests sent together are prefilled together and decoded in shared steps; a short answer returns
-    before the long ones finish; every answer equals its own unbatched ``generate``."""
-    stats = served.app.state.scheduler.stats
+    before the long ones finish; every answer equals its own unbatched ``generate``. "Before" is the scheduler's own
+    order: the decoding step at which each request's ``done`` event is sent (no wall-clock instants)."""
+    scheduler = served.app.state.scheduler
+    stats = scheduler.stats
     before = dict(stats)
     questions = [("What is in the image?", 4, 0), ("How many ships?", 16, 1), ("Is there a river?", 16, 2),
                  ("Describe the image.", 16, 3)]
-    results, finished_at = {}, {}
+    results = {}
+    done_at_step: list[tuple[int, int]] = []  # (max_new_tokens, scheduler step), in the order the worker sent them
+    send = type(scheduler)._send
+
+    def recording(job, event):
+        if event[0] == "done":
+            done_at_step.append((job.params.max_new_tokens, stats["steps"]))
+        send(job, event)
+
+    monkeypatch.setattr(scheduler, "_send", recording)
     barrier = threading.Barrier(len(questions))
 
     def ask(index, question, max_tokens, seed):
@@ -131,7 +142,6 @@ def test_concurrent_requests_share_steps_and_match_generate(served):
             model="micro", messages=image_message(question, scene_image(seed=seed)), max_tokens=max_tokens,
             temperature=0)
         results[index] = response.choices[0].message.content
-        finished_at[index] = time.monotonic()
 
     threads = [threading.Thread(target=ask, args=(i, *item)) for i, item in enumerate(questions)]
     for thread in threads:
@@ -142,7 +152,10 @@ def test_concurrent_requests_share_steps_and_match_generate(served):
         assert results[index] == reference(served, question, scene_image(seed=seed), max_tokens)
     assert stats["max_rows_in_step"] >= 2
     assert stats["prefills"] - before["prefills"] < len(questions)  # at least two shared a prefill
-    assert finished_at[0] <= min(finished_at[i] for i in (1, 2, 3))
+    assert sorted(tokens for tokens, _ in done_at_step) == [4, 16, 16, 16]
+    short_step = next(step for tokens, step in done_at_step if tokens == 4)
+    assert short_step <= min(step for tokens, step in done_at_step if tokens == 16)
+    assert done_at_step[0][0] == 4 or done_at_step[0][1] == short_step  # sent first (or in the same poll)
 
 
 def test_stop_string_cuts_the_answer(served):

@@ -320,3 +320,20 @@ def test_synthetic_reader(tmp_path):
 
 def test_synthetic_task_is_registered_for_evaluation():
     assert get_task("synthetic").protocols == ("synthetic",)
+
+
+def test_cli_rerun_with_other_settings_keeps_the_users_files(tmp_path, capsys):
+    """Issue 32, defect 5: a second ``rsfuse synth D`` with other settings replaces only what the first one wrote."""
+    out = tmp_path / "D"
+    assert main([str(out), "--n", "4", "--seed", "1", "--size", "112"]) == 0
+    (out / "my_annotations.json").write_text('{"mine": true}')
+    (out / "images" / "my_extra.png").write_bytes(b"user bytes")
+    assert main([str(out), "--n", "2", "--seed", "2", "--size", "112"]) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    assert (out / "my_annotations.json").read_text() == '{"mine": true}'
+    assert (out / "images" / "my_extra.png").read_bytes() == b"user bytes"
+    assert sorted(path.name for path in (out / "images").iterdir()) == ["000000.png", "000001.png", "my_extra.png"]
+    assert json.loads((out / "meta.json").read_text())["seed"] == 2
+    assert set(load_scenes(out)) == {"images/000000.png", "images/000001.png"}
+    assert generate(out, n_images=2, seed=2, size=112)["reused"] is True
+    assert not [path for path in tmp_path.iterdir() if ".partial-" in path.name]

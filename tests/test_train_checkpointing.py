@@ -181,3 +181,51 @@ def test_length_grouped_order_is_a_permutation_fixed_by_seed_and_epoch(tmp_path)
     for start in (0, 4):  # each batch is sorted longest first
         batch = [lengths[i] for i in order[start : start + 4]]
         assert batch == sorted(batch, reverse=True)
+
+
+class _NoDropout(_StandIn):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = nn.Identity()
+
+
+def _accumulation_run(output_dir: Path, *, batch_size: int, grad_accum: int) -> tuple[list[float], dict]:
+    """Two optimizer steps over four samples with 7, 1, 4 and 2 supervised tokens (padded to one length)."""
+    seed_everything(0)
+    model = _NoDropout()
+    ids = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(3))
+    supervised = [7, 1, 4, 2]
+    rows = []
+    for row, count in zip(ids, supervised):
+        labels = torch.full_like(row, -100)
+        labels[8 - count:] = row[8 - count:]  # the last `count` tokens are answers (shifted targets: count)
+        rows.append((row, labels))
+    optimizer = build_optimizer(model.named_parameters(), lr=0.05, weight_decay=0.0)
+    scheduler = cosine_with_warmup(optimizer, total_steps=2, warmup_steps=0)
+    trainer = Trainer(
+        model=model, optimizer=optimizer, scheduler=scheduler, train_dataset=rows,
+        collate=lambda batch: {"input_ids": torch.stack([r for r, _ in batch]),
+                               "labels": torch.stack([labels for _, labels in batch])},
+        options=LoopOptions(output_dir=output_dir, total_steps=2, batch_size=batch_size, grad_accum=grad_accum,
+                            max_grad_norm=0.0, progress=False),
+    )
+    order = trainer.epoch_order(0)
+    steps = [micro_batches_for_step(order, step, batch_size=batch_size, grad_accum=grad_accum, world_size=1, rank=0)
+             for step in range(2)]
+    counts = [[supervised[index] for micro in step for index in micro] for step in steps]
+    assert any(len(set(step)) > 1 for step in counts)  # the micro-batches of a step are unequal
+    trainer.run()
+    losses = [record["loss"] for record in read_metrics(output_dir / "metrics.jsonl")]
+    return losses, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def test_grad_accum_with_unequal_micro_batches_equals_one_batch_holding_both(tmp_path):
+    """Issue 32: a grad_accum=2 step over micro-batches with different numbers of supervised tokens gives the loss
+    and the weights of one batch holding both (each micro-batch weighted by its share of the step's tokens)."""
+    whole_losses, whole = _accumulation_run(tmp_path / "whole", batch_size=2, grad_accum=1)
+    split_losses, split = _accumulation_run(tmp_path / "split", batch_size=1, grad_accum=2)
+    assert len(whole_losses) == 2
+    for expected, got in zip(whole_losses, split_losses):
+        assert abs(expected - got) < 1e-6, (whole_losses, split_losses)
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-6)

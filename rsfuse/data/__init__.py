@@ -5,7 +5,9 @@ from rsfuse.data.images import (
     CLIP_STD,
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
+    SAFE_FORMATS,
     load_image,
+    open_image,
     stretch_to_uint8,
 )
 from rsfuse.data.preprocess import ImageProcessor
@@ -32,5 +34,7 @@ __all__ = [
     "length_grouped_indices",
     "load_image",
     "merge_turns_by_image",
+    "open_image",
+    "SAFE_FORMATS",
     "stretch_to_uint8",
 ]

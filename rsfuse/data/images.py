@@ -29,12 +29,19 @@ Every image of more than 8 bits per sample or of floats therefore goes through t
 ``bands``) without decoding its pixels: the training recipe runs it over every sample before the first step.
 
 Missing, truncated or corrupt files and images over ``max_pixels`` (decompression bombs; PIL's own
-``DecompressionBombWarning`` is turned into an error as well) raise :class:`ImageLoadError` naming the file.
+``DecompressionBombWarning`` is turned into an error as well) or over ``max_samples`` (width × height × bands, default
+four times ``max_pixels``: a many-band TIFF; checked from the header, before decoding) raise :class:`ImageLoadError`
+naming the file.
+
+Untrusted bytes are opened only by `open_image`, with the raster formats of `SAFE_FORMATS` (PNG, JPEG, TIFF, WEBP,
+BMP, JPEG2000), all decoded in-process: never by PIL's EPS plugin (which runs Ghostscript) or any other format
+identified from the bytes. Every reader here (``load_image``, ``probe_image``) goes through it.
 """
 
+import io
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,7 +51,10 @@ __all__ = [
     "CLIP_STD",
     "DEFAULT_MAX_PIXELS",
     "ImageLoadError",
+    "SAFE_FORMATS",
+    "default_max_samples",
     "load_image",
+    "open_image",
     "probe_image",
     "stretch_to_uint8",
     "to_rgb",
@@ -54,6 +64,12 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_PIXELS = 89_478_485
 """PIL's own warning threshold (about 9459 x 9459); pass a larger ``max_pixels`` for big scenes deliberately."""
+
+SAMPLES_PER_PIXEL_LIMIT = 4
+"""The default ``max_samples`` is this many times ``max_pixels`` (an RGBA image of ``max_pixels`` pixels fits)."""
+SAFE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "JPEG2000")
+"""The only formats PIL may open: raster formats decoded in-process (no plugin that calls an external program)."""
+POSTSCRIPT_MAGIC = (b"%!PS", b"\xc5\xd0\xd3\xc6")
 
 CLIP_MEAN_RGB: tuple[int, int, int] = tuple(int(channel * 255) for channel in CLIP_MEAN)  # LLaVA's expand2square colour
 
@@ -124,11 +140,32 @@ def _is_deep_multisample_tiff(image: Image.Image) -> bool:
     return samples > 1 and (max(bits, default=8) > 8 or any(int(kind) == 3 for kind in formats))
 
 
+def default_max_samples(max_pixels: int) -> int:
+    """The samples limit (width × height × bands) used when none is given: four times ``max_pixels``."""
+    return SAMPLES_PER_PIXEL_LIMIT * max_pixels
+
+
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageLoadError(
             path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
         )
+
+
+def _check_samples(path: "Path | str", width: int, height: int, bands: int, max_samples: int) -> None:
+    if width * height * bands > max_samples:
+        raise ImageLoadError(
+            path, f"{width}x{height} pixels x {bands} bands = {width * height * bands} samples exceeds the limit of "
+                  f"{max_samples} (decompression bomb?)"
+        )
+
+
+def _header_bands(image: Image.Image) -> int:
+    """Samples per pixel from the header: TIFF's SamplesPerPixel, else the mode's bands."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None and TIFF_SAMPLES_PER_PIXEL in tags:
+        return max(1, int(tags[TIFF_SAMPLES_PER_PIXEL]))
+    return len(image.getbands())
 
 
 def _select_bands(path: Path, array: np.ndarray, bands: Sequence[int]) -> Image.Image:
@@ -143,7 +180,15 @@ def _select_bands(path: Path, array: np.ndarray, bands: Sequence[int]) -> Image.
     return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
 
 
-def _read_tiff_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
+def _series_samples(axes: str, shape: Sequence[int]) -> int:
+    count = 1
+    for axis, size in zip(axes, shape):
+        if axis not in "YX":
+            count *= int(size)
+    return count
+
+
+def _read_tiff_array(path: Path, max_pixels: int, max_samples: int | None = None) -> tuple[np.ndarray, int]:
     """A TIFF through ``tifffile``: its first series as ``[H, W]`` or ``[H, W, C]`` and how many of the last bands
     are alpha (TIFF ExtraSamples 1/2)."""
     try:
@@ -158,7 +203,10 @@ def _read_tiff_array(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
             axes, shape = series.axes, series.shape
             if "Y" not in axes or "X" not in axes:
                 raise ImageLoadError(path, f"TIFF series with axes {axes!r} has no Y/X plane")
-            _check_pixels(path, shape[axes.index("X")], shape[axes.index("Y")], max_pixels)
+            width, height = shape[axes.index("X")], shape[axes.index("Y")]
+            _check_pixels(path, width, height, max_pixels)
+            _check_samples(path, width, height, _series_samples(axes, shape),
+                           default_max_samples(max_pixels) if max_samples is None else max_samples)
             extra = tuple(tiff.pages[0].extrasamples or ())
             array = series.asarray()
     except ImageLoadError:
@@ -242,10 +290,11 @@ def _from_array(path: Path, array: np.ndarray, bands: Sequence[int] | None, alph
 
 
 def _read_tiff_bands(
-    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None
+    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None,
+    max_samples: int | None = None,
 ) -> Image.Image:
     """A TIFF PIL cannot read faithfully (more than 3 bands, more than 8 bits per colour sample, floats)."""
-    array, alphas = _read_tiff_array(path, max_pixels)
+    array, alphas = _read_tiff_array(path, max_pixels, max_samples)
     if bands is None and multiband_bands is not None and array.ndim == 3 and array.shape[-1] - alphas > 3:
         bands = multiband_bands
     return _from_array(path, array, bands, alphas, "TIFF")
@@ -273,24 +322,77 @@ def _composite(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _open_image(path: Path) -> tuple[Image.Image | None, bool]:
-    """``(PIL's lazy image, is a TIFF)``; the image is None for a TIFF PIL cannot identify (tifffile reads it).
-    A missing file, a decompression bomb, an unrecognised format or an unopenable file is an `ImageLoadError`."""
+def _unidentified_reason(head: bytes) -> str:
+    if head.startswith(POSTSCRIPT_MAGIC):
+        return "PostScript/EPS is not an accepted image format (accepted: " + ", ".join(SAFE_FORMATS) + ")"
+    return "not a recognised image file (corrupt, or not one of " + ", ".join(SAFE_FORMATS) + ")"
+
+
+def open_image(
+    source: "str | Path | bytes | BinaryIO",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_samples: int | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """PIL's lazy image of ``source`` (a path, bytes or a binary file object), opened only with the in-process
+    raster decoders of `SAFE_FORMATS`, with width × height checked against ``max_pixels`` and width × height ×
+    bands against ``max_samples`` (default four times ``max_pixels``) from the header, before any pixel is decoded.
+
+    The one opener for untrusted images (files and request bytes): PIL's EPS plugin (Ghostscript) and every other
+    format are never tried. Raises `ImageLoadError` naming ``name`` (default: the path, or ``"image"`` for bytes)
+    for a missing file, an unaccepted or unrecognised format, an empty image or one over a limit."""
+    if isinstance(source, (str, Path)):
+        label: "str | Path" = name or Path(source)
+        if not Path(source).is_file():
+            raise ImageLoadError(label, "file not found")
+        with Path(source).open("rb") as handle:
+            head = handle.read(16)
+        fp: "str | Path | BinaryIO" = Path(source)
+    else:
+        label = name or "image"
+        fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        position = fp.tell()
+        head = fp.read(16)
+        fp.seek(position)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=list(SAFE_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(label, f"over PIL's pixel limit (decompression bomb?): {error}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(label, _unidentified_reason(head)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise ImageLoadError(label, f"cannot open ({type(error).__name__}: {error})") from None
+    if image.format not in SAFE_FORMATS:  # a plugin registered under another name: never decode with it
+        image.close()
+        raise ImageLoadError(label, f"format {image.format!r} is not accepted (accepted: {', '.join(SAFE_FORMATS)})")
+    width, height = image.size
+    try:
+        if width < 1 or height < 1:
+            raise ImageLoadError(label, f"empty image ({width}x{height})")
+        _check_pixels(label, width, height, max_pixels)
+        _check_samples(label, width, height, _header_bands(image),
+                       default_max_samples(max_pixels) if max_samples is None else max_samples)
+    except ImageLoadError:
+        image.close()
+        raise
+    return image
+
+
+def _open_image(path: Path, max_pixels: int, max_samples: int | None) -> tuple[Image.Image | None, bool]:
+    """``(open_image's lazy image, is a TIFF)``; the image is None for a TIFF PIL cannot identify (tifffile reads
+    it, with the same limits)."""
     if not path.is_file():
         raise ImageLoadError(path, "file not found")
     tiff = _is_tiff(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path), tiff
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(path, f"over PIL's pixel limit (decompression bomb?): {error}") from None
-    except UnidentifiedImageError:
-        if tiff:
+        return open_image(path, max_pixels=max_pixels, max_samples=max_samples), tiff
+    except ImageLoadError as error:
+        if tiff and error.reason.startswith("not a recognised image file"):
             return None, tiff
-        raise ImageLoadError(path, "not a recognised image file (corrupt or unsupported format)") from None
-    except OSError as error:
-        raise ImageLoadError(path, f"cannot open ({error})") from None
+        raise
 
 
 def load_image(
@@ -299,18 +401,20 @@ def load_image(
     bands: Sequence[int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     multiband_bands: Sequence[int] | None = None,
+    max_samples: int | None = None,
 ) -> Image.Image:
     """Load ``path`` as an 8-bit RGB image; see the module docstring for every mode. ``bands=(r, g, b)`` picks
     bands of a multi-band file (required for TIFFs with more than 3 colour bands). ``multiband_bands`` is used only
-    for images with more than 3 colour bands, the others load as usual (a data set mixing both: ``data.bands``)."""
+    for images with more than 3 colour bands, the others load as usual (a data set mixing both: ``data.bands``).
+    ``max_samples`` bounds width × height × bands (default four times ``max_pixels``), checked before decoding."""
     path = Path(path)
-    image, tiff = _open_image(path)
+    image, tiff = _open_image(path, max_pixels, max_samples)
     if image is None:
-        return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
+        return _read_tiff_bands(path, bands, max_pixels, multiband_bands, max_samples)
     with image:
         _check_pixels(path, image.width, image.height, max_pixels)
         if tiff and (_is_multiband_tiff(image) or _is_deep_multisample_tiff(image)):
-            return _read_tiff_bands(path, bands, max_pixels, multiband_bands)
+            return _read_tiff_bands(path, bands, max_pixels, multiband_bands, max_samples)
         header = _png_header(path) if image.format == "PNG" else None
         if header is not None and header[0] == 16 and header[1] in PNG_16BIT_COLOUR_TYPES:
             array, alphas = _read_png16(path, max_pixels)
@@ -333,12 +437,13 @@ def probe_image(
     bands: Sequence[int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     multiband_bands: Sequence[int] | None = None,
+    max_samples: int | None = None,
 ) -> tuple[int, int]:
     """``(width, height)`` of ``path`` from its header, without decoding the pixels; raises `ImageLoadError` for a
     missing file, an unreadable header, an empty or over-``max_pixels`` image, or a multi-band TIFF without
-    ``bands``. Data corrupt beyond the header is only found by `load_image`."""
+    ``bands``, or over ``max_samples``. Data corrupt beyond the header is only found by `load_image`."""
     path = Path(path)
-    image, tiff = _open_image(path)
+    image, tiff = _open_image(path, max_pixels, max_samples)
     if image is not None:
         with image:
             width, height = image.size
@@ -348,11 +453,12 @@ def probe_image(
         _check_pixels(path, width, height, max_pixels)
         if not deep:
             return width, height
-    return _probe_tiff(path, bands, max_pixels, multiband_bands)
+    return _probe_tiff(path, bands, max_pixels, multiband_bands, max_samples)
 
 
 def _probe_tiff(
-    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None
+    path: Path, bands: Sequence[int] | None, max_pixels: int, multiband_bands: Sequence[int] | None = None,
+    max_samples: int | None = None,
 ) -> tuple[int, int]:
     try:
         import tifffile
@@ -369,10 +475,8 @@ def _probe_tiff(
         raise ImageLoadError(path, f"TIFF series with axes {axes!r} has no Y/X plane")
     width, height = shape[axes.index("X")], shape[axes.index("Y")]
     _check_pixels(path, width, height, max_pixels)
-    count = 1
-    for axis, size in zip(axes, shape):
-        if axis not in "YX":
-            count *= size
+    count = _series_samples(axes, shape)
+    _check_samples(path, width, height, count, default_max_samples(max_pixels) if max_samples is None else max_samples)
     colour = count - sum(1 for kind in extra if int(kind) in ALPHA_EXTRA_SAMPLES)
     if bands is None and colour > 3:
         bands = multiband_bands

@@ -170,8 +170,12 @@ class InstructionDataset(Dataset):
             raise InstructionDataError(f"{self.json_path}: instruction file not found")
         try:
             data = json.loads(self.json_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InstructionDataError(f"{self.json_path}: not valid JSON ({error})") from None
+        except json.JSONDecodeError as error:
+            raise InstructionDataError(f"{self.json_path}: not valid JSON at line {error.lineno}, column "
+                                       f"{error.colno} ({error.msg})") from None
+        except UnicodeDecodeError as error:
+            raise InstructionDataError(f"{self.json_path}: not valid JSON (not UTF-8 text: {error.reason} at byte "
+                                       f"{error.start})") from None
         if not isinstance(data, list):
             raise InstructionDataError(f"{self.json_path}: expected a JSON list of samples, got {type(data).__name__}")
         return data

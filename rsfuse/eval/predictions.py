@@ -22,6 +22,7 @@ __all__ = [
     "PREDICTIONS_FILE",
     "differences",
     "PredictionsMismatchError",
+    "PredictionsFileError",
     "PredictionWriter",
     "consolidate",
     "rank_file",
@@ -35,6 +36,11 @@ PREDICTIONS_FILE = "predictions.jsonl"
 class PredictionsMismatchError(ValueError):
     """An existing predictions file was written by a run that would answer differently (another task, model, data
     file or setting); the message names the file and every field that differs."""
+
+
+class PredictionsFileError(PredictionsMismatchError):
+    """An existing predictions file cannot be resumed because a line inside it is damaged (torn, edited, not
+    UTF-8); the message names the file, the line and the way out."""
 
 
 def rank_file(path: str | os.PathLike, rank: int) -> Path:
@@ -60,7 +66,12 @@ def _whole_lines(path: Path, *, repair: bool) -> list[str]:
     if keep < len(raw) and repair:
         with path.open("r+b") as handle:
             handle.truncate(keep)
-    return raw[:keep].decode("utf-8").splitlines()
+    try:
+        return raw[:keep].decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise PredictionsFileError(f"{path}: line {line} is not UTF-8 text; delete that line (or the file) or use "
+                                   "another output_dir") from None
 
 
 MISSING = "<not recorded>"
@@ -99,9 +110,12 @@ def read_predictions(path: str | os.PathLike, identity: Mapping[str, Any], *, re
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+            raise PredictionsFileError(f"{path}: line {number} is not valid JSON ({error}; a torn or edited line "
+                                       "inside the file); delete that line (or the file) or use another "
+                                       "output_dir") from None
         if not isinstance(entry, dict) or "id" not in entry or "prediction" not in entry:
-            raise ValueError(f"{path}: line {number} is not an object with 'id' and 'prediction'")
+            raise PredictionsFileError(f"{path}: line {number} is not an object with 'id' and 'prediction'; delete "
+                                       "that line (or the file) or use another output_dir")
         differing = differences(entry, identity)
         if differing:
             raise PredictionsMismatchError(

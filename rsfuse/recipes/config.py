@@ -28,6 +28,8 @@ from rsfuse.recipes.config_values import ConfigError, Option, check_value, optio
 
 __all__ = [
     "ConfigError",
+    "check_output_dir",
+    "safe_load_bounded",
     "Option",
     "option",
     "check_value",
@@ -162,6 +164,22 @@ def to_dict(config: Any) -> dict:
     return tree
 
 
+def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> None:
+    """``path`` is a folder that exists or can be created: `ConfigError` naming ``key`` when it or a folder above it
+    is a file, or when the nearest existing folder cannot be written (read-only file system, permissions)."""
+    path = Path(path)
+    for candidate in (path, *path.absolute().parents):
+        if not candidate.exists():
+            continue
+        if not candidate.is_dir():
+            where = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+            raise ConfigError(f"config key {key!r}: {path} {where}, not a folder")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            raise ConfigError(f"config key {key!r}: {candidate} is not writable (read-only file system or "
+                              "permissions); choose another output_dir")
+        return
+
+
 def save_config(config: Any, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
@@ -169,9 +187,56 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
+MAX_YAML_NODES = 100_000
+"""The most nodes a configuration's YAML may hold once its aliases are expanded (a few nested aliases otherwise
+multiply into billions: a "billion laughs" document)."""
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes of ``node`` with every alias expanded, counted with memoisation and stopped past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(current: yaml.Node) -> int:
+        key = id(current)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = limit + 1  # a node reached again while it is being counted: a recursive structure
+        total = 1
+        if isinstance(current, yaml.SequenceNode):
+            children = current.value
+        elif isinstance(current, yaml.MappingNode):
+            children = [item for pair in current.value for item in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def safe_load_bounded(text: str, *, where: str = "", limit: int = MAX_YAML_NODES) -> Any:
+    """``yaml.safe_load(text)``, refusing (`ConfigError` naming ``where``) a document whose aliases expand beyond
+    ``limit`` nodes before anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, limit) > limit:
+            raise ConfigError(f"{where or 'YAML'}: its aliases (*name) expand to more than {limit} values; "
+                              "refusing to expand it (nested anchors/aliases?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return safe_load_bounded(text, where=f"override value {text[:40]!r}") if text.strip() else ""
     except yaml.YAMLError:
         return text
 
@@ -183,8 +248,15 @@ def config_entries(path: str | os.PathLike | None, overrides: Sequence[str]) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
+        raw = path.read_bytes()
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}); save the "
+                              "file as UTF-8") from None
+        try:
+            tree = safe_load_bounded(text, where=str(path)) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if not isinstance(tree, dict):

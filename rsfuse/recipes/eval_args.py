@@ -57,6 +57,11 @@ class EvalConfig:
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
+        from rsfuse.llm.templates import TEMPLATES
+
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"config key 'template': unknown conversation template {self.template!r} "
+                              f"(choose from {', '.join(sorted(TEMPLATES))})")
         allowed = task_of(self.task).protocols
         if self.protocol and self.protocol not in allowed:
             raise ConfigError(f"config key 'protocol': {self.protocol!r} is not a protocol of task {self.task!r} "

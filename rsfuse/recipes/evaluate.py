@@ -17,8 +17,8 @@ What it supports:
   already answered, in ``predictions.jsonl`` or in an interrupted sharded run's rank files; a torn last line (a kill
   mid-write) is dropped.
 - **Fingerprints**: every line records task, model, data and a fingerprint of what changes an answer (weights by
-  sizes+mtimes or by content, ``fingerprint_weights``; tokenizer; data file content; ``max_new_tokens``, template,
-  dtype, split, image root; see `rsfuse.eval.fingerprint`). A file from a run that differs in any of them is refused
+  sizes+mtimes or by content, ``fingerprint_weights``; tokenizer; data file content; every image's content (hashed
+  once, cached by size+mtime in ``.image_digests.json``); ``max_new_tokens``, template, dtype, split, image root; see `rsfuse.eval.fingerprint`). A file from a run that differs in any of them is refused
   with one line naming each differing field (exit status 2), never mixed in.
 - **Outputs**: ``predictions.jsonl``, ``metrics.json`` (task, model, data, sample count and the scorer's result with
   its ``protocol``), ``metrics.md`` (the same as a markdown table, also printed).
@@ -54,7 +54,8 @@ from rsfuse.eval.predictions import PREDICTIONS_FILE, PredictionsMismatchError, 
 from rsfuse.eval.ranks import RankGroup, capture, finish, launch, picklable
 from rsfuse.eval.tasks import get_task, task_protocols
 from rsfuse.options import DEFAULT_TEMPLATE
-from rsfuse.recipes.config import ConfigError
+from rsfuse.recipes.config import ConfigError, check_output_dir
+from rsfuse.train.lock import RunLock, RunLockedError
 from rsfuse.recipes.eval_args import TOO_LONG_POLICIES, EvalConfig, load_eval_config, parse_eval_args, task_of
 
 __all__ = [
@@ -272,15 +273,28 @@ def _device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
-    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, generation and input settings."""
-    from rsfuse.eval.fingerprint import run_fingerprint
+def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path, records: Sequence[Mapping[str, Any]],
+                 output_dir: Path) -> dict[str, Any]:
+    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, the records' image content
+    (digests cached in the output folder), generation and input settings."""
+    from rsfuse.eval.fingerprint import IMAGE_DIGEST_CACHE, run_fingerprint
 
     image_root = str(Path(config.image_root).resolve()) if config.image_root else ""
     settings = {"max_new_tokens": config.max_new_tokens, "template": config.template, "dtype": config.dtype,
                 "decoding": "greedy", "split": config.split, "image_root": image_root}
+    images = [record["image_path"] for record in records if record.get("image_path") is not None]
     return run_fingerprint(model_dir=model_dir, data=config.data, tokenizer_dir=tokenizer_dir,
-                           weights=config.fingerprint_weights, settings=settings)
+                           weights=config.fingerprint_weights, settings=settings, images=images,
+                           image_cache=output_dir / IMAGE_DIGEST_CACHE)
+
+
+def _lock_output(output_dir: Path):
+    """``(lock, None)``, or ``(None, message)`` when another live evaluation holds ``output_dir``
+    (`rsfuse.train.lock.RunLock`: two runs must not interleave one ``predictions.jsonl``)."""
+    try:
+        return RunLock(output_dir, kind="evaluation").acquire(), None
+    except RunLockedError as error:
+        return None, str(error)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -292,6 +306,7 @@ def run(config: EvalConfig) -> dict:
     from rsfuse.llm.tokenizer import Tokenizer
     from rsfuse.model import MFRSVLM
 
+    check_output_dir(config.output_dir)
     for key in ("model", "data"):
         if not getattr(config, key):
             raise ConfigError(f"config key {key!r} is required (e.g. {key}=PATH)")
@@ -313,24 +328,38 @@ def run(config: EvalConfig) -> dict:
         raise EvalInputError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from None
     if not records:
         raise EvalInputError(f"{config.data}: no records for task {task!r}")
+    all_records = records  # the image fingerprint covers every record: `limit` does not change an answer
     if config.limit > 0:
         records = records[: config.limit]
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world_size, local_rank, started = launch()
     counts: dict[str, Any] = {}
+    lock = None
     try:
         group = RankGroup(rank, world_size)
+        lock, busy = _lock_output(output_dir) if group.is_main else (None, None)
+        busy = group.broadcast(busy)
+        if busy is not None:  # another evaluation writes this folder: refused on every rank
+            raise RunLockedError(busy)
         identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
-                    "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir))}
+                    "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir, all_records,
+                                                                      output_dir))}
         refusal = group.shared(lambda: mismatch_reason(output_dir / PREDICTIONS_FILE, identity))
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
         device = _device(config.device, local_rank)
+        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)  # before the model: a bad file is named at once
         model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config.dtype], device=device)
+        vocabulary = model.config.llm.vocab_size
+        if tokenizer.vocab_size > vocabulary:
+            raise ConfigError(
+                f"config key 'tokenizer': {tokenizer_dir / 'tokenizer.model'} has {tokenizer.vocab_size} pieces, more "
+                f"than the model's vocabulary of {vocabulary} ({model_dir / 'config.json'}); use the model's own "
+                "tokenizer"
+            )
         model.requires_grad_(False)
         model.enable_vision_feature_cache()  # questions about the same image encode it once
-        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
         result = evaluate(
             model,
             tokenizer,
@@ -350,6 +379,8 @@ def run(config: EvalConfig) -> dict:
             too_long=config.too_long,
         )
     finally:
+        if lock is not None:
+            lock.release()
         finish(started)
     summary = {**identity, "samples": len(records), "scored": counts["scored"], "unanswered": counts["unanswered"],
                "template": config.template, "processes": world_size, "result": json_ready(result)}
@@ -395,7 +426,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(error, "relayed", False) or os.environ.get("RANK", "0") == "0":
             print(f"rsfuse eval: {error}", file=sys.stderr)
         return EXIT_MISMATCH if isinstance(error, PredictionsMismatchError) else EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("rsfuse eval: interrupted; every answer written so far is kept in predictions.jsonl (run it again "
+              "to continue)", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.filename is None:  # not about a file the run reads or writes: a bug, keep the traceback
+            raise
+        return _report("rsfuse eval", error)
+    except Exception as error:  # noqa: BLE001 - the expected kinds (checkpoint, data, lock) are one line
+        from rsfuse.recipes.errors import expected_errors
+
+        if not isinstance(error, expected_errors()):
+            raise
+        return _report("rsfuse eval", error)
     return 0
+
+
+def _report(prog: str, error: BaseException) -> int:
+    from rsfuse.recipes.errors import debug_requested, report_expected
+
+    return report_expected(prog, error, debug=debug_requested())
 
 
 if __name__ == "__main__":

@@ -28,22 +28,26 @@ The recipe reads top to bottom: `setup_model`, `setup_data`, `setup_optimizer`, 
 `evaluate`; the machinery is in `rsfuse.train` (loop, state, parts, set-up).
 """
 
+import errno
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from rsfuse.recipes.config import ConfigError, save_config, to_dict
+from rsfuse.recipes.config import ConfigError, check_output_dir, save_config, to_dict
 from rsfuse.recipes.train_args import TrainRecipeConfig, parse_args
-from rsfuse.train.checkpointing import list_checkpoints
+from rsfuse.train.checkpointing import CheckpointSaveError, is_disk_full, list_checkpoints
 from rsfuse.train.distributed import DistributedContext, full_state_dict, init_distributed, shard_model
 from rsfuse.train.lock import RunLock
-from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer
+from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer, TrainingInterrupted
 from rsfuse.train.metrics import plot_loss, read_metrics
 from rsfuse.train.optim import build_optimizer, cosine_with_warmup, warmup_steps_for
 from rsfuse.train.parts import configure_trainable, fsdp_units, merge_lora, part_of
@@ -54,6 +58,7 @@ from rsfuse.train.setup import (
     check_context_length,
     check_data,
     check_model_source_keys,
+    check_resume_settings,
     load_tower_weights,
     prepare_synthetic_data,
     prepare_tokenizer,
@@ -91,6 +96,7 @@ class TrainingRecipe:
         if self.device_type == "cpu":
             torch.use_deterministic_algorithms(True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        check_resume_settings(config, self.output_dir, context)  # before recipe.yaml records the new settings
         if context.is_main:
             save_config(config, self.output_dir / "recipe.yaml")
         check_model_source_keys(config)
@@ -221,10 +227,21 @@ class TrainingRecipe:
         if lora:
             merge_lora(plain)
         final, staging = output_dir / "final", output_dir / ".final-tmp"
-        shutil.rmtree(staging, ignore_errors=True)
         tokenizer_file = output_dir / ".final-tokenizer"
-        self.tokenizer.save_pretrained(tokenizer_file)
-        plain.save_pretrained(staging, tokenizer=tokenizer_file / "tokenizer.model")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.tokenizer.save_pretrained(tokenizer_file)
+            plain.save_pretrained(staging, tokenizer=tokenizer_file / "tokenizer.model")
+        except Exception as error:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
+            shutil.rmtree(tokenizer_file, ignore_errors=True)
+            if not is_disk_full(error, output_dir):
+                raise
+            kept = list_checkpoints(self.trainer.checkpoint_root)
+            kept_text = (f"the checkpoint {kept[-1]} holds every step: free space and run again (resume=auto) to "
+                         "write final/") if kept else "no checkpoint was written"
+            raise CheckpointSaveError(errno.ENOSPC, f"no space left on {output_dir} while writing final/; the "
+                                                    f"partial folder was removed, {kept_text}") from error
         shutil.rmtree(tokenizer_file)
         if final.exists():
             shutil.rmtree(final)
@@ -301,9 +318,11 @@ def _resolve_device(config: TrainRecipeConfig) -> str:
 def run(config: TrainRecipeConfig) -> dict:
     """Train (and evaluate) as ``config`` says; returns a summary dict. Raises `NonFiniteLossError`, `ConfigError`.
     The output folder is locked for the run (`rsfuse.train.lock.RunLock`, rank 0)."""
+    check_output_dir(config.output_dir)
     device_type = _resolve_device(config)
     context = init_distributed(prefer_cuda=device_type == "cuda")
     lock = RunLock(config.output_dir) if context.is_main else None
+    previous = _raise_on_sigterm()
     try:
         if lock is not None:
             lock.acquire()
@@ -313,9 +332,23 @@ def run(config: TrainRecipeConfig) -> dict:
         recipe.save_checkpoint()
         return recipe.evaluate()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if lock is not None:
             lock.release()
         context.close()
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises `TrainingInterrupted` in the main thread (as Ctrl-C raises `KeyboardInterrupt`), so the loop
+    saves the finished steps before the process exits; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signal_number, frame):
+        raise TrainingInterrupted(signal_number)
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,7 +370,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"rsfuse train: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except (TrainingInterrupted, KeyboardInterrupt) as error:
+        stopped = error if isinstance(error, TrainingInterrupted) else TrainingInterrupted(signal.SIGINT)
+        if debug:
+            traceback.print_exception(stopped, file=sys.stderr)
+        if stopped.checkpoint is not None:
+            kept = f"saved {stopped.checkpoint} with the {stopped.step} finished steps (resume=auto continues from it)"
+        elif stopped.step:
+            kept = "no checkpoint written (several processes: the last periodic checkpoint is kept)"
+        else:
+            kept = "no step had finished; nothing to save"
+        where = f" after step {stopped.step}" if stopped.step is not None else ""
+        print(f"rsfuse train: interrupted by {stopped.name}{where}; {kept}", file=sys.stderr)
+        return 128 + int(stopped.signal_number)
     except expected_errors() as error:
+        return report_expected("rsfuse train", error, debug=debug)
+    except OSError as error:
+        if error.filename is None:  # not about a file the run reads or writes: a bug, keep the traceback
+            raise
         return report_expected("rsfuse train", error, debug=debug)
     return 0
 

@@ -51,6 +51,11 @@ class DataArgs:
                               ge=0)
 
     def __post_init__(self) -> None:
+        from rsfuse.llm.templates import TEMPLATES
+
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"config key 'data.template': unknown conversation template {self.template!r} "
+                              f"(choose from {', '.join(sorted(TEMPLATES))})")
         synthetic = self.json == SYNTHETIC_TRAIN_JSON
         if self.val_json is None:
             self.val_json = f"{SYNTHETIC_ROOT}/val.json" if synthetic else ""

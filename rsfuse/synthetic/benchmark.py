@@ -203,6 +203,40 @@ def _is_complete(folder: Path, settings: dict) -> dict | None:
     return meta if all((folder / name).is_file() for name in names) else None
 
 
+def _written_files(folder: Path) -> list[str]:
+    """The relative paths of the files an earlier run of this generator wrote into ``folder`` (from its meta.json:
+    the splits, scenes.json, the images it numbered, meta.json last); nothing else there is ours."""
+    meta = _read_meta(folder) or {}
+    count = meta.get("n_images")
+    count = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+    names = [f"{name}.json" for name in (*SPLIT_NAMES, "scenes")]
+    names += [_image_name(index, count) for index in range(count)]
+    return [*names, "meta.json"]
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Put the staged dataset into ``out``, an earlier output of this generator, touching only the generator's
+    files: new files replace old ones, old ones the new dataset lacks are removed, a user's own files are kept.
+    meta.json is replaced last, so an interruption leaves a folder the next run recognises and replaces."""
+    old = _written_files(out)
+    new = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
+    new_set = set(new)
+    (out / "meta.json").unlink(missing_ok=True)  # from here on, the folder is no complete dataset
+    for name in new:
+        if name == "meta.json":
+            continue
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+    for name in old:
+        if name not in new_set:
+            (out / name).unlink(missing_ok=True)
+    images = out / "images"
+    if images.is_dir() and not any(images.iterdir()):
+        images.rmdir()
+    os.replace(staging / "meta.json", out / "meta.json")
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def _validate(n_images: int, seed: int, size: int, splits, questions_per_image: int, workers: int,
               object_scale: float) -> tuple[float, ...]:
     if int(n_images) != n_images or n_images < 1:
@@ -241,7 +275,8 @@ def generate(
     ``reused`` (True when a complete dataset with the same settings was already there and nothing was written).
 
     The dataset is built in a sibling staging folder and moved into place, so an interrupted run leaves no half
-    dataset. ``out_dir`` must be missing, empty, or an earlier output of this generator (which is replaced);
+    dataset. ``out_dir`` must be missing, empty, or an earlier output of this generator (its ``meta.json`` is the
+    marker): then only the files that output wrote are replaced or removed, never another file of the folder;
     ``force`` regenerates even a complete matching dataset. ``workers`` > 1 draws images in that many processes
     (None: up to 4, one per CPU core, for 64 images or more); the files do not depend on it.
     """
@@ -269,8 +304,9 @@ def generate(
     try:
         meta = _write_dataset(staging, settings, int(workers))
         if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+            _move_into(staging, out)  # only the generator's own files are replaced; a user's stay
+        else:
+            staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

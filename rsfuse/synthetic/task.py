@@ -35,6 +35,9 @@ def synthetic(annotation: str | os.PathLike, image_root: str | os.PathLike | Non
         human = next((turn["value"] for turn in turns if turn.get("from") == "human"), None)
         if human is None:
             raise ValueError(f"{source}: entry {index} has no human turn in 'conversations'")
+        if "answer" in entry and entry["answer"] is None:
+            raise ValueError(f"{source}: entry {index} has 'answer': null (a bad record: give it a value or remove "
+                             "the field to use the gpt turn)")
         answer = entry.get("answer")
         if answer is None:
             answer = next((turn["value"] for turn in turns if turn.get("from") == "gpt"), None)

@@ -10,8 +10,9 @@ Under several processes every rank writes its share into the same temporary fold
 rank 0 alone seals and renames it.
 
 A failed save (any exception while writing or sealing, e.g. a full disk) removes its temporary folder and leaves the
-earlier checkpoints as they were; a full disk (``ENOSPC``) is re-raised as `CheckpointSaveError` ("no space left on
-<folder>", naming the last complete checkpoint kept).
+earlier checkpoints as they were; a full disk (``ENOSPC``, or a writer's own error saying so: `is_disk_full`), from
+the first write on, is re-raised as `CheckpointSaveError` ("no space left on <folder>", naming the last complete
+checkpoint kept).
 
 Test hook: when the environment variable ``RSFUSE_CHECKPOINT_SAVE_DELAY`` holds ``SECONDS`` (every save) or
 ``STEP:SECONDS`` (only the save of that step), `save_checkpoint` sleeps that long after the files are written and
@@ -32,6 +33,7 @@ __all__ = [
     "checkpoint_step",
     "find_latest_checkpoint",
     "fsync_tree",
+    "is_disk_full",
     "list_checkpoints",
     "prune_checkpoints",
     "save_checkpoint",
@@ -49,6 +51,35 @@ class CheckpointSaveError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+NO_SPACE_TEXT = ("no space left on device", "storagefull", "disk quota exceeded")
+LOW_SPACE_BYTES = 64 << 20
+
+
+def is_disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether ``error`` (or an error it was raised from) says the disk of ``folder`` is full: ``ENOSPC`` /
+    ``EDQUOT``, the text of a writer that hides the errno (safetensors: "StorageFull", "No space left on device"),
+    or torch's "file write failed" while less than 64 MiB are free there."""
+    chain, current = [], error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(item).lower()
+        if any(marker in text for marker in NO_SPACE_TEXT):
+            return True
+    if any("file write failed" in str(item).lower() for item in chain):
+        path = Path(folder)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            return shutil.disk_usage(path).free < LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def checkpoint_step(folder: str | os.PathLike) -> int:
@@ -146,12 +177,12 @@ def save_checkpoint(
     final = root / f"step_{step}"
     temporary = root / f"{_TEMP_PREFIX}{final.name}"
     sync = barrier or (lambda: None)
-    if is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_stale(root)
-        temporary.mkdir()
-    sync()
     try:
+        if is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            _remove_stale(root)
+            temporary.mkdir()
+        sync()
         write(temporary)
         sync()
         if is_main:
@@ -165,7 +196,7 @@ def save_checkpoint(
     except BaseException as error:
         if is_main:
             shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if isinstance(error, Exception) and is_disk_full(error, root):
             kept = find_latest_checkpoint(root)
             kept_text = f"the last complete checkpoint {kept} is kept" if kept else "no earlier checkpoint exists"
             raise CheckpointSaveError(

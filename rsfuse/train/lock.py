@@ -25,8 +25,9 @@ class RunLockedError(RuntimeError):
 class RunLock:
     """``with RunLock(folder): ...`` or ``lock = RunLock(folder).acquire()`` … ``lock.release()``."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, kind: str = "training run") -> None:
         self.folder = Path(folder)
+        self.kind = kind
         self.path = self.folder / LOCK_FILE
         self._handle = None
 
@@ -50,7 +51,7 @@ class RunLock:
             pid = holder.get("pid", "unknown")
             host = f" on {holder['host']}" if holder.get("host") else ""
             raise RunLockedError(
-                f"{self.folder}: output_dir is in use by another training run (pid {pid}{host}, lock {self.path}); "
+                f"{self.folder}: output_dir is in use by another {self.kind} (pid {pid}{host}, lock {self.path}); "
                 "wait for it to finish or choose another output_dir"
             ) from None
         handle.seek(0)

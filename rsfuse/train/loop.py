@@ -28,7 +28,7 @@ from rsfuse.train.order import IndexBatches, epoch_order, micro_batches_for_step
 from rsfuse.train.rng import capture_rng_state
 from rsfuse.train.state import TrainState, read_step_files, write_step_files
 
-__all__ = ["LoopOptions", "NonFiniteLossError", "Trainer"]
+__all__ = ["LoopOptions", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,6 +39,27 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite loss ({loss}) at step {step}; training stopped before that update; {kept}")
         self.step = step
 
+
+
+class TrainingInterrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM during training. A `BaseException`, like `KeyboardInterrupt`, so that no
+    ``except Exception`` swallows it. `Trainer.run` fills ``step`` (finished steps) and ``checkpoint`` (the checkpoint
+    holding them, saved on the way out in a single process; None under torchrun or before the first step)."""
+
+    def __init__(self, signal_number: int = 2) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+        self.step: int | None = None
+        self.checkpoint: Path | None = None
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signal_number).name
+        except ValueError:
+            return f"signal {self.signal_number}"
 
 
 @dataclass
@@ -270,7 +291,30 @@ class Trainer:
         print(f"[rsfuse] {note}; saved {folder} with the {self.state.step} finished steps (resume=auto continues "
               "from it)", file=sys.stderr)
 
+    def _save_on_interrupt(self) -> Path | None:
+        """Ctrl-C / SIGTERM: the checkpoint holding every finished step (saved now unless the newest one already
+        does; RNG as at the start of the step that was cut short), None under torchrun or before the first step."""
+        if self.context.is_distributed or self.state.step == 0:
+            return None
+        latest = find_latest_checkpoint(self.checkpoint_root)
+        if latest is not None and latest.name == f"step_{self.state.step}":
+            return latest
+        self.model.zero_grad(set_to_none=True)
+        return self.save(rng_state=self._rng_at_step_start)
+
     def run(self, *, resume_step: int | None = None) -> TrainState:
+        """Train until ``options.total_steps`` optimizer steps are done; returns the final state. Ctrl-C / SIGTERM
+        (`TrainingInterrupted`, `KeyboardInterrupt`) save the finished steps first (one process), then raise
+        `TrainingInterrupted` with ``step`` and ``checkpoint`` set."""
+        try:
+            return self._run(resume_step=resume_step)
+        except (KeyboardInterrupt, TrainingInterrupted) as interrupt:
+            stopped = interrupt if isinstance(interrupt, TrainingInterrupted) else TrainingInterrupted(2)
+            stopped.step = self.state.step
+            stopped.checkpoint = self._save_on_interrupt()
+            raise stopped from None
+
+    def _run(self, *, resume_step: int | None = None) -> TrainState:
         """Train until ``options.total_steps`` optimizer steps are done; returns the final state."""
         options, context = self.options, self.context
         self.metrics = MetricsWriter(
@@ -314,6 +358,7 @@ class Trainer:
                         raise
                     self.state.step += 1
                     self.state.step_in_epoch += 1
+                    self._rng_at_step_start = None  # between steps the current RNG state is the next step's
                     seconds = time.perf_counter() - step_started
                     lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
                     record = {

@@ -25,7 +25,22 @@ __all__ = [
     "build_datasets",
     "check_data",
     "resume_candidates",
+    "resume_setting_changes",
+    "check_resume_settings",
+    "NOT_RUN_DEFINING",
+    "SCHEDULE_LENGTH_KEYS",
 ]
+
+NOT_RUN_DEFINING = frozenset({
+    "output_dir", "resume", "save_every", "keep_last", "device", "num_threads",
+    "data.num_workers", "data.val_json", "data.test_json",
+    "train.log_every", "train.val_every", "train.val_samples", "train.cache_vision_features", "train.feature_cache_dir",
+})
+"""Keys a resumed run may change: where and how often it writes, where it runs, validation and the end-of-training
+evaluation (``eval.*``); none of them changes the trained weights."""
+SCHEDULE_LENGTH_KEYS = ("max_steps", "train.epochs")
+"""Keys a resumed run may change with a notice: the run's length, hence the learning-rate schedule's."""
+NOT_SET = "<not set>"
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -125,11 +140,25 @@ def prepare_synthetic_data(config, context: DistributedContext) -> None:
 
 
 def _conversation_texts(json_path: Path) -> list[str]:
-    records = json.loads(json_path.read_text())
+    """The training conversations' text (for the tokenizer); a file that is not JSON is named with its line and
+    column (`InstructionDataError`); malformed entries are left for the data check, which names them."""
+    from rsfuse.data.instructions import InstructionDataError
+
+    try:
+        records = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InstructionDataError(f"{json_path}: not valid JSON at line {error.lineno}, column {error.colno} "
+                                   f"({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise InstructionDataError(f"{json_path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not isinstance(records, list):
+        raise InstructionDataError(f"{json_path}: expected a JSON list of samples, found {type(records).__name__}")
     texts = []
     for record in records:
-        for turn in record.get("conversations", []):
-            texts.append(str(turn.get("value", "")).replace("<image>", "").strip())
+        turns = record.get("conversations", []) if isinstance(record, dict) else []
+        for turn in turns if isinstance(turns, list) else []:
+            if isinstance(turn, dict):
+                texts.append(str(turn.get("value", "")).replace("<image>", "").strip())
     return texts
 
 
@@ -205,6 +234,70 @@ def check_data(train_set, val_set, context: DistributedContext) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- resuming
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _same(stored, current) -> bool:
+    return json.dumps(stored, default=str, sort_keys=True) == json.dumps(current, default=str, sort_keys=True)
+
+
+def resume_setting_changes(stored: dict, current: dict) -> tuple[list[tuple[str, object, object]],
+                                                                     list[tuple[str, object, object]]]:
+    """``(refused, schedule)``: the run-defining keys whose value differs between a checkpoint's ``recipe.json``
+    (``stored``) and this run's settings (``current``), as ``(key, stored, current)``, and the changed schedule-length
+    keys (`SCHEDULE_LENGTH_KEYS`). Keys in `NOT_RUN_DEFINING` and ``eval.*`` are ignored, as are keys a checkpoint
+    of an older version did not record (``model.*`` overrides excepted: a size given or dropped is a change)."""
+    old, new = _flatten(stored), _flatten(current)
+    refused, schedule = [], []
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_RUN_DEFINING or key.startswith("eval."):
+            continue
+        if key not in old and not key.startswith("model."):
+            continue
+        before, after = old.get(key, NOT_SET), new.get(key, NOT_SET)
+        if _same(before, after):
+            continue
+        (schedule if key in SCHEDULE_LENGTH_KEYS else refused).append((key, before, after))
+    return refused, schedule
+
+
+def check_resume_settings(config, output_dir: Path, context: DistributedContext) -> None:
+    """Before a run resumes, compare its settings with the ``recipe.json`` of the checkpoint it would resume from
+    (the newest candidate holding a readable one): a changed run-defining key is a `ConfigError` naming each key and
+    both values and the way out (a new ``output_dir``); a changed ``max_steps`` / ``train.epochs`` only prints that
+    the schedule's length changes."""
+    from rsfuse.recipes.config import to_dict
+
+    candidates = resume_candidates(config.resume, output_dir / "checkpoints")
+    for folder in candidates:
+        try:
+            stored = json.loads((folder / "recipe.json").read_text())
+        except (OSError, ValueError):
+            continue  # an older or damaged checkpoint: its own files are checked when it is read
+        if isinstance(stored, dict):
+            break
+    else:
+        return
+    refused, schedule = resume_setting_changes(stored, to_dict(config))
+    if refused:
+        changes = "; ".join(f"{key}: {before!r} in the checkpoint, {after!r} now" for key, before, after in refused)
+        raise ConfigError(
+            f"{folder} was trained with other settings ({changes}); resuming would silently keep the checkpoint's "
+            f"run: give a new output_dir to train with these settings (or set them back to resume)"
+        )
+    if schedule and context.is_main:
+        changes = ", ".join(f"{key} {before} -> {after}" for key, before, after in schedule)
+        print(f"[rsfuse] resuming {folder} with {changes}: the run's length and its learning-rate schedule change "
+              "from here on", file=sys.stderr)
 
 
 def resume_candidates(resume: str, checkpoint_root: Path) -> list[Path]:

@@ -115,6 +115,14 @@ def read_step_files(trainer, folder: Path) -> None:
             raise CheckpointReadError(f"{folder / MODEL_FILE}: unreadable ({type(error).__name__}: "
                                       f"{str(error)[:200]})") from None
         optimizer_state = load_state_file(folder / OPTIMIZER_FILE)
+        current = trainer.model.state_dict()
+        resized = [f"{key} {tuple(value.shape)} (the model: {tuple(current[key].shape)})"
+                   for key, value in state.items() if key in current and value.shape != current[key].shape]
+        if resized:
+            raise ConfigError(
+                f"{folder / MODEL_FILE}: written for a model of another size ({len(resized)} weights differ, e.g. "
+                f"{resized[0]}); resume it with the model settings it was trained with, or use a new output_dir"
+            )
         missing, unexpected = trainer.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ConfigError(

@@ -61,6 +61,8 @@ def _from_json(source: Path, image_root: Path, classes: list[str] | None, check_
         if class_list and class_list not in question:
             question = f"{question}\n{prompt_template.format(classes=class_list)}"
         answer = entry.get("answer", entry.get("ground_truth"))
+        if answer is None and ("answer" in entry or "ground_truth" in entry):
+            raise ValueError(f"{source}: entry {index} has 'answer': null (a bad record: give it a value or remove it)")
         if answer is None:
             raise KeyError(f"{source}: entry {index} has no 'answer' (or 'ground_truth') field")
         records.append(

@@ -23,11 +23,14 @@ def read_json_file(path: str | os.PathLike) -> Any:
 
 
 def require(entry: Mapping[str, Any], key: str, *, source: Path, index: int) -> Any:
-    """``entry[key]`` or a ``KeyError`` naming the file, the entry index and the key."""
+    """``entry[key]``, or a ``KeyError`` (missing) / ``ValueError`` (null) naming the file, the entry index and the
+    key."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"{source}: entry {index} is a {type(entry).__name__}, expected an object")
     if key not in entry:
         raise KeyError(f"{source}: entry {index} has no '{key}' field (fields: {sorted(entry)})")
+    if entry[key] is None:  # never scored or read as the text "None"
+        raise ValueError(f"{source}: entry {index} has '{key}': null (a bad record: give it a value or remove it)")
     return entry[key]
 
 
