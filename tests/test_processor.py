@@ -329,10 +329,10 @@ def test_bad_folders_and_templates(tmp_path, processor):
 def test_a_forward_on_the_processors_output_reads_nothing_back_to_the_host(model, processor, monkeypatch):
     """The processor says where the visual positions are; the model only scatters there: no layout, no look at the
     ids (the ids-at-positions check runs only under RSFUSE_TYPECHECK=1, switched off here as at run time)."""
-    import rsfuse.model.mfrsvlm as mfrsvlm
+    import rsfuse.model.sequence as sequence
 
     inputs = processor(images=_images(), text=QUESTIONS, padding_side="right")
-    monkeypatch.setattr(mfrsvlm, "TYPECHECK", False)
+    monkeypatch.setattr(sequence, "TYPECHECK", False)
     calls = count_host_syncs(monkeypatch)
     with torch.no_grad():
         model(**inputs)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
-from rsfuse._typing import TYPECHECK, Bool, Float, Int, Tensor, typecheck
+from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
 from rsfuse.encoders.canvas import MultiScaleCanvas
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
@@ -41,10 +41,10 @@ from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualCont
 from rsfuse.llm.cache import KVCache
 from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
-from rsfuse.llm.tokenizer import IMAGE_TOKEN_INDEX
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
-from rsfuse.model.layout import SequenceLayout, layout_sequence, position_ids_from_mask
+from rsfuse.model.layout import SequenceLayout
+from rsfuse.model.sequence import boundary_layout, check_token_ids, given_layout
 
 # Windows per tower call when a batch of images is encoded (``model.canvas.chunk_size``; None: all of one scale at
 # once). On the CPU a call over every window of 16 images leaves the caches and costs 1.5-1.8x as much per image as
@@ -239,48 +239,13 @@ class MFRSVLM(nn.Module):
         image_mask: Tensor | None,
         padding_side: str,
     ) -> SequenceLayout:
-        """The explicit layout at the model's boundary, for ids that come without the processor's
-        ``visual_positions`` (raw: no placeholder, one LLaVA −200 or ``N`` in-vocabulary image tokens, any padding):
-        ``rsfuse.model.layout.layout_sequence`` with this model's settings; rows of ``image_mask`` (None: a text-only
-        batch) get the visual slots. One host sync (the placeholder count check)."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"MFRSVLM: input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        tokens = self.config.num_visual_tokens
-        placeholders = (input_ids == self.config.image_token_index) | (input_ids == IMAGE_TOKEN_INDEX)
-        if attention_mask is not None:
-            placeholders = placeholders & attention_mask.to(torch.bool)
-        counts = placeholders.sum(dim=1)
-        wrong = (counts > 1) & (counts != tokens)
-        if bool(wrong.any()):
-            row = int(wrong.nonzero()[0])
-            raise ValueError(f"MFRSVLM: input_ids row {row} holds {int(counts[row])} image placeholders but the model "
-                             f"has {tokens} visual tokens (give one placeholder, {tokens}, or none)")
-        return layout_sequence(
-            input_ids,
-            attention_mask,
-            labels,
-            image_mask=image_mask,
-            num_visual_tokens=self.config.num_visual_tokens,
-            image_token_id=self.config.image_token_index,
-            pad_token_id=self.pad_token_id,
-            placement=self.config.image_placement,
-            padding_side=padding_side,
-        )
+        """The explicit layout at the model's boundary for raw ids (`rsfuse.model.sequence.boundary_layout`)."""
+        return boundary_layout(self.config, input_ids, attention_mask, labels, image_mask=image_mask,
+                               padding_side=padding_side)
 
     def check_token_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> None:
-        """A ValueError naming the first id outside the vocabulary (one host sync: generation calls it once per
-        prefill; the training forward does not)."""
-        vocab = self.config.llm.vocab_size
-        text = (input_ids != self.config.image_token_index) & (input_ids != IMAGE_TOKEN_INDEX)
-        if attention_mask is not None:
-            text = text & attention_mask.to(torch.bool)
-        bad = text & ((input_ids < 0) | (input_ids >= vocab))
-        if bool(bad.any()):
-            row, column = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(
-                f"MFRSVLM: input_ids[{row}, {column}] = {int(input_ids[row, column])} is outside the vocabulary "
-                f"(vocab_size {vocab}; the image placeholder is {self.config.image_token_index})"
-            )
+        """A ValueError naming the first id outside the vocabulary (`rsfuse.model.sequence.check_token_ids`)."""
+        check_token_ids(self.config, input_ids, attention_mask)
 
     def embed(self, layout: SequenceLayout, global_tokens: Tensor | None) -> Tensor:
         """Text embeddings with the projected global tokens ``[B, N, D]`` scattered into the visual slots."""
@@ -308,36 +273,6 @@ class MFRSVLM(nn.Module):
         )
         return DecoderInjection(self.injectors, context, keep_stats=keep_stats)
 
-    def given_layout(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        labels: Tensor | None,
-        visual_positions: Tensor,
-    ) -> SequenceLayout:
-        """The layout ``MFRSVLMProcessor`` decided (its ``visual_positions`` beside laid-out ids), taken as it is: no
-        id is inspected. Shapes are checked always, the ids at the positions under ``RSFUSE_TYPECHECK=1``."""
-        tokens = self.config.num_visual_tokens
-        if visual_positions.ndim != 2 or visual_positions.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"MFRSVLM: visual_positions must be [B, N] = [{input_ids.shape[0]}, {tokens}], got "
-                             f"{tuple(visual_positions.shape)}")
-        if visual_positions.shape[1] != tokens:
-            raise ValueError(f"MFRSVLM: visual_positions holds {visual_positions.shape[1]} positions per row but the "
-                             f"model has {tokens} visual tokens (a processor of another model?)")
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
-        if TYPECHECK:
-            self._check_given_layout(input_ids, visual_positions)
-        return SequenceLayout(input_ids, mask, position_ids_from_mask(mask), labels, visual_positions)
-
-    def _check_given_layout(self, input_ids: Tensor, visual_positions: Tensor) -> None:
-        at_slots = input_ids.gather(1, visual_positions.clamp(0, input_ids.shape[1] - 1))
-        if not bool((at_slots == self.config.image_token_index).all()):
-            raise ValueError(f"MFRSVLM: input_ids do not hold the image token {self.config.image_token_index} at "
-                             "visual_positions (ids and positions from different processor calls?)")
-        expected_front = torch.arange(visual_positions.shape[1], device=visual_positions.device)
-        if self.config.image_placement == "prefix" and not bool((visual_positions == expected_front).all()):
-            raise ValueError("MFRSVLM: prefix placement needs the visual positions 0..N-1 in every row")
-
     def prefill_inputs(
         self,
         pixel_values: Tensor | None,
@@ -360,7 +295,7 @@ class MFRSVLM(nn.Module):
             raise ValueError("MFRSVLM: visual_positions given without pixel_values")
         global_tokens, stacks, image_mask = self._encode_selected(pixel_values, image_mask)
         if visual_positions is not None:
-            layout = self.given_layout(input_ids, attention_mask, labels, visual_positions)
+            layout = given_layout(self.config, input_ids, attention_mask, labels, visual_positions)
         else:
             if global_tokens is not None and image_mask is None:
                 image_mask = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
