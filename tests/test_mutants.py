@@ -245,3 +245,23 @@ def test_generate_without_cache_stops_at_the_models_own_eos():
     cached = model.generate(pixels, ids, max_new_tokens=5)
     uncached = model.generate(pixels, ids, max_new_tokens=5, use_cache=False)
     assert torch.equal(cached, uncached) and cached[0, 0] == probe[0, 0]
+
+
+def test_a_cached_call_leaves_no_query_row_without_a_key():
+    """``cache_attention_mask`` lets every token see itself, so no attention row is empty whatever the backend
+    (kernels differ on empty rows: NaN or 0) and the empty-row fix-up can be skipped; real tokens see exactly the
+    real columns up to their slot."""
+    from rsfuse.llm.model import cache_attention_mask
+
+    real = torch.tensor([[False, False, True, True, False, False], [True, True, True, True, False, False]])
+    slots = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])
+    built = cache_attention_mask(real, slots, width=6, new_tokens=4)
+    mask = built.mask[:, 0]  # [B, M, W]
+    assert built.all_rows_attend and mask.any(dim=-1).all()
+    columns = torch.arange(6)
+    for row in range(2):
+        for query in range(4):
+            slot = int(slots[row, query])
+            expected = (columns <= slot) & (real[row] | (columns == slot))
+            assert torch.equal(mask[row, query], expected)
+    assert mask[0, 0].tolist() == [True, False, False, False, False, False]  # a padding query sees itself only
