@@ -305,3 +305,34 @@ def test_16bit_multiband_with_bands_is_the_same_joint_stretch(tmp_path):
     path = tmp_path / "rgb16.tif"
     tifffile.imwrite(path, array, photometric="rgb")
     assert np.array_equal(_rgb(path, bands=(2, 1, 0)), stretch_to_uint8(array[..., [2, 1, 0]]))
+
+
+@pytest.mark.parametrize("size", [336, 112, 32])
+def test_the_torchvision_free_preprocessing_gives_the_same_pixels_bit_for_bit(size):
+    """``backend="torch"`` (used where torchvision is absent) equals torchvision's ``v2`` path: up- and downscaling,
+    odd sides, already square, already the right size."""
+    rng = np.random.default_rng(size)
+    ours, theirs = ImageProcessor(size, backend="torch"), ImageProcessor(size, backend="torchvision")
+    for height, width in [(50, 36), (400, 300), (17, 90), (size, size), (1000, 1000), (7, 7)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        assert torch.equal(ours.resized(image), theirs.resized(image)), (height, width)
+        assert torch.equal(ours(image), theirs(image)), (height, width)
+
+
+def test_preprocessing_without_torchvision_installed(tmp_path):
+    """In a process where ``import torchvision`` fails, ``ImageProcessor`` picks the torch backend and works."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "from rsfuse.data import ImageProcessor\n"
+        f"processor = ImageProcessor(32)\n"
+        f"pixels = processor({str(image)!r})\n"
+        "print(processor.backend, tuple(pixels.shape), float(pixels.sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    expected = ImageProcessor(32, backend="torchvision")(image)
+    assert out[0] == "torch" and float(out[-1]) == pytest.approx(float(expected.sum()), abs=1e-3)

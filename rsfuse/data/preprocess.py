@@ -1,17 +1,51 @@
-"""CLIP preprocessing as LLaVA-1.5 does it (``ImageProcessor``): pad to a square, resize, normalise."""
+"""CLIP preprocessing as LLaVA-1.5 does it (``ImageProcessor``): pad to a square, resize, normalise.
+
+Two equal implementations of the resize and normalisation: torchvision's ``transforms.v2`` (``backend="torchvision"``,
+the default where torchvision imports) and a torchvision-free one (``backend="torch"``: PIL → numpy → torch, the
+kernels torchvision calls on a CPU uint8 image — torch's antialiased bicubic ``interpolate`` on the uint8 channels-last
+view, then ``× 1/255``, ``− mean``, ``/ std`` in float32), used where torchvision is absent (e.g. beside a torch build
+no torchvision wheel matches). ``tests/test_images.py`` checks the two give the same pixels, bit for bit.
+"""
 
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
 
 from rsfuse._typing import Float, Tensor, UInt8, typecheck
 from rsfuse.data.images import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, load_image, to_rgb
 
-__all__ = ["ImageProcessor"]
+try:
+    from torchvision.transforms import InterpolationMode, v2
+except ImportError:  # torchvision absent: backend="torch"
+    v2 = None
+
+__all__ = ["ImageProcessor", "PREPROCESS_BACKENDS"]
+
+PREPROCESS_BACKENDS = ("torchvision", "torch")
+
+
+def _pil_to_uint8(image: Image.Image) -> Tensor:
+    """``[3, H, W]`` uint8 of an RGB image (a channels-last view, as torchvision's ``PILToTensor`` gives it)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def _resize_uint8(pixels: Tensor, size: int) -> Tensor:
+    """Antialiased bicubic resize of ``[3, H, W]`` uint8 to ``size × size`` as torchvision's ``v2.Resize`` does it on
+    the CPU: torch's native uint8 kernel on the channels-last view (float32 + clamp + round where the kernel does not
+    take uint8)."""
+    if tuple(pixels.shape[-2:]) == (size, size):
+        return pixels
+    batch = pixels.unsqueeze(0)
+    try:
+        out = F.interpolate(batch, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+    except RuntimeError:  # no uint8 kernel on this build
+        out = F.interpolate(batch.to(torch.float32), size=[size, size], mode="bicubic", align_corners=False,
+                            antialias=True).clamp_(min=0, max=255).round_().to(torch.uint8)
+    return out[0]
 
 
 class ImageProcessor:
@@ -29,6 +63,7 @@ class ImageProcessor:
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        backend: str | None = None,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -39,15 +74,31 @@ class ImageProcessor:
         self.std = tuple(float(value) for value in std)
         self.max_pixels = max_pixels
         self.background = tuple(int(value * 255) for value in self.mean)
-        self.resize = v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True),
-            ]
-        )
-        self.normalize = v2.Compose(
-            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
-        )
+        backend = backend or ("torchvision" if v2 is not None else "torch")
+        if backend not in PREPROCESS_BACKENDS:
+            raise ValueError(f"backend must be one of {PREPROCESS_BACKENDS}, got {backend!r}")
+        if backend == "torchvision" and v2 is None:
+            raise ValueError("backend 'torchvision': torchvision is not installed (backend='torch' needs no torchvision)")
+        self.backend = backend
+        if backend == "torchvision":
+            self.resize = v2.Compose(
+                [
+                    v2.PILToTensor(),
+                    v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                ]
+            )
+            self.normalize = v2.Compose(
+                [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
+            )
+        else:
+            self.resize = lambda image: _resize_uint8(_pil_to_uint8(image), image_size)
+            self.normalize = self._normalize
+
+    def _normalize(self, pixels: Tensor) -> Tensor:
+        """``uint8 → float32 × 1/255``, then ``(x − mean) / std`` per channel (torchvision's float32 steps)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return pixels.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
     def pad_to_square(self, image: Image.Image) -> Image.Image:
         """LLaVA's ``expand2square``: the image centred on a square of the mean colour."""
@@ -74,4 +125,4 @@ class ImageProcessor:
         return self.resize(self.pad_to_square(image))
 
     def __repr__(self) -> str:
-        return f"ImageProcessor(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+        return f"ImageProcessor(image_size={self.image_size}, mean={self.mean}, std={self.std}, backend={self.backend!r})"
