@@ -42,6 +42,7 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"
 @dataclass(frozen=True, kw_only=True)
 class ServeSettings:
     model_name: str = "rsfuse-mfrsvlm"
+    aliases: tuple[str, ...] = ()  # other ids the API answers to (``--alias``)
     api_key: str | None = None
     max_batch: int = 16
     max_wait_ms: float = 10.0
@@ -54,7 +55,10 @@ class ServeSettings:
 
 
 def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan."""
+    """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan.
+    Raises ValueError (one line) for a tokenizer that cannot encode every text (see `PromptEncoder.check`)."""
+    encoder.check()
+    names = tuple(dict.fromkeys((settings.model_name, *settings.aliases)))
     context = model.config.llm.max_position_embeddings
     max_length = min(settings.max_length or context, context)
     scheduler = Scheduler(model, batch=encoder.batch, max_batch=settings.max_batch, max_length=max_length,
@@ -126,6 +130,9 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
         """Decode the image, then encode the prompt on the generation worker (the only thread that computes, see
         ``rsfuse.serve.scheduler``) and check it against the cache."""
+        if chat.model is not None and chat.model not in names:
+            raise APIError(404, f"model {chat.model!r} is not served here (this server: "
+                           f"{', '.join(map(repr, names))})", param="model", code="model_not_found")
         image = await run_in_threadpool(request_image, chat)
         return await asyncio.wrap_future(scheduler.call(lambda: encode(chat, image)))
 
@@ -144,7 +151,8 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                            f"server's context of {max_length} (at most {room} here)", param="max_tokens",
                            code="context_length_exceeded")
         params = SamplingParams(max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                                eos_token_ids=tuple(sorted(encoder.eos_ids)), stop_strings=chat.stop)
+                                eos_token_ids=tuple(sorted(encoder.eos_ids)), stop_strings=chat.stop,
+                                seed=chat.seed)
         return prompt, params
 
     # ----- routes ------------------------------------------------------------------------------------------------
@@ -159,21 +167,21 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("rsfuse.serve").joinpath("static/index.html").read_text("utf-8"))
 
-    def model_card() -> dict[str, Any]:
-        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "rsfuse"}
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "rsfuse"}
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         authorize(request)
-        return JSONResponse({"object": "list", "data": [model_card()]})
+        return JSONResponse({"object": "list", "data": [model_card(name) for name in names]})
 
     @app.get("/v1/models/{name:path}")
     async def one_model(name: str, request: Request) -> JSONResponse:
         authorize(request)
-        if name != settings.model_name:
-            raise APIError(404, f"model {name!r} is not served here (this server: {settings.model_name!r})",
+        if name not in names:
+            raise APIError(404, f"model {name!r} is not served here (this server: {', '.join(map(repr, names))})",
                            param="model", code="model_not_found")
-        return JSONResponse(model_card())
+        return JSONResponse(model_card(name))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -206,9 +214,8 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def viz(request: Request) -> Response:
         """Router weights and gate maps of the prefill for an image question (and its answer, in the caption)."""
         authorize(request)
-        body = await read_body(request)
-        chat = parse_chat_request(body, settings.limits)
-        answer = json.loads(body).get("answer", "")
+        chat = parse_chat_request(await read_body(request), settings.limits, extra_fields=("answer",))
+        answer = chat.extra.get("answer", "")
         if not isinstance(answer, str):
             raise bad_request("'answer' must be a string", "answer", "invalid_type")
         if not chat.images:
