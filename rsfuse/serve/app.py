@@ -1,8 +1,10 @@
 """The ASGI application (FastAPI): the OpenAI routes, the page and its pictures, errors in OpenAI's format.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``, ``GET /v1/models/{id}``,
-``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and its answer, PNG),
-``GET /health`` (no key needed), ``GET /`` (the page). With an API key every ``/v1`` route needs
+``POST /v1/rsfuse/uploads`` (the page's image, sent once per conversation: an id and a preview, see
+`rsfuse.serve.uploads`), ``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and
+its answer, PNG), ``GET /health`` (no key needed; the limits the page checks before uploading), ``GET /`` (the page)
+and ``GET /examples/...`` (the small example scenes shipped with the package). With an API key every ``/v1`` route needs
 ``Authorization: Bearer KEY``. Request bodies are read with a size limit, parsed and checked by hand (so every error is
 a 4xx naming the field), images decoded and prompts encoded in worker threads, then handed to the `Scheduler`.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
+from PIL import Image
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,11 +35,14 @@ from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream
 from rsfuse.serve.limits import ServeLimits
 from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
 from rsfuse.serve.scheduler import Job, Scheduler
+from rsfuse.serve.uploads import ImageStore, preview_data_uri
 
 __all__ = ["ServeSettings", "create_app"]
 
 log = logging.getLogger("rsfuse.serve")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "JPEG2000")  # what rsfuse.data.open_image opens
+FIGURE_SIDE = 768  # the pictures draw the image at most this large (a 4000-px scene would take seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +84,8 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
 
     app = FastAPI(title="rsfuse serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler = scheduler
+    uploads = ImageStore(max_pixels=2 * settings.limits.max_image_pixels)
+    app.state.uploads = uploads
     figure_lock = threading.Lock()
 
     # ----- errors ------------------------------------------------------------------------------------------------
@@ -124,7 +132,8 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
         """The request's image, decoded and checked against the limits (in a thread of the pool: no tensors)."""
         image = None
         for ref in chat.images:
-            image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images)
+            image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images,
+                                 uploads=uploads)
         return image
 
     async def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
@@ -159,13 +168,53 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     @app.get("/health")
     async def health() -> JSONResponse:
         status = 200 if scheduler.alive else 503
+        limits = settings.limits
         return JSONResponse({"status": "ok" if status == 200 else "unavailable", "model": settings.model_name,
-                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats)},
+                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats),
+                             "limits": {"max_image_bytes": limits.max_image_bytes,
+                                        "max_image_pixels": limits.max_image_pixels,
+                                        "max_body_bytes": limits.max_body_bytes, "context": max_length,
+                                        "formats": list(FORMATS)}},
                             status_code=status)
+
+    static = resources.files("rsfuse.serve").joinpath("static")
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("rsfuse.serve").joinpath("static/index.html").read_text("utf-8"))
+        return HTMLResponse(static.joinpath("index.html").read_text("utf-8"))
+
+    examples = json.loads(static.joinpath("examples/examples.json").read_text("utf-8"))["examples"]
+
+    @app.get("/examples/")
+    async def example_list() -> JSONResponse:
+        return JSONResponse([{**item, "url": f"/examples/{item['file']}"} for item in examples])
+
+    @app.get("/examples/{name}")
+    async def example(name: str) -> Response:
+        if name not in {item["file"] for item in examples}:
+            raise APIError(404, f"no example {name!r}", code="not_found")
+        return Response(static.joinpath(f"examples/{name}").read_bytes(), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/v1/rsfuse/uploads")
+    async def upload(request: Request) -> JSONResponse:
+        """The page's image, once: decoded, checked and kept; answers its id, size and a preview PNG."""
+        authorize(request)
+        try:
+            url = json.loads(await read_body(request)).get("image")
+        except (ValueError, AttributeError):
+            raise APIError(400, "the body must be a JSON object {\"image\": \"data:image/...;base64,...\"}",
+                           code="invalid_json") from None
+        if not isinstance(url, str) or not url.startswith("data:"):
+            raise bad_request("'image' must be a data:image/...;base64, URI", "image", "invalid_image_url")
+
+        def store() -> dict[str, Any]:
+            image = decode_image(url, param="image", limits=settings.limits)
+            key = ImageStore.key(url.encode())
+            uploads.put(key, image)
+            return {"id": key, "width": image.width, "height": image.height, "preview": preview_data_uri(image)}
+
+        return JSONResponse(await run_in_threadpool(store))
 
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "rsfuse"}
@@ -304,7 +353,9 @@ async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> 
             raise APIError(501, "the pictures need matplotlib (pip install rsfuse[serve])", type="server_error",
                            code="matplotlib_missing") from None
         with lock:  # pyplot's state is global
-            figure = injection_figure(encoder.images.pad_to_square(prompt.image), records, stack_labels(model.config),
+            view = prompt.image.copy()
+            view.thumbnail((FIGURE_SIDE, FIGURE_SIDE), Image.BILINEAR)
+            figure = injection_figure(encoder.images.pad_to_square(view), records, stack_labels(model.config),
                                       question=question, answer=answer)
             buffer = io.BytesIO()
             try:
