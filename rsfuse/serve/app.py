@@ -12,6 +12,7 @@ a 4xx naming the field), images decoded and prompts encoded in worker threads, t
 import asyncio
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import threading
@@ -55,6 +56,7 @@ class ServeSettings:
     max_length: int | None = None  # cache positions per row; None = the model's context
     max_queue: int = 256
     local_images: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP literals and localhost ("*": any)
     limits: ServeLimits = ServeLimits()
     seed: int | None = None
     compile: bool = False
@@ -83,6 +85,18 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
             await run_in_threadpool(scheduler.stop)
 
     app = FastAPI(title="rsfuse serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def host_check(request: Request, call_next):
+        """A page on another site can point its own name at this server (DNS rebinding) and, with no key, use it:
+        only IP literals, localhost and the ``--allow-host`` names are answered."""
+        host = request.headers.get("host", "")
+        if not host_allowed(host, settings.allowed_hosts):
+            error = APIError(403, f"Host {host[:100]!r} is not served here (start the server with --allow-host "
+                             f"NAME to answer it)", code="host_not_allowed")
+            return JSONResponse(error.body(), status_code=403)
+        return await call_next(request)
+
     app.state.scheduler = scheduler
     uploads = ImageStore(max_pixels=2 * settings.limits.max_image_pixels)
     app.state.uploads = uploads
@@ -116,6 +130,10 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                            type="invalid_request_error", code="invalid_api_key")
 
     async def read_body(request: Request) -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise APIError(415, f"the body must be sent as application/json, not {media or '(no Content-Type)'!r}",
+                           code="unsupported_media_type")
         limit = settings.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -138,10 +156,16 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
 
     async def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
         """Decode the image, then encode the prompt on the generation worker (the only thread that computes, see
-        ``rsfuse.serve.scheduler``) and check it against the cache."""
+        ``rsfuse.serve.scheduler``) and check it against the cache. A text that cannot fit whatever its tokens is
+        refused before it reaches that thread (tokenising megabytes there would stall every client)."""
         if chat.model is not None and chat.model not in names:
             raise APIError(404, f"model {chat.model!r} is not served here (this server: "
                            f"{', '.join(map(repr, names))})", param="model", code="model_not_found")
+        characters = sum(len(turn.text) for turn in chat.turns)
+        if characters > max_length * encoder.longest_piece:
+            raise APIError(400, f"the messages hold {characters} characters: at least "
+                           f"{characters // encoder.longest_piece} tokens, beyond the server's context of "
+                           f"{max_length}", param="messages", code="context_length_exceeded")
         image = await run_in_threadpool(request_image, chat)
         return await asyncio.wrap_future(scheduler.call(lambda: encode(chat, image)))
 
@@ -275,6 +299,21 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                         media_type="image/png")
 
     return app
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """``host`` (a Host header, with or without its port) is an IP literal, localhost or one of ``allowed``."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # "[::1]:8000" keeps its brackets
+    if name.startswith("[") and "]" in name:
+        name = name[1:name.index("]")]
+    name = name.lower().rstrip(".")
+    if "*" in allowed or name == "localhost" or name in (item.lower() for item in allowed):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 async def _disconnected(request: Request) -> None:

@@ -47,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only IP "
+                        "addresses and localhost are answered, so that a web page cannot reach the server through "
+                        "a name of its own (DNS rebinding)")
     p.add_argument("--name", default=None, help="model id in the API (default: the folder name)")
     p.add_argument("--alias", action="append", default=[], metavar="ID",
                    help="another model id the API answers to (repeatable); any other id is a 404 model_not_found")
@@ -70,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="largest image file in MiB (default 10)")
     p.add_argument("--max-image-pixels", type=_positive(int), default=25_000_000,
                    help="largest image in width x height, read from its header (default 25000000)")
+    p.add_argument("--max-image-samples", type=_positive(int), default=None,
+                   help="largest image in width x height x bands, read from its header before decoding (default: "
+                        "four times --max-image-pixels)")
     p.add_argument("--max-queue", type=_positive(int), default=256,
                    help="waiting requests beyond the batch (default 256; 429 beyond)")
     p.add_argument("--seed", type=int, default=None,
@@ -112,12 +119,12 @@ def build(args: argparse.Namespace):
     except ValueError as error:
         raise ServeConfigError(f"--model {args.model}: {error}") from None
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
-                         max_image_pixels=args.max_image_pixels)
+                         max_image_pixels=args.max_image_pixels, max_image_samples=args.max_image_samples)
     settings = ServeSettings(
-        model_name=args.name or Path(args.model).resolve().name, aliases=tuple(args.alias), api_key=args.api_key or None,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_length=args.max_length,
-        max_queue=args.max_queue, local_images=args.allow_local_images, limits=limits, seed=args.seed,
-        compile=args.compile,
+        model_name=args.name or Path(args.model).resolve().name, aliases=tuple(args.alias),
+        api_key=args.api_key or None, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_length=args.max_length, max_queue=args.max_queue, local_images=args.allow_local_images,
+        allowed_hosts=tuple(args.allow_host), limits=limits, seed=args.seed, compile=args.compile,
     )
     app = create_app(model, encoder, settings)
     app.state.scheduler.start()  # before uvicorn: a session that cannot open is one error line, not a traceback

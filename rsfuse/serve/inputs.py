@@ -41,6 +41,9 @@ class PromptEncoder:
         self.processor = processor
         self.images = processor.image_processor
         self.eos_ids = frozenset(int(token) for token in processor.eos_token_ids)
+        tokenizer = processor.tokenizer
+        # The most characters one token can stand for: a text of n characters needs >= n / longest_piece tokens.
+        self.longest_piece = max(len(tokenizer.id_to_piece(i)) for i in range(tokenizer.vocab_size))
 
     @classmethod
     def for_model(cls, model, tokenizer=None, *, template: str | None = None) -> "PromptEncoder":
