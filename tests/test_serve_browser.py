@@ -6,8 +6,10 @@ Regenerate / Ctrl+Enter, text-only questions, progress, examples. Screenshots go
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -21,6 +23,7 @@ from rsfuse.serve.inputs import PromptEncoder  # noqa: E402
 from rsfuse.serve.limits import ServeLimits  # noqa: E402
 from rsfuse.serve.protocol import ImageRef, Turn  # noqa: E402
 
+EXAMPLES = Path(__file__).parent.parent / "rsfuse" / "serve" / "static" / "examples"
 CHROMIUM = os.environ.get("RSFUSE_CHROMIUM", "/usr/bin/chromium")
 LIMITS = ServeLimits(max_image_bytes=150_000, max_image_pixels=1_000_000)
 WAIT = 60_000
@@ -94,9 +97,8 @@ def status(page) -> str:
 @pytest.mark.parametrize("api_key", [None, "page-key"])
 def test_page_uploads_once_asks_follows_up_and_shows_the_pictures(browser, model_and_encoder, tmp_path, api_key):
     model, encoder = model_and_encoder
-    image_path = tmp_path / "scene.png"
-    image = scene_image(size=96, seed=11)
-    image.save(image_path)
+    image_path = EXAMPLES / "harbour.png"  # one of the example scenes the package ships
+    image = Image.open(image_path).convert("RGB")
     app = create_app(model, encoder, ServeSettings(model_name="micro", api_key=api_key, limits=LIMITS))
     with LiveServer(app) as live:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -119,6 +121,7 @@ def test_page_uploads_once_asks_follows_up_and_shows_the_pictures(browser, model
             conversation = [*expected, Turn("assistant", first), Turn("user", follow_up)]
             assert second == reference(model_and_encoder, conversation, image, 8)
             assert page.locator(".turn").count() == 4
+            page.wait_for_selector('#viz[data-loaded="true"]', timeout=WAIT)  # the follow-up's pictures too
             assert len(uploads(page)) == 1  # the image went up once; questions and pictures name its id
             assert "error" not in (page.get_attribute("#status", "class") or "")
             page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
