@@ -11,12 +11,10 @@ a 4xx naming the field), images decoded and prompts encoded in worker threads, t
 
 import asyncio
 import hmac
-import io
 import ipaddress
 import json
 import logging
 import threading
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from PIL import Image
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +32,7 @@ from rsfuse.serve.images import decode_image
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream
 from rsfuse.serve.limits import ServeLimits
 from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
+from rsfuse.serve.pictures import draw_pictures
 from rsfuse.serve.scheduler import Job, Scheduler
 from rsfuse.serve.uploads import ImageStore, preview_data_uri
 
@@ -43,7 +41,6 @@ __all__ = ["ServeSettings", "create_app"]
 log = logging.getLogger("rsfuse.serve")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "JPEG2000")  # what rsfuse.data.open_image opens
-FIGURE_SIDE = 768  # the pictures draw the image at most this large (a 4000-px scene would take seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,7 +292,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
             raise bad_request("the pictures need an image in the messages", "messages")
         prompt, _ = await prepare(chat)
         question = next(turn.text for turn in reversed(chat.turns) if turn.role == "user")
-        return Response(await _figure(scheduler, model, encoder, prompt, question, answer, figure_lock),
+        return Response(await draw_pictures(scheduler, model, encoder, prompt, question, answer, figure_lock),
                         media_type="image/png")
 
     return app
@@ -369,41 +366,3 @@ async def _sse(scheduler, job, events, chat, prompt, encoder, request_id, name) 
         yield "data: [DONE]\n\n"
     finally:
         scheduler.cancel(job)  # a client that went away frees its row; a finished job is unaffected
-
-
-async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> bytes:
-    from rsfuse.viz import injection_figure, record_injection, stack_labels  # noqa: PLC0415
-
-    def record():
-        return record_injection(model, max_new_tokens=1, eos_token_id=min(encoder.eos_ids),
-                                **encoder.batch([prompt]))
-
-    try:
-        records, _ = await asyncio.wrap_future(scheduler.call(record))
-    except ValueError as error:
-        raise APIError(400, str(error), code="no_injectors") from None
-
-    answer = "".join(char for char in answer if char.isprintable())  # no control characters in the caption
-
-    def draw() -> bytes:
-        try:
-            import matplotlib.pyplot as plt  # noqa: PLC0415
-        except ImportError:
-            raise APIError(501, "the pictures need matplotlib (pip install rsfuse[serve])", type="server_error",
-                           code="matplotlib_missing") from None
-        with lock:  # pyplot's state is global
-            view = prompt.image.copy()
-            view.thumbnail((FIGURE_SIDE, FIGURE_SIDE), Image.BILINEAR)
-            figure = injection_figure(encoder.images.pad_to_square(view), records, stack_labels(model.config),
-                                      question=question, answer=answer)
-            buffer = io.BytesIO()
-            try:
-                figure.savefig(buffer, format="png", dpi=80)
-            finally:
-                plt.close(figure)
-        return buffer.getvalue()
-
-    started = time.monotonic()
-    png = await run_in_threadpool(draw)
-    log.debug("rsfuse serve: picture drawn in %.2f s", time.monotonic() - started)
-    return png
