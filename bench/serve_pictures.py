@@ -15,16 +15,20 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from factories.mfrsvlm import make_model  # noqa: E402
-from factories.serve import LiveServer
-from factories.tokenizer import tiny_tokenizer
-from test_serve_fuzz import post
-import rsfuse.serve.pictures as pictures
-from rsfuse.serve.app import ServeSettings, create_app
-from rsfuse.serve.inputs import PromptEncoder
+from factories.serve import LiveServer  # noqa: E402
+from factories.tokenizer import tiny_tokenizer  # noqa: E402
+from test_serve_fuzz import post  # noqa: E402
+
+import rsfuse.serve.pictures as pictures  # noqa: E402
+from rsfuse.serve.app import ServeSettings, create_app  # noqa: E402
+from rsfuse.serve.inputs import PromptEncoder  # noqa: E402
+
 model = make_model(0)
 encoder = PromptEncoder.for_model(model, tiny_tokenizer())
-big = Image.fromarray(np.kron(np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8), np.ones((40, 40, 1), np.uint8)))
-buffer = io.BytesIO(); big.save(buffer, format="PNG")
+blocks = np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8)
+big = Image.fromarray(np.kron(blocks, np.ones((40, 40, 1), np.uint8)))  # 4000 x 4000
+buffer = io.BytesIO()
+big.save(buffer, format="PNG")
 uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 with LiveServer(create_app(model, encoder, ServeSettings(model_name="m"))) as server:
     status, _, text = post(server, json.dumps({"image": uri}), path="/v1/rsfuse/uploads")
@@ -33,5 +37,6 @@ with LiveServer(create_app(model, encoder, ServeSettings(model_name="m"))) as se
                        {"type": "text", "text": "Describe"}]}], "answer": "x"})
     for side in (10**6, pictures.FIGURE_SIDE, 10**6, pictures.FIGURE_SIDE):
         pictures.FIGURE_SIDE = side
-        started = time.monotonic(); status, _, _ = post(server, body, path="/v1/rsfuse/viz")
+        started = time.monotonic()
+        status, _, _ = post(server, body, path="/v1/rsfuse/viz")
         print(f"side {side}: {time.monotonic() - started:.2f} s status {status}")

@@ -4,9 +4,11 @@ Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/mo
 ``POST /v1/rsfuse/uploads`` (the page's image, sent once per conversation: an id and a preview, see
 `rsfuse.serve.uploads`), ``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and
 its answer, PNG), ``GET /health`` (no key needed; the limits the page checks before uploading), ``GET /`` (the page)
-and ``GET /examples/...`` (the small example scenes shipped with the package). With an API key every ``/v1`` route needs
-``Authorization: Bearer KEY``. Request bodies are read with a size limit, parsed and checked by hand (so every error is
-a 4xx naming the field), images decoded and prompts encoded in worker threads, then handed to the `Scheduler`.
+and ``GET /examples/...`` (the small example scenes shipped with the package). With an API key every ``/v1`` route
+needs ``Authorization: Bearer KEY``. Only IP literals, localhost and ``--allow-host`` names are answered in the
+``Host`` header; bodies must be ``application/json``. Request bodies are read with a size limit, parsed and checked
+by hand (so every error is a 4xx naming the field), images decoded in pool threads and prompts encoded on the worker
+thread, then handed to the `Scheduler`.
 """
 
 import asyncio
@@ -26,13 +28,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rsfuse.data import SAFE_FORMATS
 from rsfuse.generation import SamplingParams
 from rsfuse.serve.errors import APIError, bad_request, error_body
 from rsfuse.serve.images import decode_image
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream
 from rsfuse.serve.limits import ServeLimits
-from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
 from rsfuse.serve.pictures import draw_pictures
+from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
 from rsfuse.serve.scheduler import Job, Scheduler
 from rsfuse.serve.uploads import ImageStore, preview_data_uri
 
@@ -40,7 +43,6 @@ __all__ = ["ServeSettings", "create_app"]
 
 log = logging.getLogger("rsfuse.serve")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
-FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "JPEG2000")  # what rsfuse.data.open_image opens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,7 +197,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                              "limits": {"max_image_bytes": limits.max_image_bytes,
                                         "max_image_pixels": limits.max_image_pixels,
                                         "max_body_bytes": limits.max_body_bytes, "context": max_length,
-                                        "formats": list(FORMATS)}},
+                                        "formats": list(SAFE_FORMATS)}},
                             status_code=status)
 
     static = resources.files("rsfuse.serve").joinpath("static")

@@ -124,8 +124,8 @@ def _refusal(reason: str, param: str) -> APIError:
     """The loader's reason in the API's words (its ``bands=`` argument is the library's, not the request's)."""
     bands = re.match(r"(\d+)-band (\w+)", reason)
     if bands and "bands=" in reason:
-        return bad_request(f"a {bands.group(1)}-band {bands.group(2)} image: the model takes RGB; send 3 bands "
-                           "(red, green, blue) as an RGB image, e.g. with 'rsfuse predict --bands R,G,B'", param,
+        return bad_request(f"a {bands.group(1)}-band {bands.group(2)} image: the model takes RGB; send 3 of its "
+                           "bands (red, green, blue) saved as an RGB image", param,
                            "unsupported_bands")
     if "limit" in reason or "bomb" in reason:
         return APIError(400, f"cannot use this image: {reason}", param=param, code="image_too_large")

@@ -12,8 +12,8 @@ class ServeLimits:
     ``max_body_bytes``: the raw HTTP body (413 beyond it; the base64 images are inside it).
     ``max_image_bytes``: one decoded image file. ``max_image_pixels``: width × height read from the image header
     before any pixel is decoded (decompression bombs); ``max_image_samples``: width × height × bands, from the
-    header too (a many-band TIFF; None: four times ``max_image_pixels``). ``max_images``: images per request (the model takes one per
-    conversation). ``max_messages``, ``max_stop``/``max_stop_chars``: the conversation and the stop strings.
+    header too (a many-band TIFF; None: four times ``max_image_pixels``). ``max_images``: images per request (the
+    model takes one per conversation). ``max_messages``, ``max_stop``/``max_stop_chars``: the conversation and the stop strings.
     The prompt (text + visual tokens) and ``max_tokens`` are bounded by the server's cache length, not here.
     """
 
