@@ -40,11 +40,12 @@ def served():
 
 
 def reference(server, question: str, image, max_tokens: int) -> str:
-    """What ``MFRSVLM.generate`` answers (greedy) to the same question, through the processor."""
+    """What ``MFRSVLM.generate`` answers (greedy) to the same question, through the processor; an answer cut inside
+    a UTF-8 character drops its incomplete bytes (the server never sends U+FFFD for them)."""
     processor = server.encoder.processor
     inputs = processor(images=[image], text=[question])
     tokens = server.model.generate(**inputs, max_new_tokens=max_tokens, eos_token_id=list(processor.eos_token_ids))
-    return processor.batch_decode(tokens)[0]
+    return processor.batch_decode(tokens)[0].rstrip("\ufffd")
 
 
 def image_message(question: str, image) -> list[dict]:

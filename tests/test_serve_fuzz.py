@@ -206,7 +206,7 @@ def test_hostile_requests_are_4xx_json_and_a_good_one_still_works(served):
     processor = served.encoder.processor
     inputs = processor(images=[scene_image(seed=9)], text=["Describe the image."])
     expected = served.model.generate(**inputs, max_new_tokens=40, eos_token_id=list(processor.eos_token_ids))
-    assert json.loads(text)["choices"][0]["message"]["content"] == processor.batch_decode(expected)[0]
+    assert json.loads(text)["choices"][0]["message"]["content"] == processor.batch_decode(expected)[0].rstrip("\ufffd")
     status, _, text = post(served, json.dumps(good_body()))
     assert status == 200 and json.loads(text)["choices"][0]["message"]["role"] == "assistant"
 

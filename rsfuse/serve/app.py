@@ -1,19 +1,22 @@
 """The ASGI application (FastAPI): the OpenAI routes, the page and its pictures, errors in OpenAI's format.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1/models``, ``GET /v1/models/{id}``,
-``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and its answer, PNG),
-``GET /health`` (no key needed), ``GET /`` (the page). With an API key every ``/v1`` route needs
-``Authorization: Bearer KEY``. Request bodies are read with a size limit, parsed and checked by hand (so every error is
-a 4xx naming the field), images decoded and prompts encoded in worker threads, then handed to the `Scheduler`.
+``POST /v1/rsfuse/uploads`` (the page's image, sent once per conversation: an id and a preview, see
+`rsfuse.serve.uploads`), ``POST /v1/rsfuse/viz`` (the page's pictures: router weights and gate maps for an image and
+its answer, PNG), ``GET /health`` (no key needed; the limits the page checks before uploading), ``GET /`` (the page)
+and ``GET /examples/...`` (the small example scenes shipped with the package). With an API key every ``/v1`` route
+needs ``Authorization: Bearer KEY``. Only IP literals, localhost and ``--allow-host`` names are answered in the
+``Host`` header; bodies must be ``application/json``. Request bodies are read with a size limit, parsed and checked
+by hand (so every error is a 4xx naming the field), images decoded in pool threads and prompts encoded on the worker
+thread, then handed to the `Scheduler`.
 """
 
 import asyncio
 import hmac
-import io
+import ipaddress
 import json
 import logging
 import threading
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -25,13 +28,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rsfuse.data import SAFE_FORMATS
 from rsfuse.generation import SamplingParams
 from rsfuse.serve.errors import APIError, bad_request, error_body
 from rsfuse.serve.images import decode_image
 from rsfuse.serve.inputs import EncodedPrompt, PromptEncoder, TextStream
 from rsfuse.serve.limits import ServeLimits
+from rsfuse.serve.pictures import draw_pictures
 from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_id, parse_chat_request, usage_body
 from rsfuse.serve.scheduler import Job, Scheduler
+from rsfuse.serve.uploads import ImageStore, preview_data_uri
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -42,19 +48,24 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"
 @dataclass(frozen=True, kw_only=True)
 class ServeSettings:
     model_name: str = "rsfuse-mfrsvlm"
+    aliases: tuple[str, ...] = ()  # other ids the API answers to (``--alias``)
     api_key: str | None = None
     max_batch: int = 16
     max_wait_ms: float = 10.0
     max_length: int | None = None  # cache positions per row; None = the model's context
     max_queue: int = 256
     local_images: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides IP literals and localhost ("*": any)
     limits: ServeLimits = ServeLimits()
     seed: int | None = None
     compile: bool = False
 
 
 def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan."""
+    """The app for a loaded ``model`` and its ``encoder``; the worker starts and stops with the app's lifespan.
+    Raises ValueError (one line) for a tokenizer that cannot encode every text (see `PromptEncoder.check`)."""
+    encoder.check()
+    names = tuple(dict.fromkeys((settings.model_name, *settings.aliases)))
     context = model.config.llm.max_position_embeddings
     max_length = min(settings.max_length or context, context)
     scheduler = Scheduler(model, batch=encoder.batch, max_batch=settings.max_batch, max_length=max_length,
@@ -73,7 +84,21 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
             await run_in_threadpool(scheduler.stop)
 
     app = FastAPI(title="rsfuse serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def host_check(request: Request, call_next):
+        """A page on another site can point its own name at this server (DNS rebinding) and, with no key, use it:
+        only IP literals, localhost and the ``--allow-host`` names are answered."""
+        host = request.headers.get("host", "")
+        if not host_allowed(host, settings.allowed_hosts):
+            error = APIError(403, f"Host {host[:100]!r} is not served here (start the server with --allow-host "
+                             f"NAME to answer it)", code="host_not_allowed")
+            return JSONResponse(error.body(), status_code=403)
+        return await call_next(request)
+
     app.state.scheduler = scheduler
+    uploads = ImageStore(max_pixels=2 * settings.limits.max_image_pixels)
+    app.state.uploads = uploads
     figure_lock = threading.Lock()
 
     # ----- errors ------------------------------------------------------------------------------------------------
@@ -104,6 +129,10 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                            type="invalid_request_error", code="invalid_api_key")
 
     async def read_body(request: Request) -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise APIError(415, f"the body must be sent as application/json, not {media or '(no Content-Type)'!r}",
+                           code="unsupported_media_type")
         limit = settings.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -120,12 +149,22 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
         """The request's image, decoded and checked against the limits (in a thread of the pool: no tensors)."""
         image = None
         for ref in chat.images:
-            image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images)
+            image = decode_image(ref.url, param=ref.param, limits=settings.limits, local_root=settings.local_images,
+                                 uploads=uploads)
         return image
 
     async def prepare(chat: ChatRequest) -> tuple[EncodedPrompt, SamplingParams]:
         """Decode the image, then encode the prompt on the generation worker (the only thread that computes, see
-        ``rsfuse.serve.scheduler``) and check it against the cache."""
+        ``rsfuse.serve.scheduler``) and check it against the cache. A text that cannot fit whatever its tokens is
+        refused before it reaches that thread (tokenising megabytes there would stall every client)."""
+        if chat.model is not None and chat.model not in names:
+            raise APIError(404, f"model {chat.model!r} is not served here (this server: "
+                           f"{', '.join(map(repr, names))})", param="model", code="model_not_found")
+        characters = sum(len(turn.text) for turn in chat.turns)
+        if characters > max_length * encoder.longest_piece:
+            raise APIError(400, f"the messages hold {characters} characters: at least "
+                           f"{characters // encoder.longest_piece} tokens, beyond the server's context of "
+                           f"{max_length}", param="messages", code="context_length_exceeded")
         image = await run_in_threadpool(request_image, chat)
         return await asyncio.wrap_future(scheduler.call(lambda: encode(chat, image)))
 
@@ -144,36 +183,77 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
                            f"server's context of {max_length} (at most {room} here)", param="max_tokens",
                            code="context_length_exceeded")
         params = SamplingParams(max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                                eos_token_ids=tuple(sorted(encoder.eos_ids)), stop_strings=chat.stop)
+                                eos_token_ids=tuple(sorted(encoder.eos_ids)), stop_strings=chat.stop,
+                                seed=chat.seed)
         return prompt, params
 
     # ----- routes ------------------------------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> JSONResponse:
         status = 200 if scheduler.alive else 503
+        limits = settings.limits
         return JSONResponse({"status": "ok" if status == 200 else "unavailable", "model": settings.model_name,
-                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats)},
+                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats),
+                             "limits": {"max_image_bytes": limits.max_image_bytes,
+                                        "max_image_pixels": limits.max_image_pixels,
+                                        "max_body_bytes": limits.max_body_bytes, "context": max_length,
+                                        "formats": list(SAFE_FORMATS)}},
                             status_code=status)
+
+    static = resources.files("rsfuse.serve").joinpath("static")
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("rsfuse.serve").joinpath("static/index.html").read_text("utf-8"))
+        return HTMLResponse(static.joinpath("index.html").read_text("utf-8"))
 
-    def model_card() -> dict[str, Any]:
-        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "rsfuse"}
+    examples = json.loads(static.joinpath("examples/examples.json").read_text("utf-8"))["examples"]
+
+    @app.get("/examples/")
+    async def example_list() -> JSONResponse:
+        return JSONResponse([{**item, "url": f"/examples/{item['file']}"} for item in examples])
+
+    @app.get("/examples/{name}")
+    async def example(name: str) -> Response:
+        if name not in {item["file"] for item in examples}:
+            raise APIError(404, f"no example {name!r}", code="not_found")
+        return Response(static.joinpath(f"examples/{name}").read_bytes(), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/v1/rsfuse/uploads")
+    async def upload(request: Request) -> JSONResponse:
+        """The page's image, once: decoded, checked and kept; answers its id, size and a preview PNG."""
+        authorize(request)
+        try:
+            url = json.loads(await read_body(request)).get("image")
+        except (ValueError, AttributeError):
+            raise APIError(400, "the body must be a JSON object {\"image\": \"data:image/...;base64,...\"}",
+                           code="invalid_json") from None
+        if not isinstance(url, str) or not url.startswith("data:"):
+            raise bad_request("'image' must be a data:image/...;base64, URI", "image", "invalid_image_url")
+
+        def store() -> dict[str, Any]:
+            image = decode_image(url, param="image", limits=settings.limits)
+            key = ImageStore.key(url.encode())
+            uploads.put(key, image)
+            return {"id": key, "width": image.width, "height": image.height, "preview": preview_data_uri(image)}
+
+        return JSONResponse(await run_in_threadpool(store))
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "rsfuse"}
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         authorize(request)
-        return JSONResponse({"object": "list", "data": [model_card()]})
+        return JSONResponse({"object": "list", "data": [model_card(name) for name in names]})
 
     @app.get("/v1/models/{name:path}")
     async def one_model(name: str, request: Request) -> JSONResponse:
         authorize(request)
-        if name != settings.model_name:
-            raise APIError(404, f"model {name!r} is not served here (this server: {settings.model_name!r})",
+        if name not in names:
+            raise APIError(404, f"model {name!r} is not served here (this server: {', '.join(map(repr, names))})",
                            param="model", code="model_not_found")
-        return JSONResponse(model_card())
+        return JSONResponse(model_card(name))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -206,19 +286,33 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
     async def viz(request: Request) -> Response:
         """Router weights and gate maps of the prefill for an image question (and its answer, in the caption)."""
         authorize(request)
-        body = await read_body(request)
-        chat = parse_chat_request(body, settings.limits)
-        answer = json.loads(body).get("answer", "")
+        chat = parse_chat_request(await read_body(request), settings.limits, extra_fields=("answer",))
+        answer = chat.extra.get("answer", "")
         if not isinstance(answer, str):
             raise bad_request("'answer' must be a string", "answer", "invalid_type")
         if not chat.images:
             raise bad_request("the pictures need an image in the messages", "messages")
         prompt, _ = await prepare(chat)
         question = next(turn.text for turn in reversed(chat.turns) if turn.role == "user")
-        return Response(await _figure(scheduler, model, encoder, prompt, question, answer, figure_lock),
+        return Response(await draw_pictures(scheduler, model, encoder, prompt, question, answer, figure_lock),
                         media_type="image/png")
 
     return app
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """``host`` (a Host header, with or without its port) is an IP literal, localhost or one of ``allowed``."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # "[::1]:8000" keeps its brackets
+    if name.startswith("[") and "]" in name:
+        name = name[1:name.index("]")]
+    name = name.lower().rstrip(".")
+    if "*" in allowed or name == "localhost" or name in (item.lower() for item in allowed):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 async def _disconnected(request: Request) -> None:
@@ -274,39 +368,3 @@ async def _sse(scheduler, job, events, chat, prompt, encoder, request_id, name) 
         yield "data: [DONE]\n\n"
     finally:
         scheduler.cancel(job)  # a client that went away frees its row; a finished job is unaffected
-
-
-async def _figure(scheduler, model, encoder, prompt, question, answer, lock) -> bytes:
-    from rsfuse.viz import injection_figure, record_injection, stack_labels  # noqa: PLC0415
-
-    def record():
-        return record_injection(model, max_new_tokens=1, eos_token_id=min(encoder.eos_ids),
-                                **encoder.batch([prompt]))
-
-    try:
-        records, _ = await asyncio.wrap_future(scheduler.call(record))
-    except ValueError as error:
-        raise APIError(400, str(error), code="no_injectors") from None
-
-    answer = "".join(char for char in answer if char.isprintable())  # no control characters in the caption
-
-    def draw() -> bytes:
-        try:
-            import matplotlib.pyplot as plt  # noqa: PLC0415
-        except ImportError:
-            raise APIError(501, "the pictures need matplotlib (pip install rsfuse[serve])", type="server_error",
-                           code="matplotlib_missing") from None
-        with lock:  # pyplot's state is global
-            figure = injection_figure(encoder.images.pad_to_square(prompt.image), records, stack_labels(model.config),
-                                      question=question, answer=answer)
-            buffer = io.BytesIO()
-            try:
-                figure.savefig(buffer, format="png", dpi=80)
-            finally:
-                plt.close(figure)
-        return buffer.getvalue()
-
-    started = time.monotonic()
-    png = await run_in_threadpool(draw)
-    log.debug("rsfuse serve: picture drawn in %.2f s", time.monotonic() - started)
-    return png

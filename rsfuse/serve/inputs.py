@@ -5,7 +5,7 @@ tokenizer, image preprocessing); `PromptEncoder.batch` hands several encoded pro
 which pads and lays them out into one ``GenerationSession.add`` batch (the processor is the only code that decides
 where visual positions go);
 `TextStream` turns a row's growing token list into text deltas, cut at the first stop string and holding back
-what could still become one (or a half-decoded UTF-8 character).
+what could still become one or a half-decoded UTF-8 character (dropped if the answer ends inside it).
 """
 
 from dataclasses import dataclass
@@ -17,6 +17,8 @@ from PIL import Image
 from rsfuse.serve.protocol import Turn
 
 __all__ = ["EncodedPrompt", "PromptEncoder", "TextStream"]
+
+PROBE_TEXT = "Wie viele Schiffe? ¿Cuántos? 船は何隻 🛰 ~|\t"  # characters no small vocabulary holds
 
 
 @dataclass
@@ -39,6 +41,9 @@ class PromptEncoder:
         self.processor = processor
         self.images = processor.image_processor
         self.eos_ids = frozenset(int(token) for token in processor.eos_token_ids)
+        tokenizer = processor.tokenizer
+        # The most characters one token can stand for: a text of n characters needs >= n / longest_piece tokens.
+        self.longest_piece = max(len(tokenizer.id_to_piece(i)) for i in range(tokenizer.vocab_size))
 
     @classmethod
     def for_model(cls, model, tokenizer=None, *, template: str | None = None) -> "PromptEncoder":
@@ -47,6 +52,16 @@ class PromptEncoder:
         from rsfuse.processor import MFRSVLMProcessor  # noqa: PLC0415
 
         return cls(model, MFRSVLMProcessor.from_model(model, tokenizer, template=template))
+
+    def check(self) -> None:
+        """Refuse, once and in one line, a tokenizer that cannot encode every text: a SentencePiece model without
+        byte fallback fails on any character outside its vocabulary, so every request would be refused."""
+        try:
+            self.processor.prompt_ids(self.conversation([Turn("user", PROBE_TEXT)]), has_image=False)
+        except ValueError as error:
+            raise ValueError(f"the tokenizer {self.processor.tokenizer.source} cannot encode text outside its "
+                             f"vocabulary (no byte fallback?), so it cannot serve arbitrary questions: "
+                             f"{str(error).splitlines()[0][:200]}") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.decode(list(ids))
@@ -98,6 +113,8 @@ class TextStream:
         cuts = [index for index in (text.find(stop) for stop in self.stop) if index >= 0]
         if cuts:
             text, final, self.stopped = text[: min(cuts)], True, True
+        elif final:  # an answer cut inside a multi-byte character: its incomplete bytes are dropped
+            text = text.rstrip("\ufffd")
         self.text = text
         end = len(text)
         if not final:

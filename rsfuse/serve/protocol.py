@@ -2,8 +2,10 @@
 
 ``parse_chat_request(body, limits)`` returns a `ChatRequest` or raises `APIError` (400, naming the field) for
 malformed JSON, a known field of the wrong type or out of range, an unsupported value (``n > 1``, ``logprobs``,
-roles or content parts the model cannot take), too many images, messages or stop strings. Fields the server does
-not use are ignored. Images stay as URLs here; `rsfuse.serve.images` decodes them.
+roles or content parts the model cannot take), too many images, messages or stop strings. No field is silently
+ignored: a field is either honoured (`HONOURED`), changes nothing about the answer (`NO_EFFECT`, e.g. ``user``), or
+is accepted only at its neutral value and otherwise a 400 naming it (`NEUTRAL`: ``tools``, ``response_format``,
+the penalties, ...); any other field is a 400 too. Images stay as URLs here; `rsfuse.serve.images` decodes them.
 """
 
 import json
@@ -19,6 +21,29 @@ from rsfuse.serve.limits import ServeLimits
 __all__ = ["ChatRequest", "ImageRef", "Turn", "parse_chat_request", "completion_body", "chunk_body", "new_id"]
 
 IMAGE_PLACEHOLDER = "<image>"
+HONOURED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+                      "stream", "stream_options", "n", "seed", "logprobs", "top_logprobs"})
+NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier",
+                       "prompt_cache_key"})
+# Fields that would change the answer: accepted only at a value that asks for nothing (the test says which).
+NEUTRAL: dict[str, tuple[str, Any]] = {
+    "tools": ("tool calling is not supported", lambda v: v == []),
+    "functions": ("function calling is not supported", lambda v: v == []),
+    "tool_choice": ("tool calling is not supported", lambda v: v in ("none", "auto")),  # no tools: asks nothing
+    "function_call": ("function calling is not supported", lambda v: v in ("none", "auto")),
+    "response_format": ("only free text is produced (response_format type 'text')",
+                        lambda v: isinstance(v, dict) and v.get("type") == "text" and len(v) == 1),
+    "presence_penalty": ("presence_penalty is not supported (only 0)", lambda v: v == 0 and not isinstance(v, bool)),
+    "frequency_penalty": ("frequency_penalty is not supported (only 0)", lambda v: v == 0 and not isinstance(v, bool)),
+    "logit_bias": ("logit_bias is not supported", lambda v: v == {}),
+    "modalities": ("only text answers are produced (modalities ['text'])", lambda v: v == ["text"]),
+    "audio": ("audio answers are not supported", lambda v: False),
+    "prediction": ("predicted outputs are not supported", lambda v: False),
+    "web_search_options": ("web search is not supported", lambda v: False),
+    "reasoning_effort": ("reasoning_effort is not supported (the model does not reason in steps)", lambda v: False),
+    "verbosity": ("verbosity is not supported", lambda v: False),
+}
+SEED_SPAN = 2**63  # the session's seeds are in [0, 2**63); OpenAI's are any 64-bit integer (taken modulo this)
 
 
 @dataclass(frozen=True)
@@ -47,7 +72,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # other known fields, checked and otherwise unused
+    seed: int | None = None  # in [0, 2**63)
+    extra: dict[str, Any] = field(default_factory=dict)  # the route's own fields (``extra_fields``)
 
     @property
     def images(self) -> list[ImageRef]:
@@ -192,8 +218,21 @@ def _turns(body: dict, limits: ServeLimits) -> list[Turn]:
     return turns
 
 
-def parse_chat_request(body: bytes, limits: ServeLimits) -> ChatRequest:
-    """Check a ``POST /v1/chat/completions`` body."""
+def _fields(data: dict, extra_fields: tuple[str, ...]) -> None:
+    """Every field is honoured, changes nothing, or asks for nothing; anything else is a 400 naming it."""
+    for name, value in data.items():
+        if name in HONOURED or name in NO_EFFECT or name in extra_fields:
+            continue
+        if name not in NEUTRAL:
+            raise bad_request(f"unknown field {name!r} (this server does not know what it would change)", name,
+                              "unknown_parameter")
+        reason, neutral = NEUTRAL[name]
+        if value is not None and not neutral(value):
+            raise bad_request(f"{name!r}: {reason}; got {json.dumps(value)[:80]}", name, "unsupported_parameter")
+
+
+def parse_chat_request(body: bytes, limits: ServeLimits, extra_fields: tuple[str, ...] = ()) -> ChatRequest:
+    """Check a ``POST /v1/chat/completions`` body (``extra_fields``: the route's own fields, kept in ``extra``)."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -209,6 +248,8 @@ def parse_chat_request(body: bytes, limits: ServeLimits) -> ChatRequest:
         raise bad_request(f"n={n} is not supported (one choice per request)", "n", "unsupported_value")
     if _boolean(data, "logprobs"):
         raise bad_request("logprobs are not supported", "logprobs", "unsupported_value")
+    if _integer(data, "top_logprobs", 0):
+        raise bad_request("top_logprobs are not supported", "top_logprobs", "unsupported_value")
     max_tokens = _integer(data, "max_tokens", 1)
     completion = _integer(data, "max_completion_tokens", 1)
     options = data.get("stream_options")
@@ -227,12 +268,17 @@ def parse_chat_request(body: bytes, limits: ServeLimits) -> ChatRequest:
     )
     if request.top_p == 0.0:
         raise bad_request("'top_p' must be > 0", "top_p")
+    seed = _integer(data, "seed", -(2**63))
+    if seed is not None and seed >= 2**64:
+        raise bad_request(f"'seed' must be a 64-bit integer, got {seed}", "seed")
+    request.seed = None if seed is None else seed % SEED_SPAN
     for name in ("presence_penalty", "frequency_penalty"):
-        request.extra[name] = _number(data, name, -2.0, 2.0, 0.0)
-    request.extra["seed"] = _integer(data, "seed", -(2**63))
+        _number(data, name, -2.0, 2.0, 0.0)  # the type and range first, then `_fields` refuses a non-zero value
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request(f"'user' must be a string, got {_kind(user)}", "user", "invalid_type")
+    _fields(data, extra_fields)
+    request.extra = {name: data[name] for name in extra_fields if name in data}
     return request
 
 
