@@ -56,7 +56,7 @@ from paper_scale.common import DTYPES, Recorder, SECTIONS, git_commit, measure_r
 from paper_scale.models import build_hf_clip, build_llava_hf, llava_shaped, random_mfrsvlm
 from paper_scale.report import collect_figures, goal_rows, table
 from paper_scale.sections import (
-    section_answers, section_checks, section_decode_floor, section_detail, section_tower,
+    section_answers, section_checks, section_decode_floor, section_detail, section_serve, section_tower,
 )
 
 
@@ -166,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         section_answers(rec, "batch", model, llava, args, device, batch=args.batch, repeats=args.batch_repeats)
     if "tower" in args.sections and budget_left("tower", reserve=90):
         section_tower(rec, model, args, device, references)
+    if "serve" in args.sections and budget_left("serve", reserve=60):
+        section_serve(rec, model, args, device, clients=args.batch)
 
     rec.results["goals"] = goal_rows(rec.results, args)
     rec.results["figures"] = collect_figures(rec.results)

@@ -40,6 +40,8 @@ def goal_rows(results: dict, args: argparse.Namespace) -> list[dict]:
                  if value is not None]
     rows.append({"goal": f"detail stage, batch {batch}, fraction of measured matmul throughput (best of eager / "
                          "compiled tower)", "target": ">= 0.6", "value": max(fractions) if fractions else None})
+    rows.append({"goal": f"continuous batching at {args.batch} clients: one at a time / one session (the serve bound)",
+                 "target": ">= 3 (GPU, paper size)", "value": get("serve", f"clients{args.batch}", "ratio")})
     return rows
 
 

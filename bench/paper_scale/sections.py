@@ -333,3 +333,35 @@ def section_tower(rec: Recorder, model, args, device, references: dict) -> None:
         rec.put("tower", "dynamo", dynamo_counters())
 
 
+
+
+# ----- continuous batching (issue 31's GPU goal) ---------------------------------------------------------------------
+@torch.no_grad()
+def section_serve(rec: Recorder, model, args, device, clients: int = 16) -> None:
+    """What continuous batching can gain at ``clients`` simultaneous requests: the same prompts answered one at a time
+    vs in one ``GenerationSession`` of ``clients`` rows (what ``rsfuse serve``'s worker drives), greedy,
+    ``new_tokens`` each, EOS off. Issue 31's GPU goal: ratio >= 3 with the paper-size model (the server reaches >=
+    0.95 of this bound on the CPU, ``bench/serve_load.py``)."""
+    pixels, ids, _ = random_prompts(model.config, clients, args.prompt_tokens, device, seed=11)
+    params = SamplingParams(max_new_tokens=args.new_tokens, eos_token_ids=())
+    length = ids.shape[1] + model.config.num_visual_tokens + args.new_tokens
+
+    def answer(rows: list[int]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        session = GenerationSession(model, max_batch=len(rows), max_length=length)
+        session.add(pixels[rows], ids[rows], params=params)
+        for _ in range(args.new_tokens - 1):
+            session.step()
+        session.poll()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    answer([0]), answer(list(range(clients)))  # warm-up
+    one_at_a_time = sum(answer([row]) for row in range(clients))
+    together = answer(list(range(clients)))
+    rec.put("serve", f"clients{clients}", {
+        "one_at_a_time_s": round(one_at_a_time, 3), "together_s": round(together, 3),
+        "ratio": round(one_at_a_time / together, 3),
+        "peak_gib_together": peak_gib(lambda: answer(list(range(clients))), device),
+    })
