@@ -145,7 +145,7 @@ def write_outputs(result, raster: SceneRaster, out_dir: Path) -> dict[str, Path]
         crs_member = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{name[5:]}"}}
     _write(files["geojson_native"], _collection(scene_features(result, projector, wgs84=False), crs_member))
     files["tiles_json"] = out_dir / "tiles.json"
-    _write(files["tiles_json"], json.dumps(result.records, ensure_ascii=False, indent=1) + "\n")
+    _write(files["tiles_json"], json.dumps(result.records, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
     files["tiles_csv"] = out_dir / "tiles.csv"
     _write(files["tiles_csv"], _csv(result.records))
     info = result.info

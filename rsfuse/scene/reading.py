@@ -53,7 +53,7 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_SAMPLE_SIDE = 1024  # the overview read for the stretch fits in this many pixels a side
 STRETCH_SAMPLE_WINDOWS = 8  # without overviews: an 8 x 8 grid of sampled windows ...
 STRETCH_WINDOW_SIDE = 128  # ... of 128 x 128 pixels
-GDAL_CACHE_MB = 64  # GDAL's block cache while a scene is open (its default is 5 % of the machine's memory)
+GDAL_CACHE_BYTES = 64 << 20  # GDAL block cache while a scene is open, in bytes (rasterio passes an int as bytes)
 
 
 class SceneError(ValueError):
@@ -158,7 +158,7 @@ def _georeferencing(path: Path, dataset) -> tuple[str | None, tuple[float, ...]]
 
 class SceneRaster:
     """An open scene: `info`, `read(x, y, width, height, out_side)` and `valid_any(...)`. Use as a context manager
-    (or call `close`); GDAL's block cache is held to `GDAL_CACHE_MB` while it is open."""
+    (or call `close`); GDAL's block cache is held to `GDAL_CACHE_BYTES` while it is open."""
 
     def __init__(self, path: str | os.PathLike, *, bands=None, max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS,
                  max_window_pixels: int = DEFAULT_MAX_WINDOW_PIXELS) -> None:
@@ -168,7 +168,7 @@ class SceneRaster:
         self.path = Path(path)
         driver = _driver_for(self.path)
         self.max_window_pixels = int(max_window_pixels)
-        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
         self._env.__enter__()
         try:
             with warnings.catch_warnings():
@@ -268,8 +268,9 @@ class SceneRaster:
                                        resampling=Resampling.average if coarser else Resampling.nearest)
             masks = self.dataset.read_masks(indexes, window=window, out_shape=(3, out_height, out_width))
         except Exception as error:  # noqa: BLE001 (GDAL raises several types for a corrupt block)
-            raise SceneError(f"{self.path}: window x={x} y={y} {width}x{height} cannot be read "
-                             f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+            cause = error.__cause__ or error  # rasterio's "Read failed" wraps GDAL's own message
+            text = " ".join(str(cause).split()) or type(cause).__name__
+            raise SceneError(f"{self.path}: window x={x} y={y} {width}x{height} cannot be read ({text})") from None
         valid = (masks > 0).all(axis=0)
         rgb = self._to_uint8(values)
         rgb[~valid] = self._fill

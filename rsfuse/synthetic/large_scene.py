@@ -93,7 +93,7 @@ def _features(objects: list[dict], transform, to_wgs84) -> list[dict]:
     features = []
     for item in objects:
         x0, y0, x1, y1 = item["pixels"]
-        ring = [transform * point for point in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+        ring = [transform @ point for point in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
         if to_wgs84 is not None:
             ring = list(zip(*to_wgs84.transform([x for x, _ in ring], [y for _, y in ring])))
         geometry = mapping(orient(Polygon(ring), sign=1.0))
@@ -125,7 +125,8 @@ def write_large_scene(out_dir, *, size: int = 8192, seed: int = 0, gsd: float = 
                    transform=transform, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate",
                    interleave="pixel", BIGTIFF="IF_SAFER")
     path = out / "scene.tif"
-    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(path, "w", **profile) as dataset:
+    # GDAL_CACHEMAX in bytes: rasterio hands an int to GDALSetCacheMax64
+    with rasterio.Env(GDAL_CACHEMAX=64 << 20), rasterio.open(path, "w", **profile) as dataset:
         dataset.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
         dataset.descriptions = ("red", "green", "blue", "nir")
         for top in range(0, size, BLOCK):
