@@ -28,6 +28,8 @@ def test_box_goes_to_native_pixels_through_the_tile_window():
     narrow = Tile(index=0, row=0, col=0, x=10, y=20, width=100, height=200)
     assert box_to_pixels((250, 0, 750, 1000), narrow) == (10.0, 20.0, 110.0, 220.0)
     assert box_to_pixels((0, 0, 1000, 500), narrow) == (10.0, 20.0, 110.0, 120.0)  # padding clamped away
+    wide = Tile(index=0, row=0, col=0, x=0, y=300, width=200, height=100)
+    assert box_to_pixels((0, 250, 1000, 750), wide) == (0.0, 300.0, 200.0, 400.0)
 
 
 # (crs, transform, expected map corners of the box's pixel ring (320,640),(448,640),(448,768),(320,768))
@@ -112,3 +114,31 @@ def test_coarser_gsd_widens_the_native_window():
     assert (plan.side, plan.rows, plan.cols) == (256, 8, 8)
     with pytest.raises(SceneError, match="finer than the raster's native 0.5"):
         plan_tiles(info, tile_size=32, gsd=0.25)
+
+
+def _record(index, row, col, x, y, side, answer):
+    return {"key": f"r{row:04d}c{col:04d}", "index": index, "row": row, "col": col, "x": x, "y": y, "width": side,
+            "height": side, "status": "answered", "answer": answer, "error": None}
+
+
+def test_boxes_seen_by_overlapping_tiles_are_one_object():
+    from rsfuse.scene.aggregate import aggregate
+
+    # two 100-px tiles overlapping by 50 px; one object at pixels 60..80 seen by both, one only by the second
+    left = _record(0, 0, 0, 0, 0, 100, "[[600, 100, 800, 300]]")  # 60..80 x 10..30; 20 px from its tile's edge
+    right = _record(1, 0, 1, 50, 0, 100, "[[100, 100, 300, 300], [700, 700, 900, 900]]")  # 60..80 (10 px from edge)
+    summary, boxes = aggregate([left, right], "grounding", overlap=0.5)
+    assert summary["boxes_before_dedupe"] == 3 and summary["boxes"] == 2
+    assert [(box.tile, box.pixels) for box in boxes] == [("r0000c0000", (60.0, 10.0, 80.0, 30.0)),
+                                                         ("r0000c0001", (120.0, 70.0, 140.0, 90.0))]
+    counted, _ = aggregate([left, right], "count", overlap=0.5)
+    assert (counted["count"], counted["count_source"]) == (2, "deduplicated boxes")
+    # without overlap counts are the tiles' numbers, summed; errors and nodata tiles are counted apart
+    three = _record(0, 0, 0, 0, 0, 100, "There are three ships.")
+    two = _record(1, 0, 1, 100, 0, 100, "2")
+    broken = {**_record(2, 0, 2, 200, 0, 100, None), "status": "error", "error": "bad block"}
+    summed, _ = aggregate([three, two, broken], "count", overlap=0.0)
+    assert (summed["count"], summed["errors"], summed["answered"]) == (5, 1, 2)
+    said, _ = aggregate([_record(0, 0, 0, 0, 0, 9, "No."), _record(1, 0, 1, 9, 0, 9, "Yes, one.")], "existence",
+                        overlap=0.25)
+    assert (said["yes"], said["no"], said["answer"]) == (1, 1, "yes")
