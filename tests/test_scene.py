@@ -231,3 +231,38 @@ def test_corrupt_tile_is_an_error_for_that_tile_and_the_rest_go_on(model_dir, tm
     assert "window x=128 y=128 128x128 cannot be read" in errors[0]["error"]
     assert sum(r["status"] == "answered" for r in records) == 15
     assert json.loads((out / "summary.json").read_text())["errors"] == 1
+
+
+def _scene_command(args: list[str], processes: int):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    if processes == 1:
+        command = [sys.executable, "-m", "rsfuse", "scene", *args]
+    else:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "rsfuse", "scene", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_what_one_writes(model_dir, scene_2000, tmp_path):
+    common = ["--model", str(model_dir), "--image", str(scene_2000), "--question", "Where are the ships?",
+              "--gsd", "10", "--max-new-tokens", "4", "--batch-size", "3", "--no-progress"]
+    single = _scene_command([*common, "--out", str(tmp_path / "single")], 1)
+    assert single.returncode == 0, single.stderr
+    sharded = _scene_command([*common, "--out", str(tmp_path / "sharded")], 2)
+    assert sharded.returncode == 0, sharded.stderr
+    for name in OUTPUTS:
+        assert (tmp_path / "sharded" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    ranks = sorted(path.name for path in (tmp_path / "sharded").glob("tiles.rank*.jsonl"))
+    assert ranks == ["tiles.rank0.jsonl", "tiles.rank1.jsonl"]
+    per_rank = [len((tmp_path / "sharded" / name).read_text().splitlines()) - 1 for name in ranks]
+    assert per_rank == [3, 3]  # 16 tiles in 6 batches of 3: batches 0, 2, 4 on rank 0; 1, 3, 5 on rank 1
