@@ -27,7 +27,14 @@ from PIL import Image
 from rsfuse.generation import GenerationSession, SamplingParams
 from rsfuse.scene.aggregate import SceneBox, aggregate
 from rsfuse.scene.answers import KINDS, infer_kind
-from rsfuse.scene.reading import DEFAULT_MAX_SCENE_PIXELS, DEFAULT_MAX_WINDOW_PIXELS, SceneError, SceneInfo, SceneRaster, file_sha256
+from rsfuse.scene.reading import (
+    DEFAULT_MAX_SCENE_PIXELS,
+    DEFAULT_MAX_WINDOW_PIXELS,
+    SceneError,
+    SceneInfo,
+    SceneRaster,
+    file_sha256,
+)
 from rsfuse.scene.store import TileStore, clear_store
 from rsfuse.scene.tiling import Tile, TilePlan, plan_tiles
 
@@ -194,10 +201,11 @@ def ask_scene(
         chunks = [list(plan.tiles[start:start + batch_size]) for start in range(0, len(plan.tiles), batch_size)]
         store = None
         if out_dir is not None:
+            once = (lambda compute: compute()) if ranks is None else ranks.shared  # computed on rank 0 only
             identity = {
-                "model": model_id or (model_digest(model) if ranks is None else ranks.shared(lambda: model_digest(model))),
+                "model": model_id or once(lambda: model_digest(model)),
                 "question": question, "kind": kind, "prompt_ids": answerer.prompt,
-                "raster": f"sha256:{file_sha256(path) if ranks is None else ranks.shared(lambda: file_sha256(path))}",
+                "raster": f"sha256:{once(lambda: file_sha256(path))}",
                 "bands": list(info.bands), "stretch": info.stretch and [list(pair) for pair in info.stretch],
                 "tiling": plan.identity(), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "seed": seed if temperature > 0 else None,

@@ -29,7 +29,8 @@ KINDS: tuple[str, ...] = get_args(Kind)
 _GROUNDING = ("where is", "where are", "locate", "bounding box", "detect", "find all", "mark ")
 _COUNT = ("how many", "number of")
 _EXISTENCE = ("is there", "are there", "is any", "are any", "does ", "do ", "can you see", "is a ", "is an ")
-_BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX = re.compile(r"\[" + ",".join([_NUMBER] * 4) + r"\]")
 
 
 def infer_kind(question: str) -> str:

@@ -98,8 +98,8 @@ def _features(objects: list[dict], transform, to_wgs84) -> list[dict]:
             ring = list(zip(*to_wgs84.transform([x for x, _ in ring], [y for _, y in ring])))
         geometry = mapping(orient(Polygon(ring), sign=1.0))
         metres = OBJECT_METRES[item["kind"]]
-        features.append({"type": "Feature", "properties": {**item, "metres": list(metres)},
-                         "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in geometry["coordinates"][0]]]}})
+        polygon = {"type": "Polygon", "coordinates": [[list(point) for point in geometry["coordinates"][0]]]}
+        features.append({"type": "Feature", "properties": {**item, "metres": list(metres)}, "geometry": polygon})
     return features
 
 
