@@ -221,7 +221,8 @@ def ask_scene(
 
         bar = tqdm(total=len(plan.tiles), initial=sum(len(chunks[c]) for c in done), unit="tile",
                    disable=not progress or rank != 0, desc="scene")
-        try:
+
+        def answer_mine() -> None:
             for number, chunk in enumerate(mine):
                 if stop_after is not None and number >= stop_after:
                     break
@@ -230,6 +231,17 @@ def ask_scene(
                     store.write(chunk, records)
                 done[chunk] = records
                 bar.update(len(records) * world)
+
+        try:
+            if ranks is None:
+                answer_mine()
+            else:  # an error on one rank stops every rank (none waits for it at the gather)
+                from rsfuse.eval.ranks import capture, picklable  # noqa: PLC0415
+
+                _, error = capture(answer_mine)
+                errors = ranks.gather(picklable(error))
+                errors[rank] = error  # this rank raises its own error as it is
+                ranks.raise_first(errors)
         finally:
             bar.close()
             if store is not None:
