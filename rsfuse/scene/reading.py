@@ -23,7 +23,7 @@ import hashlib
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,7 @@ def _georeferencing(path: Path, dataset) -> tuple[str | None, tuple[float, ...]]
 
 
 class SceneRaster:
-    """An open scene: `info`, `read(x, y, width, height, out_side)` and `valid_any(...)`. Use as a context manager
+    """An open scene: `info`, `read(x, y, width, height, out_width, out_height)` and `valid_any(...)`. Use as a context manager
     (or call `close`); GDAL's block cache is held to `GDAL_CACHE_BYTES` while it is open."""
 
     def __init__(self, path: str | os.PathLike, *, bands=None, max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS,
@@ -197,8 +197,6 @@ class SceneRaster:
                          bands=chosen, dtype=dtype, nodata=dataset.nodata, stretch=None, crs_wkt=crs_wkt,
                          transform=transform, has_overviews=bool(dataset.overviews(chosen[0] + 1)))
         if any(dataset.dtypes[band] != "uint8" for band in chosen):
-            from dataclasses import replace
-
             info = replace(info, stretch=self._stretch(info))
         return info
 
