@@ -267,3 +267,25 @@ def test_torchrun_two_processes_write_what_one_writes(model_dir, scene_2000, tmp
     assert ranks == ["tiles.rank0.jsonl", "tiles.rank1.jsonl"]
     per_rank = [len((tmp_path / "sharded" / name).read_text().splitlines()) - 1 for name in ranks]
     assert per_rank == [3, 3]  # 16 tiles in 6 batches of 3: batches 0, 2, 4 on rank 0; 1, 3, 5 on rank 1
+
+
+def test_dry_run_prints_tiles_and_an_estimate_and_writes_nothing(model_dir, tmp_path, capsys):
+    data = np.full((3, 128, 256), 90, dtype=np.uint8)
+    data[:, :, :128] = 0
+    tif = write_raster(tmp_path / "half.tif", data, nodata=0, colorinterp=RGB)
+    out = tmp_path / "out"
+    code = cli_main(["scene", "--model", str(model_dir), "--image", str(tif), "--question", "Is there a car?",
+                     "--out", str(out), "--tile-size", "64", "--overlap", "0", "--max-new-tokens", "2", "--dry-run"])
+    printed = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert "8 tiles (2 rows x 4 cols) of 64 native px" in printed and "4 all nodata, 4 to answer" in printed
+    assert "estimated time:" in printed
+
+
+def test_window_over_the_per_window_limit_is_refused_for_that_tile(loaded, tmp_path):
+    model, processor = loaded
+    tif = write_raster(tmp_path / "rgb.tif", np.full((3, 256, 256), 90, dtype=np.uint8), colorinterp=RGB)
+    result = ask_scene(model, processor, tif, "Is there a car?", tile_size=32, gsd=4.0, max_new_tokens=2,
+                       max_window_pixels=100 * 100)  # a tile covers 256 x 256 native pixels (no overviews)
+    assert result.summary["errors"] == 1
+    assert "over the per-window limit of 10000 pixels" in result.records[0]["error"]
