@@ -1,4 +1,4 @@
-"""The ``rsfuse`` console script: ``rsfuse [--debug] {train,eval,convert,synth,predict,viz} ...``.
+"""The ``rsfuse`` console script: ``rsfuse [--debug] {train,eval,convert,synth,predict,viz,serve,scene} ...``.
 
 Each subcommand forwards its remaining arguments to the module that implements it, imported only when used.
 The error path is shared: an expected error (bad data, configuration, checkpoint — a wrongly typed ``config.json``
@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                         "[--bands R,G,B]"),
     "viz": ("rsfuse.viz", "router weights / gate heat map for one image, or the loss curve of a run"),
     "serve": ("rsfuse.serve.cli", "OpenAI-compatible API + web page: --model DIR [--host] [--port] [--api-key]"),
+    "scene": ("rsfuse.scene.cli", "one question about a whole GeoTIFF: --model DIR --image SCENE --question TEXT "
+                                  "--out DIR"),
 }
 
 

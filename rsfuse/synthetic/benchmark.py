@@ -13,13 +13,15 @@ Everything is a function of ``seed``: image ``i`` is drawn from ``numpy.random.d
 and the split permutation from ``SeedSequence([seed, 2])``, so the same seed gives byte-identical files. A folder that
 already holds a complete dataset with the same settings is reused, not regenerated. CLI:
 ``rsfuse synth OUT --n N --seed S [--size PX] [--object-scale F] [--splits 0.8,0.1,0.1] [--questions-per-image Q]
-[--workers W]``. ``object_scale`` multiplies the small objects' sides (``OBJECT_SIZES``, e.g. 0.5 halves them).
+[--workers W]``; ``rsfuse synth OUT --large-scene`` writes one large georeferenced GeoTIFF instead
+(`rsfuse.synthetic.large_scene`). ``object_scale`` multiplies the small objects' sides (``OBJECT_SIZES``, e.g. 0.5 halves them).
 """
 
 import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -334,6 +336,10 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--large-scene" in (sys.argv[1:] if argv is None else argv):
+        from rsfuse.synthetic.large_scene import main as large_scene_main  # noqa: PLC0415  (needs the geo extra)
+
+        return large_scene_main(argv)
     parser = argparse.ArgumentParser(
         prog="rsfuse synth", description="Write the synthetic remote-sensing benchmark (images + LLaVA JSON splits)."
     )
