@@ -24,9 +24,11 @@ import torch
 from rsfuse.checkpoints.assign import assign_weights, check_nothing_on_meta
 from rsfuse.checkpoints.clip import read_clip_vision
 from rsfuse.checkpoints.formats import MODEL_TYPES, checkpoint_format
+from rsfuse.checkpoints.hub import resolve_model
 from rsfuse.checkpoints.io import CheckpointError
 from rsfuse.checkpoints.llama import read_llama
 from rsfuse.checkpoints.llava import llava_settings, read_llava
+from rsfuse.checkpoints.model_card import MODEL_CARD_FILE, model_card
 from rsfuse.checkpoints.rsfuse_folder import TOKENIZER_FILE, write_rsfuse_folder
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.options import DEFAULT_TEMPLATE
@@ -60,14 +62,20 @@ def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: s
         raise CheckpointError(f"{source}: {error}") from None
 
 
-def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", check_finite: bool = True, **overrides: Any):
+def load_pretrained(
+    cls, path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False, quantization: str | None = None, dtype=None, device="cpu",
+    check_finite: bool = True, **overrides: Any,
+):
     """``MFRSVLM`` from an rsfuse folder, a released MF-RSVLM folder or a transformers LLaVA (llava-hf) folder, picked
-    by ``config.json``'s ``model_type`` (``rsfuse.checkpoints.formats.checkpoint_format``).
+    by ``config.json``'s ``model_type`` (``rsfuse.checkpoints.formats.checkpoint_format``); ``path`` may also be a
+    Hub repository id (``rsfuse.checkpoints.hub.resolve_model``: ``revision``, ``cache_dir``, ``local_files_only``).
 
     ``dtype`` None: the decoder's stored dtype, applied to every weight (one dtype for the whole model).
     ``check_finite``: refuse a checkpoint with NaN/inf tensors, naming the file and the keys.
     """
-    folder = Path(path)
+    source = resolve_model(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    folder = source.path
     checkpoint = checkpoint_format(folder)
     if checkpoint.reads_parts:  # transformers' LLaVA layout (llava-hf): LLaVA-1.5 semantics, tower in the folder
         model = load_from_parts(cls, vision=None, llm=None, llava=folder, dtype=dtype, device=device,
@@ -79,6 +87,7 @@ def load_pretrained(cls, path: str | os.PathLike, *, dtype=None, device="cpu", c
     tokenizer = folder / TOKENIZER_FILE
     model.tokenizer_path = tokenizer if tokenizer.is_file() else None
     model.chat_template = recorded_template(folder)
+    model.source = source
     return model
 
 
@@ -106,9 +115,12 @@ def load_from_parts(
     dtype=None,
     device="cpu",
     check_finite: bool = True,
+    quantization: str | None = None,
+    hub: dict[str, Any] | None = None,
     **overrides: Any,
 ):
-    """``MFRSVLM`` from an HF CLIP folder + an HF Llama folder and/or a LLaVA-1.5 folder.
+    """``MFRSVLM`` from an HF CLIP folder + an HF Llama folder and/or a LLaVA-1.5 folder, each a folder or a Hub
+    repository id (``hub``: ``cache_dir`` / ``local_files_only`` for `rsfuse.checkpoints.hub.resolve_model`).
 
     With ``llava`` the decoder and projector come from it (and ``global_layer`` defaults to its select layer);
     without it the projector is newly initialised. Injectors are always new. A llava-hf folder
@@ -120,6 +132,9 @@ def load_from_parts(
     """
     if llm is None and llava is None:
         raise ValueError("MFRSVLM.from_parts: give an llm folder (HF Llama/Vicuna) or a llava folder (LLaVA-1.5)")
+    vision, llm, llava = (
+        None if part is None else resolve_model(part, **(hub or {})).path for part in (vision, llm, llava)
+    )
     parts = read_llava(llava, check_finite=check_finite) if llava is not None else None
     if vision is not None:
         vision_config, tower_state = read_clip_vision(vision, check_finite=check_finite)
@@ -209,6 +224,10 @@ def save_pretrained(
         model.tokenizer_path = folder / TOKENIZER_FILE
     _record_template(folder, template or getattr(model, "chat_template", None))
     model.chat_template = recorded_template(folder)
+    source = getattr(model, "source", None)
+    card = model_card(folder, model.config.to_dict(), source=source.describe() if source else None,
+                      template=model.chat_template or DEFAULT_TEMPLATE)
+    (folder / MODEL_CARD_FILE).write_text(card)
     return folder
 
 
