@@ -87,20 +87,10 @@ class MFRSVLM(nn.Module):
         self.config = config
         backend = config.attention_backend
         self.vision_tower = CLIPVisionTower(config.vision, attention_backend=backend)
-        self.projector = MLPProjector(config.vision.hidden_size, config.llm.hidden_size)
+        self.projector = self.new_part(config, "projector")
         self.llm = LlamaForCausalLM(config.llm, attention_backend=backend)
         self.sampler = DetailStackSampler(config.stack_factor)
-        dim = config.llm.hidden_size
-        self.injectors = nn.ModuleDict(
-            {
-                str(index): GatedInjector(
-                    dim,
-                    router=Router(dim, mode=config.router_mode, attention_backend=backend),
-                    residual_scale_init=config.residual_scale_init,
-                )
-                for index in config.injection_layer_indices
-            }
-        )
+        self.injectors = self.new_part(config, "injectors")
         canvas = None
         if config.detail:
             # The canvas owns no tensors; building it on the CPU keeps meta-device construction (checkpoint loading) working.
@@ -111,9 +101,29 @@ class MFRSVLM(nn.Module):
         self.tokenizer_path: Path | None = None
         self.chat_template: str | None = None  # the conversation template a loaded folder records
         self.source: Any = None  # rsfuse.checkpoints.hub.ModelSource of a from_pretrained load (folder / Hub id)
+        self.quantization: str | None = None  # the scheme the decoder's linears were loaded in (None: full precision)
         object.__setattr__(self, "vision_feature_cache", None)
         self.compiled_sessions = CompiledSessions()
         """The sessions ``generate(compile=True)`` reuses (their caches and compiled graphs); ``.clear()`` drops them."""
+
+    @staticmethod
+    def new_part(config: MFRSVLMConfig, name: str) -> nn.Module:
+        """A newly initialised ``"projector"`` or ``"injectors"`` (what ``from_parts`` starts at random)."""
+        if name == "projector":
+            return MLPProjector(config.vision.hidden_size, config.llm.hidden_size)
+        if name != "injectors":
+            raise ValueError(f"new_part: 'projector' or 'injectors', got {name!r}")
+        dim = config.llm.hidden_size
+        return nn.ModuleDict(
+            {
+                str(index): GatedInjector(
+                    dim,
+                    router=Router(dim, mode=config.router_mode, attention_backend=config.attention_backend),
+                    residual_scale_init=config.residual_scale_init,
+                )
+                for index in config.injection_layer_indices
+            }
+        )
 
     def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
         return MultiScaleCanvas(
