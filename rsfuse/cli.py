@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                         "[--bands R,G,B]"),
     "viz": ("rsfuse.viz", "router weights / gate heat map for one image, or the loss curve of a run"),
     "serve": ("rsfuse.serve.cli", "OpenAI-compatible API + web page: --model DIR [--host] [--port] [--api-key]"),
+    "info": ("rsfuse.model.info", "parameters and device bytes per part: --model ID_OR_DIR [--quantization Q] "
+                                  "(meta device, no weight read)"),
 }
 
 
