@@ -34,11 +34,17 @@ __all__ = [
     "decoder_linear_names",
     "StreamingQuantizer",
     "refuse_prequantized",
+    "QUANTIZED_KEY",
+    "frozen_quantized_keys",
 ]
 
 QUANT_EXTRA = "pip install rsfuse[quant]"
 NF4_BLOCKSIZE = 64
 INT4_GROUP_SIZE = 128
+QUANTIZED_KEY = re.compile(
+    r"^llm\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)(\.base_layer)?\.weight(\..+)?$"
+)
+"""State-dict keys of a quantized linear's weight (and its quantization state), also under a LoRA wrapper."""
 DECODER_LINEAR = re.compile(r"^llm\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$")
 _PACKAGES = {"int8": "torchao", "int4": "torchao", "nf4": "bitsandbytes"}
 
@@ -185,3 +191,11 @@ class StreamingQuantizer:
         if self.pending:
             raise QuantizationError(f"quantization={self.scheme!r}: these linears were never loaded: {self.pending[:5]}")
         self.model.quantization = self.scheme
+
+
+def frozen_quantized_keys(model: nn.Module, keys) -> set[str]:
+    """Among ``keys``, those of ``model``'s quantized decoder weights (empty for a full-precision model): frozen,
+    re-derived from the source checkpoint, so training step files leave them out."""
+    if not getattr(model, "quantization", None) and not getattr(getattr(model, "module", None), "quantization", None):
+        return set()
+    return {key for key in keys if QUANTIZED_KEY.match(key)}

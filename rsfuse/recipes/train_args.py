@@ -126,6 +126,9 @@ class ModelArgs:
                                      "from model.preset (its config must equal the preset's tower)")
     llm_from: str = option("", "HF Llama/Vicuna folder or Hub id to initialise the decoder from (MFRSVLM.from_parts)")
     llava_from: str = option("", "LLaVA-1.5 folder or Hub id for projector + decoder (MFRSVLM.from_parts)")
+    quantization: Literal["none", "int8", "int4", "nf4"] = option(
+        "none", "decoder linears of the loaded model weight-only: none | int8 | int4 | nf4 (QLoRA with "
+                "train.trainable.llm=lora or frozen; final/ holds merged full-precision weights)")
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -95,6 +95,13 @@ def check_model_source_keys(config) -> None:
     if model.vision_weights and (model.init_from or model.vision_from):
         raise ConfigError("model.vision_weights applies to a model built from model.preset; it cannot be combined "
                           "with model.init_from or model.vision_from")
+    if model.quantization != "none":
+        if not (model.init_from or model.vision_from):
+            raise ConfigError(f"model.quantization={model.quantization} quantizes loaded weights: give model.init_from "
+                              "or model.vision_from (a model built from model.preset starts random)")
+        if train.trainable.llm == "full":
+            raise ConfigError(f"model.quantization={model.quantization}: a quantized decoder cannot be trained in full; "
+                              "use train.trainable.llm=lora (QLoRA) or frozen")
     if train.cache_vision_features and train.trainable.vit != "frozen":
         raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
                           f"{train.trainable.vit!r})")
