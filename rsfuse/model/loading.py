@@ -8,10 +8,12 @@
 * ``save_pretrained``: rsfuse folder (config, sharded safetensors, tokenizer.model, and ``processor_config.json``
   recording the conversation template for ``MFRSVLMProcessor``).
 
-Loading builds the model on the meta device and assigns the checkpoint tensors (no random initialisation, one copy
-of the weights in memory); every key is checked first: missing and unexpected keys are listed, a wrong shape names
-the key and both shapes. Floating tensors holding NaN/inf are refused as the files are read (``check_finite=True``),
-naming the file and the key.
+A Hub repository id works wherever a folder does (``rsfuse.checkpoints.hub.resolve_model``, called first).
+Loading builds the model on the meta device and assigns the checkpoint tensors shard by shard as the readers yield
+them (no random initialisation, one copy of the weights in memory); with ``quantization`` each decoder linear is
+quantized as soon as its shard is in (``rsfuse.model.quantization``). Every key is checked: missing and unexpected
+keys are listed, a wrong shape names the key and both shapes. Floating tensors holding NaN/inf are refused as the
+files are read (``check_finite=True``), naming the file and the key.
 """
 
 import json
