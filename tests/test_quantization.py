@@ -164,3 +164,14 @@ def test_cli_refuses_int4_on_the_cpu_with_exit_2(folder, tmp_path):
     done = run_rsfuse("predict", "--model", str(folder), "--image", str(image), "--question", "what?",
                       "--device", "cpu", "--quantization", "int8", "--max-new-tokens", "2")
     assert done.returncode == 0, done.stderr
+
+
+def test_quantize_model_in_memory_matches_quantized_loading(folder):
+    from rsfuse.model.quantization import quantize_model
+
+    loaded = MFRSVLM.from_pretrained(folder, quantization="int8")
+    built = quantize_model(MFRSVLM.from_pretrained(folder), "int8")
+    for name in decoder_linear_names(built):
+        assert torch.equal(built.get_submodule(name).weight.qdata, loaded.get_submodule(name).weight.qdata), name
+    with pytest.raises(QuantizationError, match=r"already quantized \(int8\)"):
+        quantize_model(built, "nf4")

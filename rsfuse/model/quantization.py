@@ -36,6 +36,7 @@ __all__ = [
     "refuse_prequantized",
     "QUANTIZED_KEY",
     "frozen_quantized_keys",
+    "quantize_model",
 ]
 
 QUANT_EXTRA = "pip install rsfuse[quant]"
@@ -199,3 +200,15 @@ def frozen_quantized_keys(model: nn.Module, keys) -> set[str]:
     if not getattr(model, "quantization", None) and not getattr(getattr(model, "module", None), "quantization", None):
         return set()
     return {key for key in keys if QUANTIZED_KEY.match(key)}
+
+
+def quantize_model(model: nn.Module, scheme: str) -> nn.Module:
+    """Quantize a loaded (or built) model's decoder linears in place, as ``from_pretrained(..., quantization=)`` does
+    at load; a model already quantized is refused."""
+    if getattr(model, "quantization", None):
+        raise QuantizationError(f"the model is already quantized ({model.quantization}); quantize a full-precision one")
+    parameter = next(model.parameters())
+    check_quantization(scheme, parameter.device)
+    quantizer = StreamingQuantizer(model, scheme, compute_dtype=parameter.dtype)
+    quantizer.finish()
+    return model
