@@ -29,8 +29,8 @@ Sections (``--sections``, default all, in this order):
   batch       answers per second at batch 16 (16 / t64) for the same three systems; eager vs compiled token agreement.
   tower       the detail stage again with every tower block compiled (``torch.compile``, compile time excluded).
   quant       per scheme (full, int8, nf4, int4; `paper_scale.quant`): the model's weight GB, the peak memory of a
-              batch-1 greedy answer above them and its time, token agreement with full precision; a scheme the device cannot
-              run is recorded with the reason; capped at 90 s of the run.
+              batch-1 greedy answer above them and its time, token agreement with full precision; a scheme the
+              device cannot run is recorded with the reason; capped at 90 s of the run.
 
 Sections "batch", "tower" and "quant" are skipped (and listed under "skipped") when ``--budget-s`` minus their
 reserve (150 s / 90 s / 90 s) has already been used, so that the whole call stays inside a device timeout. On a GPU the run logs

@@ -1,7 +1,7 @@
-"""The low-memory schemes at paper scale: per scheme (full precision, int8, nf4, int4), a copy of the bf16 model quantized in
-place (`rsfuse.model.quantization.quantize_model`), its weight bytes, the peak device memory of a greedy answer and
-the answer's time; schemes the device cannot run are recorded with the reason. The section stops starting schemes
-once ``cap_s`` (90 s) of it has been used."""
+"""The low-memory schemes at paper scale: per scheme (full precision, int8, nf4, int4), a copy of the model quantized
+in place (`rsfuse.model.quantization.quantize_model`), its weight bytes, the peak device memory of a greedy answer
+and the answer's time; schemes the device cannot run are recorded with the reason. The section stops starting
+schemes once ``cap_s`` (90 s) of it has been used."""
 
 import copy
 import time
