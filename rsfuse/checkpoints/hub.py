@@ -131,13 +131,17 @@ def _snapshot(repo_id: str, patterns, revision, cache_dir, offline: bool) -> Pat
             "a folder"
         ) from None
     except GatedRepoError:
-        raise CheckpointError(f"{where}: a gated repository: accept its terms on the Hub, then `hf auth login`") from None
+        raise CheckpointError(
+            f"{where}: a gated repository: accept its terms on the Hub, then `hf auth login`"
+        ) from None
     except RepositoryNotFoundError:
         raise CheckpointError(
             f"{repo_id}: no such Hub repository (or a private one: `hf auth login`), and no folder of that name"
         ) from None
     except RevisionNotFoundError:
-        raise CheckpointError(f"{where}: the repository has no revision {revision!r} (a branch, tag or commit)") from None
+        raise CheckpointError(
+            f"{where}: the repository has no revision {revision!r} (a branch, tag or commit)"
+        ) from None
     except HFValidationError as error:
         raise CheckpointError(f"{repo_id}: not a valid Hub repository id ({_first_line(error)})") from None
     except (HfHubHTTPError, OSError) as error:

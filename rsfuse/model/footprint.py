@@ -74,7 +74,8 @@ def footprint(config, *, scheme: str | None, dtype: torch.dtype) -> list[PartFoo
         entry = totals[part_name(key)]
         entry[0] += tensor.numel()
         entry[1] += tensor.numel() * width
-        entry[2] += quantized_linear_bytes(*quantized[key], scheme) if scheme and key in quantized else tensor.numel() * width
+        quantize = scheme is not None and key in quantized
+        entry[2] += quantized_linear_bytes(*quantized[key], scheme) if quantize else tensor.numel() * width
     return [PartFootprint(part, *values) for part, values in totals.items() if values[0]]
 
 

@@ -138,7 +138,8 @@ def refuse_prequantized(config_json: dict[str, Any], source: str, scheme: str | 
 
 def decoder_linear_names(model: nn.Module) -> list[str]:
     """The ``nn.Linear`` modules a scheme quantizes (decoder layers' attention and MLP projections)."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and DECODER_LINEAR.match(name)]
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and DECODER_LINEAR.match(name)]
 
 
 def _quantize_one(model: nn.Module, name: str, scheme: str, compute_dtype: torch.dtype) -> None:
@@ -190,7 +191,9 @@ class StreamingQuantizer:
     def finish(self) -> None:
         self()
         if self.pending:
-            raise QuantizationError(f"quantization={self.scheme!r}: these linears were never loaded: {self.pending[:5]}")
+            raise QuantizationError(
+                f"quantization={self.scheme!r}: these linears were never loaded: {self.pending[:5]}"
+            )
         self.model.quantization = self.scheme
 
 

@@ -241,7 +241,9 @@ class TrainingRecipe:
             missing, unexpected = plain.load_state_dict({k: v for k, v in state.items() if k not in frozen},
                                                         strict=False)
             if unexpected or set(missing) - frozen_quantized_keys(self.model, missing):
-                raise RuntimeError(f"final/: trained state does not fit the source model ({missing[:3]}, {unexpected[:3]})")
+                raise RuntimeError(
+                    f"final/: trained state does not fit the source model ({missing[:3]}, {unexpected[:3]})"
+                )
         elif context.is_distributed or lora:
             plain = MFRSVLM(self.model_config)
             if lora:

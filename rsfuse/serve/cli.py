@@ -76,8 +76,10 @@ def build(args: argparse.Namespace):
     # thread with an OpenMP team (see rsfuse.serve.scheduler).
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rsfuse-serve-load") as loader:
         model = loader.submit(lambda: MFRSVLM.from_pretrained(
-            args.model, revision=args.revision, quantization=args.quantization, dtype=dtype, device=device).eval()).result()
-    encoder = PromptEncoder(model, MFRSVLMProcessor.from_pretrained(args.model, template=args.template, revision=args.revision))
+            args.model, revision=args.revision, quantization=args.quantization, dtype=dtype, device=device,
+        ).eval()).result()
+    processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template, revision=args.revision)
+    encoder = PromptEncoder(model, processor)
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_bytes=int(args.max_image_mb * 2**20),
                          max_image_pixels=args.max_image_pixels)
     settings = ServeSettings(
