@@ -2,6 +2,7 @@
 off (``HF_HUB_OFFLINE=1`` / ``local_files_only``): every layout rsfuse reads, revisions, the processor, from_parts,
 the CLI, and the one-line errors."""
 
+import json
 import shutil
 
 import pytest
@@ -151,3 +152,24 @@ def test_save_pretrained_writes_a_model_card_naming_the_source(hub, offline, tmp
     assert f"loaded from: org/rsfuse@{commit_hash('org/rsfuse@v2')}" in card
     assert "- `model.safetensors.index.json`" in card and "layers [2, 4]" in card
     _same_weights(MFRSVLM.from_pretrained(folder), model)
+
+
+def test_eval_recipe_reads_a_hub_id_and_never_reuses_answers_across_revisions(hub, offline, tmp_path, monkeypatch,
+                                                                                capsys):
+    from huggingface_hub import constants
+
+    from factories.eval_data import write_synthetic_benchmark
+    from rsfuse.recipes import evaluate as recipe
+
+    cache, _ = hub
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    data = write_synthetic_benchmark(tmp_path / "data")
+    args = [f"data={data}", f"output_dir={tmp_path / 'out'}", "task=synthetic", "max_new_tokens=3", "progress=false"]
+    assert recipe.main(["model=org/rsfuse", *args]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["model"] == f"org/rsfuse@{commit_hash('org/rsfuse@main')}"
+    capsys.readouterr()
+    assert recipe.main(["model=org/rsfuse", "revision=v2", *args]) == 2
+    assert "hub_revision" in one_line(capsys.readouterr().err)
+    assert recipe.main(["model=org/absent", *args]) == 2
+    assert "org/absent@main: not in the Hub cache" in one_line(capsys.readouterr().err)
