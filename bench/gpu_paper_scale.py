@@ -28,9 +28,12 @@ Sections (``--sections``, default all, in this order):
               agreement.
   batch       answers per second at batch 16 (16 / t64) for the same three systems; eager vs compiled token agreement.
   tower       the detail stage again with every tower block compiled (``torch.compile``, compile time excluded).
+  quant       per scheme (full, int8, nf4, int4; `paper_scale.quant`): the model's weight GB, the peak memory of a
+              batch-1 greedy answer above them and its time, token agreement with full precision; a scheme the
+              device cannot run is recorded with the reason; capped at 90 s of the run.
 
-Sections "batch" and "tower" are skipped (and listed under "skipped") when ``--budget-s`` minus their reserve
-(150 s / 90 s) has already been used, so that the whole call stays inside a device timeout. On a GPU the run logs
+Sections "batch", "tower" and "quant" are skipped (and listed under "skipped") when ``--budget-s`` minus their
+reserve (150 s / 90 s / 90 s) has already been used, so that the whole call stays inside a device timeout. On a GPU the run logs
 recompilations and inductor's performance hints (CUDA graphs skipped, and why) to stderr.
 
     python bench/gpu_paper_scale.py --out bench/results/h200_paper_scale       # one H100/H200 (~4-6 min)
@@ -54,6 +57,7 @@ from rsfuse import MFRSVLMConfig
 from rsfuse.options import ATTENTION_BACKENDS
 from paper_scale.common import DTYPES, Recorder, SECTIONS, git_commit, measure_references, synchronize
 from paper_scale.models import build_hf_clip, build_llava_hf, llava_shaped, random_mfrsvlm
+from paper_scale.quant import section_quantization
 from paper_scale.report import collect_figures, goal_rows, table
 from paper_scale.sections import (
     section_answers, section_checks, section_decode_floor, section_detail, section_serve, section_tower,
@@ -168,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         section_tower(rec, model, args, device, references)
     if "serve" in args.sections and budget_left("serve", reserve=60):
         section_serve(rec, model, args, device, clients=args.batch)
+    if "quant" in args.sections and budget_left("quant", reserve=90):
+        section_quantization(rec, model, args, device)
 
     rec.results["goals"] = goal_rows(rec.results, args)
     rec.results["figures"] = collect_figures(rec.results)

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rsfuse.serve.cli", "OpenAI-compatible API + web page: --model DIR [--host] [--port] [--api-key]"),
     "scene": ("rsfuse.scene.cli", "one question about a whole GeoTIFF: --model DIR --image SCENE --question TEXT "
                                   "--out DIR"),
+    "info": ("rsfuse.model.info", "parameters and device bytes per part: --model ID_OR_DIR [--quantization Q] "
+                                  "(meta device, no weight read)"),
 }
 
 

@@ -26,6 +26,8 @@ from collections.abc import Collection
 from typing import Any, Literal, get_args
 
 __all__ = [
+    "Quantization",
+    "QUANTIZATIONS",
     "AttentionBackend",
     "ImagePlacement",
     "WindowLayout",
@@ -58,6 +60,9 @@ CanvasSource = Literal["upsampled", "image"]
 """The canvas is the global view resized up (official), or built from the original image."""
 PaddingSide = Literal["left", "right"]
 """``"left"`` for generation (new tokens append after the prompt), ``"right"`` for training and scoring."""
+Quantization = Literal["int8", "int4", "nf4"]
+"""Weight-only schemes for the decoder's linear layers (``rsfuse.model.quantization``): torchao int8 / int4,
+bitsandbytes NF4."""
 
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 IMAGE_PLACEMENTS: tuple[str, ...] = get_args(ImagePlacement)
@@ -66,6 +71,7 @@ BLENDS: tuple[str, ...] = get_args(Blend)
 ROUTER_MODES: tuple[str, ...] = get_args(RouterMode)
 CANVAS_SOURCES: tuple[str, ...] = get_args(CanvasSource)
 PADDING_SIDES: tuple[str, ...] = get_args(PaddingSide)
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 DEFAULT_TEMPLATE = "vicuna_v1"
 

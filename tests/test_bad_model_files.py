@@ -45,7 +45,8 @@ def _load(layout: str, folder: Path, layouts: dict | Path):
     if layout == "llava":
         return MFRSVLM.from_parts(vision=layouts / "clip", llava=folder)
     if layout == "llama":
-        return MFRSVLM.from_parts(vision=layouts / "clip", llm=folder)
+        return MFRSVLM.from_parts(vision=layouts / "clip", llm=folder, global_layer=3,
+                                  injection_layers=[1])  # a valid config: the weights are read
     return MFRSVLM.from_parts(vision=folder, llava=layouts / "llava")
 
 

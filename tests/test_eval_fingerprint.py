@@ -97,6 +97,7 @@ def first_run(tmp_path):
     (["template=plain"], "fingerprint.template 'vicuna_v1' (this run: 'plain')"),
     (["dtype=bf16"], "fingerprint.dtype 'fp32' (this run: 'bf16')"),
     (["fingerprint_weights=content"], "fingerprint.weights 'stat:"),
+    (["quantization=int8"], "fingerprint.quantization 'none' (this run: 'int8')"),
 ])
 def test_changed_settings_are_refused_by_name(first_run, capsys, change, field):
     _, _, out, args = first_run

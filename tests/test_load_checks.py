@@ -88,7 +88,7 @@ def test_half_precision_inf_in_hf_llama_bin_shards_is_refused(tmp_path):
         read_llama(folder)
     clip = write_hf_clip_vision(tmp_path / "clip", config=MICRO_VISION)
     with pytest.raises(CheckpointError, match=key):
-        MFRSVLM.from_parts(vision=clip, llm=folder)
+        MFRSVLM.from_parts(vision=clip, llm=folder, global_layer=3, injection_layers=[1])
     _, state = read_llama(folder, check_finite=False)
     assert torch.isinf(state[key]).sum() == 1
 

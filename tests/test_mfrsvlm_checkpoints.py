@@ -99,7 +99,7 @@ def test_rsfuse_folder_errors_list_missing_and_unexpected_keys_and_name_wrong_sh
     index["weight_map"] = {key: shard.name for key in tensors}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): \['injectors.3.gate_proj.bias'\].*unexpected keys "
-                                              r"\(1\): \['injectors.3.extra.weight'\]"):
+                                              r"\(1\): \['injectors.3.extra.weight \(model-00001-of-00001.safetensors\)'\]"):
         MFRSVLM.from_pretrained(folder)
     tensors.pop("injectors.3.extra.weight")
     tensors["injectors.3.gate_proj.bias"] = torch.zeros(7)

@@ -317,7 +317,7 @@ def test_bad_input_names_the_field(processor, kwargs, message):
 
 
 def test_bad_folders_and_templates(tmp_path, processor):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no such folder"):
         MFRSVLMProcessor.from_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -103,6 +103,9 @@ def test_model_overrides_are_checked_against_the_model_config():
         (["train.cache_vision_features=true"], "needs train.trainable.vit=frozen"),
         (["train.feature_cache_dir=x"], "needs train.cache_vision_features=true"),
         (["model.vision_weights=tower", "model.init_from=run/final"], "cannot be combined"),
+        (["model.quantization=nf4", "train.trainable.llm=lora"], "give model.init_from or model.vision_from"),
+        (["model.quantization=int8", "model.init_from=run/final"], "cannot be trained in full; use train.trainable.llm=lora"),
+        (["model.quantization=int3"], "quantization"),
     ],
 )
 def test_model_source_and_feature_cache_keys_are_checked_before_any_work(items, message):

@@ -146,3 +146,34 @@ def test_short_run_lowers_the_loss_on_a_learnable_toy_task(initial, tmp_path):
     assert last < 0.4 * first, losses
     assert losses[-1] < losses[0], losses
 
+
+
+@pytest.mark.slow
+def test_qlora_on_nf4_writes_merged_full_precision_weights_and_resumes(initial, instructions, tmp_path):
+    """``model.quantization=nf4`` + ``train.trainable.llm=lora`` on bitsandbytes' CPU backend: the step folder leaves the
+    quantized base weights out, a resume continues, and ``final/`` holds plain float32 weights: the source's decoder
+    with the LoRA deltas merged in, loadable without bitsandbytes."""
+    from rsfuse import MFRSVLM
+
+    modes = ["train.trainable.vit=frozen", "train.trainable.projector=frozen", "train.trainable.injector=frozen",
+             "train.trainable.llm=lora", "train.lora.r=4", "model.quantization=nf4", "train.lr=5e-2"]
+    output = _train(tmp_path / "run", initial, instructions, "max_steps=2", "save_every=1", *modes)
+    step_files = sorted(output.glob("checkpoints/step_*/model.safetensors")) or sorted(output.rglob("model.safetensors"))
+    assert step_files, sorted(str(path) for path in output.rglob("*"))
+    saved = list(_weights_file(step_files[-1]))
+    assert not [key for key in saved if key.startswith("llm.model.layers.") and ".base_layer.weight" in key]
+    assert any("lora_A" in key for key in saved)
+    resumed = run_recipe(_args(output, initial, instructions, "max_steps=3", "save_every=1", "resume=auto", *modes),
+                         timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    before, after = _weights(initial), _weights(output / "final")
+    assert before.keys() == after.keys() and all(tensor.dtype == torch.float32 for tensor in after.values())
+    moved = [name for name in before if not torch.equal(before[name], after[name])]
+    assert moved and all(_part(name) == "llm" and "layers." in name for name in moved), moved
+    assert MFRSVLM.from_pretrained(output / "final").quantization is None
+
+
+def _weights_file(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

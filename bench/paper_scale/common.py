@@ -15,7 +15,7 @@ import torch
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SECTIONS = ("checks", "answers1", "detail", "batch", "tower", "serve")
+SECTIONS = ("checks", "answers1", "detail", "batch", "tower", "serve", "quant")
 SYSTEMS = ("llava-hf", "rsfuse", "rsfuse-compile")
 PAPER_PASS_GFLOP = 381  # the issue's figure for one ViT-L/14-336 pass (matmul FLOPs)
 # The authors' own code (Yunkaidang/RSVLM DeepStackProcessor), detail stage, measured by the issue's author (issue 14).

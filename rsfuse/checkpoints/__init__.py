@@ -33,8 +33,8 @@ from rsfuse.checkpoints.llama import (
 )
 from rsfuse.checkpoints.llava import LlavaParts, read_llava
 from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf, read_llava_hf_config
-from rsfuse.checkpoints.mfrsvlm import read_released_mfrsvlm
-from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, read_rsfuse_folder, write_rsfuse_folder
+from rsfuse.checkpoints.mfrsvlm import iter_released_mfrsvlm, read_released_mfrsvlm
+from rsfuse.checkpoints.rsfuse_folder import checkpoint_model_type, iter_rsfuse_folder, read_rsfuse_folder, write_rsfuse_folder
 
 __all__ = [
     "CheckpointFormat",
@@ -66,7 +66,9 @@ __all__ = [
     "read_llava_hf",
     "read_llava_hf_config",
     "read_released_mfrsvlm",
+    "iter_released_mfrsvlm",
     "checkpoint_model_type",
     "read_rsfuse_folder",
+    "iter_rsfuse_folder",
     "write_rsfuse_folder",
 ]

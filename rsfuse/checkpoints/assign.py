@@ -11,7 +11,7 @@ any ``nn.Module`` and imports no model class.
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -39,11 +39,14 @@ def assign_weights(
     required: Iterable[str] | None = None,
     skip: Iterable[str] = (),
     hint: str = "",
+    after_shard: Callable[[], None] | None = None,
 ) -> None:
     """Put ``(path, state dict)`` shards into ``model``; see the module docstring.
 
     ``required``: the keys that must be present (default: every key of the model except ``skip``); ``skip``: keys
-    neither expected nor accepted (e.g. a tied ``lm_head.weight``); ``hint`` ends the mismatch message.
+    neither expected nor accepted (e.g. a tied ``lm_head.weight``); ``hint`` ends the mismatch message;
+    ``after_shard`` runs after each shard is in (the loader's quantizer: one layer's full-precision weights live
+    only until their shard is done).
     """
     skip = set(skip)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items() if key not in skip}
@@ -70,7 +73,9 @@ def assign_weights(
             accepted[key] = tensor
         model.load_state_dict(accepted, strict=False, assign=on_meta)
         loaded.update(accepted)
-        del shard, accepted
+        shard = accepted = tensor = None  # no reference left to this shard while the next one is read
+        if after_shard is not None:
+            after_shard()
     missing = sorted(required - loaded)
     if missing or unexpected:
         parts = []

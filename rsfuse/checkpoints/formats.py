@@ -8,8 +8,8 @@ format, and an unknown ``model_type`` gives both the same one-line error naming 
 ============  ===========================  ===================================================================
 format        ``model_type``               weights
 ============  ===========================  ===================================================================
-rsfuse        ``rsfuse_mfrsvlm``           `rsfuse.checkpoints.rsfuse_folder.read_rsfuse_folder`
-released      ``mfrsvlm``, ``vhm``         `rsfuse.checkpoints.mfrsvlm.read_released_mfrsvlm` (tower: ``vision_tower/``)
+rsfuse        ``rsfuse_mfrsvlm``           `rsfuse.checkpoints.rsfuse_folder.iter_rsfuse_folder`
+released      ``mfrsvlm``, ``vhm``         `rsfuse.checkpoints.mfrsvlm.iter_released_mfrsvlm` (tower: ``vision_tower/``)
 transformers  ``llava`` (llava-hf layout)  LLaVA parts (`rsfuse.checkpoints.llava.read_llava`), assembled as
                                            ``MFRSVLM.from_parts(llava=folder)`` assembles them
 ============  ===========================  ===================================================================
@@ -22,7 +22,7 @@ dict ``MFRSVLMConfig.from_dict`` reads; the loader and the processor turn it int
 """
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,14 @@ from rsfuse.checkpoints.clip import read_clip_vision_config
 from rsfuse.checkpoints.io import CheckpointError, read_json
 from rsfuse.checkpoints.llava import LLAVA_HF_LAYOUT, llava_settings
 from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf_config
-from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, VISION_SUBFOLDER, read_released_mfrsvlm, released_config
-from rsfuse.checkpoints.rsfuse_folder import RSFUSE_MODEL_TYPE, checkpoint_model_type, read_rsfuse_folder, rsfuse_config
+from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, VISION_SUBFOLDER, iter_released_mfrsvlm, released_config
+from rsfuse.checkpoints.rsfuse_folder import RSFUSE_MODEL_TYPE, checkpoint_model_type, iter_rsfuse_folder, rsfuse_config
 
 __all__ = ["CheckpointFormat", "FORMATS", "MODEL_TYPES", "checkpoint_format", "read_model_config"]
 
 ConfigReader = Callable[[Path, dict[str, Any], Path], dict[str, Any]]
-WeightsReader = Callable[..., tuple[dict[str, Any], dict[str, torch.Tensor]]]
+Shards = Iterator[tuple[Path, dict[str, torch.Tensor]]]
+WeightsReader = Callable[..., tuple[dict[str, Any], Shards]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class CheckpointFormat:
     """One folder layout: its name, the ``model_type`` values that mark it, and its readers.
 
     ``config_reader(folder, config_json, config_path)`` returns the ``MFRSVLMConfig.from_dict`` dict from config
-    files alone. ``weights_reader(folder, *, check_finite)`` returns ``(that dict, state dict in MFRSVLM's keys)``;
+    files alone. ``weights_reader(folder, *, check_finite)`` returns ``(that dict, iterator of (path, state dict in
+    MFRSVLM's keys))``, one shard read at a time (a loader assigns and quantizes each before the next is read);
     None for a folder of LLaVA parts (decoder, projector, tower), which the loader assembles through
     ``MFRSVLM.from_parts`` so that keyword overrides keep LLaVA-1.5's defaults. ``matches(config_json)``, when
     given, must hold as well as the ``model_type`` (``mismatch`` then says what the folder is instead)."""
@@ -84,7 +86,16 @@ class CheckpointFormat:
     def read(
         self, folder: str | os.PathLike, *, check_finite: bool = True
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """``(MFRSVLMConfig dict, state dict)`` of the folder (``check_finite``: refuse NaN/inf tensors)."""
+        """``(MFRSVLMConfig dict, state dict)`` of the folder (``check_finite``: refuse NaN/inf tensors): the
+        shards of `read_shards` merged."""
+        config, shards = self.read_shards(folder, check_finite=check_finite)
+        state_dict: dict[str, torch.Tensor] = {}
+        for _, shard in shards:
+            state_dict.update(shard)
+        return config, state_dict
+
+    def read_shards(self, folder: str | os.PathLike, *, check_finite: bool = True) -> tuple[dict[str, Any], Shards]:
+        """``(MFRSVLMConfig dict, iterator of (path, state dict))``: the config at once, the weights shard by shard."""
         if self.weights_reader is None:
             raise CheckpointError(
                 f"{folder}: a {self.name} folder holds LLaVA parts (rsfuse.checkpoints.llava.read_llava), which "
@@ -113,13 +124,13 @@ FORMATS: tuple[CheckpointFormat, ...] = (
         name="rsfuse",
         model_types=(RSFUSE_MODEL_TYPE,),
         config_reader=lambda folder, data, path: rsfuse_config(data),
-        weights_reader=read_rsfuse_folder,
+        weights_reader=iter_rsfuse_folder,
     ),
     CheckpointFormat(
         name="released",
         model_types=RELEASED_MODEL_TYPES,
         config_reader=_released_config,
-        weights_reader=read_released_mfrsvlm,
+        weights_reader=iter_released_mfrsvlm,
     ),
     CheckpointFormat(
         name="transformers",

@@ -77,8 +77,16 @@ def iter_llama_shards(
     folder: str | os.PathLike, *, rename: Callable[[str], str | None] | None = None, check_finite: bool = True
 ) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
     """Yield ``(shard path, state dict)`` one shard at a time (rotary buffers dropped, then ``rename`` applied:
-    it returns the new key, or None to drop the entry)."""
-    yield from iter_weight_shards(folder, _compose(rename), check_finite=check_finite)
+    it returns the new key, or None to drop the entry). A key found in two shards and a decoder weight stored with
+    an integer dtype are refused, naming the file and the key."""
+    seen: set[str] = set()
+    for path, shard in iter_weight_shards(folder, _compose(rename), check_finite=check_finite):
+        duplicated = sorted(set(shard) & seen)
+        if duplicated:
+            raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
+        check_floating_tensors({key: value for key, value in shard.items() if is_llama_key(key)}, source=path)
+        seen.update(shard)
+        yield path, shard
 
 
 def read_llama(
@@ -90,10 +98,6 @@ def read_llama(
     decoder weight stored with an integer dtype is refused likewise, and a wrongly typed config field by its key."""
     config = read_llama_config(folder)
     state_dict: dict[str, torch.Tensor] = {}
-    for path, shard in iter_llama_shards(folder, rename=rename, check_finite=check_finite):
-        duplicated = sorted(set(shard) & set(state_dict))
-        if duplicated:
-            raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
-        check_floating_tensors({key: value for key, value in shard.items() if is_llama_key(key)}, source=path)
+    for _, shard in iter_llama_shards(folder, rename=rename, check_finite=check_finite):
         state_dict.update(shard)
     return config, state_dict

@@ -17,17 +17,17 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from rsfuse.checkpoints.clip import read_clip_vision
+from rsfuse.checkpoints.clip import read_clip_vision, read_clip_vision_config
 from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key
 from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
 
-__all__ = ["RELEASED_MODEL_TYPES", "read_released_mfrsvlm", "released_config", "rename_released_key"]
+__all__ = ["RELEASED_MODEL_TYPES", "read_released_mfrsvlm", "iter_released_mfrsvlm", "released_config", "rename_released_key"]
 
 RELEASED_MODEL_TYPES = ("mfrsvlm", "vhm")
 VISION_SUBFOLDER = "vision_tower"
@@ -129,10 +129,24 @@ def rename_released_key(key: str, injection_layers: list[int]) -> str | None:
 def read_released_mfrsvlm(
     folder: str | os.PathLike, *, check_finite: bool = True
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(MFRSVLMConfig dict, state dict in MFRSVLM keys)`` of a released MF-RSVLM folder.
+    """``(MFRSVLMConfig dict, state dict in MFRSVLM keys)`` of a released MF-RSVLM folder: the shards of
+    `iter_released_mfrsvlm` merged."""
+    config, shards = iter_released_mfrsvlm(folder, check_finite=check_finite)
+    state_dict: dict[str, torch.Tensor] = {}
+    for _, shard in shards:
+        state_dict.update(shard)
+    return config, state_dict
 
-    Keys the layout does not define are refused, listed by name; the tower in ``vision_tower/`` replaces any tower
-    weights found in the main shards. ``check_finite``: refuse NaN/inf tensors, naming file and key.
+
+def iter_released_mfrsvlm(
+    folder: str | os.PathLike, *, check_finite: bool = True
+) -> tuple[dict[str, Any], Iterator[tuple[Path, dict[str, torch.Tensor]]]]:
+    """``(MFRSVLMConfig dict, iterator of (path, state dict in MFRSVLM keys))`` of a released MF-RSVLM folder: the
+    main shards one at a time, then the injectors' residual scales, then the tower of ``vision_tower/`` (which
+    replaces any tower weights in the main shards).
+
+    Keys the layout does not define are refused, listed by name, once every shard has been seen (a loader discards
+    what it assigned); ``check_finite``: refuse NaN/inf tensors, naming file and key.
     """
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -148,39 +162,43 @@ def read_released_mfrsvlm(
             f"{tower_folder}: the fine-tuned vision tower (HF CLIP config.json + weights) is missing; the released "
             "layout keeps it in the 'vision_tower/' sub-folder"
         )
-    vision, tower_state = read_clip_vision(tower_folder, check_finite=check_finite)
     try:
-        config = released_config(data, vision, path=config_path)
+        config = released_config(data, read_clip_vision_config(tower_folder / "config.json"), path=config_path)
     except ValueError as error:
         raise CheckpointError(f"{config_path}: {error}") from None
     injection = config["injection_layers"]
-    state_dict: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    residual_scale: torch.Tensor | None = None
-    for path, shard in iter_weight_shards(folder, check_finite=check_finite):
-        kept: dict[str, torch.Tensor] = {}
-        for key, tensor in shard.items():
-            if key == RESIDUAL_SCALE_KEY:
-                residual_scale = kept[key] = tensor
-                continue
-            if key.endswith(("rotary_emb.inv_freq", "embeddings.position_ids")):  # buffers old HF versions stored
-                continue
-            new_key = rename_released_key(key, injection)
-            if new_key is None:
-                unexpected.append(f"{key} ({path.name})")
-            else:
-                state_dict[new_key] = kept[key] = tensor
-        check_floating_tensors(kept, source=path)
-    if unexpected:
-        raise CheckpointError(f"{folder}: keys not part of the released MF-RSVLM layout: {unexpected}")
-    if residual_scale is None:
-        raise CheckpointError(f"{folder}: missing key {RESIDUAL_SCALE_KEY!r} (one scale per injection layer)")
-    if tuple(residual_scale.shape) != (len(injection),):
-        raise CheckpointError(
-            f"{folder}: {RESIDUAL_SCALE_KEY} has shape {tuple(residual_scale.shape)}, expected ({len(injection)},) "
-            f"for injection layers {injection}"
-        )
-    for rank, layer in enumerate(injection):
-        state_dict[f"injectors.{layer - 1}.residual_scale"] = residual_scale[rank : rank + 1].clone()
-    state_dict.update({"vision_tower." + key: tensor for key, tensor in tower_state.items()})
-    return config, state_dict
+
+    def shards() -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+        unexpected: list[str] = []
+        residual_scale: torch.Tensor | None = None
+        for path, shard in iter_weight_shards(folder, check_finite=check_finite):
+            stored: dict[str, torch.Tensor] = {}  # under the file's own key names, for the error messages
+            kept: dict[str, torch.Tensor] = {}
+            for key, tensor in shard.items():
+                if key.endswith(("rotary_emb.inv_freq", "embeddings.position_ids")):  # buffers old HF versions stored
+                    continue
+                if key == RESIDUAL_SCALE_KEY:
+                    residual_scale = stored[key] = tensor
+                    continue
+                new_key = rename_released_key(key, injection)
+                if new_key is None:
+                    unexpected.append(f"{key} ({path.name})")
+                elif not new_key.startswith("vision_tower."):  # the sub-folder's tower is the one read
+                    kept[new_key] = stored[key] = tensor
+            check_floating_tensors(stored, source=path)
+            yield path, kept
+        if unexpected:
+            raise CheckpointError(f"{folder}: keys not part of the released MF-RSVLM layout: {unexpected}")
+        if residual_scale is None:
+            raise CheckpointError(f"{folder}: missing key {RESIDUAL_SCALE_KEY!r} (one scale per injection layer)")
+        if tuple(residual_scale.shape) != (len(injection),):
+            raise CheckpointError(
+                f"{folder}: {RESIDUAL_SCALE_KEY} has shape {tuple(residual_scale.shape)}, expected ({len(injection)},) "
+                f"for injection layers {injection}"
+            )
+        yield folder, {f"injectors.{layer - 1}.residual_scale": residual_scale[rank : rank + 1].clone()
+                       for rank, layer in enumerate(injection)}
+        _, tower_state = read_clip_vision(tower_folder, check_finite=check_finite)
+        yield tower_folder, {"vision_tower." + key: tensor for key, tensor in tower_state.items()}
+
+    return config, shards()

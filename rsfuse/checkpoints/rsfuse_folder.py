@@ -9,14 +9,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json, save_sharded
 
 __all__ = [
-    "RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "rsfuse_config", "write_rsfuse_folder",
+    "RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "iter_rsfuse_folder", "rsfuse_config", "write_rsfuse_folder",
     "checkpoint_model_type",
 ]
 
@@ -41,10 +41,23 @@ def rsfuse_config(data: Mapping[str, Any]) -> dict[str, Any]:
 def read_rsfuse_folder(
     folder: str | os.PathLike, *, check_finite: bool = True
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors).
+    """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors); the
+    shards of `iter_rsfuse_folder` merged."""
+    config, shards = iter_rsfuse_folder(folder, check_finite=check_finite)
+    state_dict: dict[str, torch.Tensor] = {}
+    for _, shard in shards:
+        state_dict.update(shard)
+    return config, state_dict
+
+
+def iter_rsfuse_folder(
+    folder: str | os.PathLike, *, check_finite: bool = True
+) -> tuple[dict[str, Any], Iterator[tuple[Path, dict[str, torch.Tensor]]]]:
+    """``(MFRSVLMConfig dict, iterator of (shard path, state dict))`` of an rsfuse folder, one shard read at a time.
 
     The config is checked (``MFRSVLMConfig.from_dict``) before any weight is read: a field of the wrong type or
-    range is refused naming ``config.json`` and its key; a weight stored with an integer dtype, naming file and key.
+    range is refused naming ``config.json`` and its key; a weight stored with an integer dtype, naming file and key;
+    a key found in two shards, naming the second.
     """
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -60,14 +73,18 @@ def read_rsfuse_folder(
         MFRSVLMConfig.from_dict(config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: {error}") from None
-    state_dict: dict[str, torch.Tensor] = {}
-    for path, shard in iter_weight_shards(folder, check_finite=check_finite):
-        duplicated = sorted(set(shard) & set(state_dict))
-        if duplicated:
-            raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
-        check_floating_tensors(shard, source=path)
-        state_dict.update(shard)
-    return config, state_dict
+
+    def shards() -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+        seen: set[str] = set()
+        for path, shard in iter_weight_shards(folder, check_finite=check_finite):
+            duplicated = sorted(set(shard) & seen)
+            if duplicated:
+                raise CheckpointError(f"{path}: keys already read from an earlier shard: {duplicated[:5]}")
+            check_floating_tensors(shard, source=path)
+            seen.update(shard)
+            yield path, shard
+
+    return config, shards()
 
 
 def write_rsfuse_folder(

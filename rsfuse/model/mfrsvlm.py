@@ -87,20 +87,10 @@ class MFRSVLM(nn.Module):
         self.config = config
         backend = config.attention_backend
         self.vision_tower = CLIPVisionTower(config.vision, attention_backend=backend)
-        self.projector = MLPProjector(config.vision.hidden_size, config.llm.hidden_size)
+        self.projector = self.new_part(config, "projector")
         self.llm = LlamaForCausalLM(config.llm, attention_backend=backend)
         self.sampler = DetailStackSampler(config.stack_factor)
-        dim = config.llm.hidden_size
-        self.injectors = nn.ModuleDict(
-            {
-                str(index): GatedInjector(
-                    dim,
-                    router=Router(dim, mode=config.router_mode, attention_backend=backend),
-                    residual_scale_init=config.residual_scale_init,
-                )
-                for index in config.injection_layer_indices
-            }
-        )
+        self.injectors = self.new_part(config, "injectors")
         canvas = None
         if config.detail:
             # The canvas owns no tensors; building it on the CPU keeps meta-device construction (checkpoint loading) working.
@@ -110,9 +100,30 @@ class MFRSVLM(nn.Module):
         object.__setattr__(self, "canvas", canvas)
         self.tokenizer_path: Path | None = None
         self.chat_template: str | None = None  # the conversation template a loaded folder records
+        self.source: Any = None  # rsfuse.checkpoints.hub.ModelSource of a from_pretrained load (folder / Hub id)
+        self.quantization: str | None = None  # the scheme the decoder's linears were loaded in (None: full precision)
         object.__setattr__(self, "vision_feature_cache", None)
         self.compiled_sessions = CompiledSessions()
         """The sessions ``generate(compile=True)`` reuses (their caches and compiled graphs); ``.clear()`` drops them."""
+
+    @staticmethod
+    def new_part(config: MFRSVLMConfig, name: str) -> nn.Module:
+        """A newly initialised ``"projector"`` or ``"injectors"`` (what ``from_parts`` starts at random)."""
+        if name == "projector":
+            return MLPProjector(config.vision.hidden_size, config.llm.hidden_size)
+        if name != "injectors":
+            raise ValueError(f"new_part: 'projector' or 'injectors', got {name!r}")
+        dim = config.llm.hidden_size
+        return nn.ModuleDict(
+            {
+                str(index): GatedInjector(
+                    dim,
+                    router=Router(dim, mode=config.router_mode, attention_backend=config.attention_backend),
+                    residual_scale_init=config.residual_scale_init,
+                )
+                for index in config.injection_layer_indices
+            }
+        )
 
     def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
         return MultiScaleCanvas(
@@ -419,19 +430,27 @@ class MFRSVLM(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        id_or_dir: str | os.PathLike,
         *,
+        revision: str | None = None,
+        quantization: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         **config_overrides: Any,
     ) -> "MFRSVLM":
-        """Load an rsfuse folder or a released MF-RSVLM folder (layout chosen from ``config.json``'s ``model_type``).
+        """Load an rsfuse, released MF-RSVLM or llava-hf folder (layout chosen from ``config.json``'s ``model_type``),
+        or a Hub repository id (``revision``, ``cache_dir``, ``local_files_only``; ``HF_HUB_OFFLINE`` honoured; a
+        folder that exists wins). ``quantization``: None | "int8" | "int4" | "nf4", the decoder's linear layers
+        weight-only (``rsfuse.model.quantization``).
 
         ``config_overrides`` change non-shape settings (e.g. ``attention_backend``, ``window_layout``).
         """
         from rsfuse.model.loading import load_pretrained  # noqa: PLC0415
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)
+        return load_pretrained(cls, id_or_dir, revision=revision, quantization=quantization, cache_dir=cache_dir,
+                               local_files_only=local_files_only, dtype=dtype, device=device, **config_overrides)
 
     @classmethod
     def from_parts(
@@ -440,15 +459,21 @@ class MFRSVLM(nn.Module):
         vision: str | os.PathLike | None = None,
         llm: str | os.PathLike | None = None,
         llava: str | os.PathLike | None = None,
+        quantization: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         **config_overrides: Any,
     ) -> "MFRSVLM":
         """Assemble from an HF CLIP folder + an HF Llama/Vicuna folder and/or a LLaVA-1.5 folder (projector and
-        decoder); the injectors (and the projector without LLaVA) are newly initialised."""
+        decoder), each a folder or a Hub repository id; the injectors (and the projector without LLaVA) are newly
+        initialised. ``quantization`` as in `from_pretrained`."""
         from rsfuse.model.loading import load_from_parts  # noqa: PLC0415
 
-        return load_from_parts(cls, vision=vision, llm=llm, llava=llava, dtype=dtype, device=device, **config_overrides)
+        return load_from_parts(cls, vision=vision, llm=llm, llava=llava, quantization=quantization, dtype=dtype,
+                               device=device, hub={"cache_dir": cache_dir, "local_files_only": local_files_only},
+                               **config_overrides)
 
     def save_pretrained(
         self,

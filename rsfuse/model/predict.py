@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rsfuse.options import DEFAULT_TEMPLATE
+from rsfuse.options import DEFAULT_TEMPLATE, QUANTIZATIONS
 
 __all__ = ["answer", "main"]
 
@@ -58,7 +58,10 @@ def answer(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsfuse predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model folder (rsfuse or released MF-RSVLM) with tokenizer.model")
+    parser.add_argument("--model", required=True, help="model folder (rsfuse, released MF-RSVLM, llava-hf) with tokenizer.model, or a Hub repository id")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is an id")
+    parser.add_argument("--quantization", default=None, choices=QUANTIZATIONS,
+                        help="decoder linears weight-only: int8 (torchao) | int4 (torchao, CUDA) | nf4 (bitsandbytes)")
     parser.add_argument("--image", required=True, help="image file (RGB, RGBA, L, 16-bit or TIFF)")
     parser.add_argument("--question", required=True, help="question about the image")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     try:
-        model = MFRSVLM.from_pretrained(args.model, dtype=dtype, device=args.device)
-        processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template)
+        model = MFRSVLM.from_pretrained(args.model, revision=args.revision, quantization=args.quantization,
+                                        dtype=dtype, device=args.device)
+        processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template, revision=args.revision)
         text = answer(
             model,
             processor.tokenizer,

@@ -146,13 +146,21 @@ class MFRSVLMProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, template: str | ConversationTemplate | None = None
+        cls,
+        id_or_dir: str | os.PathLike,
+        *,
+        template: str | ConversationTemplate | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
     ) -> "MFRSVLMProcessor":
         """Read ``tokenizer.model`` and the settings of a model folder (rsfuse, released MF-RSVLM, llava-hf) or of a
-        folder ``save_pretrained`` wrote. ``template`` overrides the recorded one (default ``vicuna_v1``)."""
-        folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
+        folder ``save_pretrained`` wrote, or of a Hub repository id (its config and tokenizer files only; see
+        `MFRSVLM.from_pretrained`). ``template`` overrides the recorded one (default ``vicuna_v1``)."""
+        from rsfuse.checkpoints.hub import resolve_model  # noqa: PLC0415
+
+        folder = resolve_model(id_or_dir, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                               need="processor").path
         settings: dict[str, Any] = {}
         if (folder / "config.json").is_file():
             settings.update(settings_from_config(model_config(folder)))

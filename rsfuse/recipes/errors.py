@@ -25,13 +25,14 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from rsfuse.data.instructions import InstructionDataError
     from rsfuse.llm.templates import ConversationError
     from rsfuse.llm.tokenizer import TokenizerError
+    from rsfuse.model.quantization import QuantizationError
     from rsfuse.recipes.config import ConfigError
     from rsfuse.train.checkpointing import CheckpointSaveError
     from rsfuse.train.lock import RunLockedError
     from rsfuse.train.state import CheckpointReadError
 
     return (ConfigError, InstructionDataError, ImageLoadError, CheckpointError, CheckpointSaveError, RunLockedError,
-            ConversationError, CheckpointReadError, TokenizerError)
+            ConversationError, CheckpointReadError, TokenizerError, QuantizationError)
 
 
 def one_line(error: BaseException) -> str:

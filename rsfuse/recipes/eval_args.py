@@ -31,7 +31,10 @@ class EvalConfig:
     """Evaluate a model folder on one benchmark (every key is a top-level ``key=value``)."""
 
     task: str = option("synthetic", "which benchmark (a name in rsfuse.eval.TASKS; listed below)")
-    model: str = option("", "model folder (anything MFRSVLM.from_pretrained reads)")
+    model: str = option("", "model folder (anything MFRSVLM.from_pretrained reads) or a Hub repository id")
+    revision: str = option("", "Hub revision of model (branch, tag or commit; '' = main)")
+    quantization: Literal["none", "int8", "int4", "nf4"] = option(
+        "none", "decoder linears weight-only: none | int8 (torchao) | int4 (torchao, CUDA) | nf4 (bitsandbytes)")
     tokenizer: str = option("", "tokenizer folder ('' = the model folder)")
     data: str = option("", "annotation file (or folder for cls / rsvqa_lr releases)")
     image_root: str = option("", "root of the image paths ('' = the reader's default, usually the data file's "

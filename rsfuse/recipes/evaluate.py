@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from rsfuse.checkpoints.hub import resolve_model
+from rsfuse.checkpoints.io import CheckpointError
 from rsfuse.eval.generation import (
     BAD_IMAGE,
     TOO_LONG,
@@ -274,14 +276,16 @@ def _device(choice: str, local_rank: int = 0) -> torch.device:
 
 
 def _fingerprint(config: EvalConfig, model_dir: Path, tokenizer_dir: Path, records: Sequence[Mapping[str, Any]],
-                 output_dir: Path) -> dict[str, Any]:
-    """What changes an answer (`rsfuse.eval.fingerprint`): weights, tokenizer, data, the records' image content
-    (digests cached in the output folder), generation and input settings."""
+                 output_dir: Path, hub_revision: str | None = None) -> dict[str, Any]:
+    """What changes an answer (`rsfuse.eval.fingerprint`): weights (and the Hub commit they came from), the
+    quantization scheme, tokenizer, data, the records' image content (digests cached in the output folder),
+    generation and input settings."""
     from rsfuse.eval.fingerprint import IMAGE_DIGEST_CACHE, run_fingerprint
 
     image_root = str(Path(config.image_root).resolve()) if config.image_root else ""
     settings = {"max_new_tokens": config.max_new_tokens, "template": config.template, "dtype": config.dtype,
-                "decoding": "greedy", "split": config.split, "image_root": image_root}
+                "decoding": "greedy", "split": config.split, "image_root": image_root,
+                "quantization": config.quantization, "hub_revision": hub_revision or ""}
     images = [record["image_path"] for record in records if record.get("image_path") is not None]
     return run_fingerprint(model_dir=model_dir, data=config.data, tokenizer_dir=tokenizer_dir,
                            weights=config.fingerprint_weights, settings=settings, images=images,
@@ -310,7 +314,11 @@ def run(config: EvalConfig) -> dict:
     for key in ("model", "data"):
         if not getattr(config, key):
             raise ConfigError(f"config key {key!r} is required (e.g. {key}=PATH)")
-    model_dir = Path(config.model)
+    try:
+        source = resolve_model(config.model, revision=config.revision or None)
+    except CheckpointError as error:
+        raise ConfigError(f"config key 'model': {error}") from None
+    model_dir = source.path
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"config key 'model': {model_dir} holds no config.json (not a model folder)")
     tokenizer_dir = Path(config.tokenizer or model_dir)
@@ -342,15 +350,17 @@ def run(config: EvalConfig) -> dict:
         busy = group.broadcast(busy)
         if busy is not None:  # another evaluation writes this folder: refused on every rank
             raise RunLockedError(busy)
-        identity = {**_identity(task, str(model_dir.resolve()), str(Path(config.data).resolve())),
+        model_name = source.describe() if source.repo_id else str(model_dir.resolve())
+        identity = {**_identity(task, model_name, str(Path(config.data).resolve())),
                     "fingerprint": group.shared(lambda: _fingerprint(config, model_dir, tokenizer_dir, all_records,
-                                                                      output_dir))}
+                                                                      output_dir, source.revision))}
         refusal = group.shared(lambda: mismatch_reason(output_dir / PREDICTIONS_FILE, identity))
         if refusal is not None:  # before minutes of model loading
             raise PredictionsMismatchError(refusal)
         device = _device(config.device, local_rank)
         tokenizer = Tokenizer.from_pretrained(tokenizer_dir)  # before the model: a bad file is named at once
-        model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config.dtype], device=device)
+        model = MFRSVLM.from_pretrained(model_dir, dtype=DTYPES[config.dtype], device=device,
+                                        quantization=None if config.quantization == "none" else config.quantization)
         vocabulary = model.config.llm.vocab_size
         if tokenizer.vocab_size > vocabulary:
             raise ConfigError(

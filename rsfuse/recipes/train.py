@@ -50,6 +50,7 @@ from rsfuse.train.lock import RunLock
 from rsfuse.train.loop import LoopOptions, NonFiniteLossError, Trainer, TrainingInterrupted
 from rsfuse.train.metrics import plot_loss, read_metrics
 from rsfuse.train.optim import build_optimizer, cosine_with_warmup, warmup_steps_for
+from rsfuse.model.quantization import frozen_quantized_keys
 from rsfuse.train.parts import configure_trainable, fsdp_units, merge_lora, part_of
 from rsfuse.train.rng import seed_everything
 from rsfuse.train.setup import (
@@ -115,11 +116,12 @@ class TrainingRecipe:
         from rsfuse.model import MFRSVLM
 
         config, model_args = self.config, self.config.model
-        if model_args.init_from:
-            model = MFRSVLM.from_pretrained(model_args.init_from, **model_args.overrides)
-        elif model_args.vision_from:
-            model = MFRSVLM.from_parts(vision=model_args.vision_from, llm=model_args.llm_from or None,
-                                       llava=model_args.llava_from or None, **model_args.overrides)
+        if model_args.init_from or model_args.vision_from:
+            quantization = None if model_args.quantization == "none" else model_args.quantization
+            if quantization and self.context.is_distributed:
+                raise ConfigError(f"model.quantization={quantization} trains in one process only (no FSDP of "
+                                  "quantized weights); run without torchrun")
+            model = self.load_source(quantization, self.context.device)
         else:
             model = MFRSVLM(build_model_config(config, self.tokenizer))
             if model_args.vision_weights:
@@ -145,6 +147,18 @@ class TrainingRecipe:
             if self.context.is_main:
                 print(f"[rsfuse] reusing {count} images' tower features from {self.feature_store}", file=sys.stderr)
         self.model = model
+
+    def load_source(self, quantization: str | None, device) -> "MFRSVLM":
+        """The model of ``model.init_from`` (``from_pretrained``) or ``model.*_from`` (``from_parts``)."""
+        from rsfuse.model import MFRSVLM
+
+        model_args = self.config.model
+        if model_args.init_from:
+            return MFRSVLM.from_pretrained(model_args.init_from, quantization=quantization, device=device,
+                                           **model_args.overrides)
+        return MFRSVLM.from_parts(vision=model_args.vision_from, llm=model_args.llm_from or None,
+                                  llava=model_args.llava_from or None, quantization=quantization, device=device,
+                                  **model_args.overrides)
 
     def setup_data(self) -> None:
         """Training and validation sets, every sample checked before the first step."""
@@ -219,7 +233,18 @@ class TrainingRecipe:
 
         lora = "lora" in self.modes.values()
         plain = self.model
-        if context.is_distributed or lora:
+        frozen = frozen_quantized_keys(self.model, state)
+        if frozen:  # QLoRA: the trained state goes onto the source's full-precision weights, LoRA merged into them
+            plain = self.load_source(None, "cpu").to(dtype=torch.float32)
+            if lora:
+                configure_trainable(plain, self.config.train.trainable, self.config.train.lora)
+            missing, unexpected = plain.load_state_dict({k: v for k, v in state.items() if k not in frozen},
+                                                        strict=False)
+            if unexpected or set(missing) - frozen_quantized_keys(self.model, missing):
+                raise RuntimeError(
+                    f"final/: trained state does not fit the source model ({missing[:3]}, {unexpected[:3]})"
+                )
+        elif context.is_distributed or lora:
             plain = MFRSVLM(self.model_config)
             if lora:
                 configure_trainable(plain, self.config.train.trainable, self.config.train.lora)

@@ -120,12 +120,15 @@ class ModelArgs:
     """Where the model comes from; ``overrides`` holds the ``model.<MFRSVLMConfig field>`` keys given."""
 
     preset: str = option("tiny_cpu", "MFRSVLMConfig preset: " + " | ".join(PRESETS))
-    init_from: str = option("", "checkpoint folder to initialise from (MFRSVLM.from_pretrained layout)")
-    vision_from: str = option("", "HF CLIP folder to initialise the tower from (MFRSVLM.from_parts)")
+    init_from: str = option("", "checkpoint folder or Hub id to initialise from (MFRSVLM.from_pretrained layout)")
+    vision_from: str = option("", "HF CLIP folder or Hub id to initialise the tower from (MFRSVLM.from_parts)")
     vision_weights: str = option("", "HF CLIP vision folder whose weights replace the tower of a model built "
                                      "from model.preset (its config must equal the preset's tower)")
-    llm_from: str = option("", "HF Llama/Vicuna folder to initialise the decoder from (MFRSVLM.from_parts)")
-    llava_from: str = option("", "LLaVA-1.5 folder for projector + decoder (MFRSVLM.from_parts)")
+    llm_from: str = option("", "HF Llama/Vicuna folder or Hub id to initialise the decoder from (MFRSVLM.from_parts)")
+    llava_from: str = option("", "LLaVA-1.5 folder or Hub id for projector + decoder (MFRSVLM.from_parts)")
+    quantization: Literal["none", "int8", "int4", "nf4"] = option(
+        "none", "decoder linears of the loaded model weight-only: none | int8 | int4 | nf4 (QLoRA with "
+                "train.trainable.llm=lora or frozen; final/ holds merged full-precision weights)")
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from rsfuse.options import DEFAULT_TEMPLATE
+from rsfuse.options import DEFAULT_TEMPLATE, QUANTIZATIONS
 
 __all__ = ["ServeConfigError", "build", "main", "parser"]
 
@@ -43,7 +43,11 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rsfuse serve", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="model folder (any layout MFRSVLM.from_pretrained reads)")
+    p.add_argument("--model", required=True,
+                   help="model folder (any layout MFRSVLM.from_pretrained reads) or a Hub repository id")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is an id")
+    p.add_argument("--quantization", default=None, choices=QUANTIZATIONS,
+                   help="decoder linears weight-only: int8 (torchao) | int4 (torchao, CUDA) | nf4 (bitsandbytes)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -112,8 +116,11 @@ def build(args: argparse.Namespace):
     # Loaded in a thread that ends here: the main thread then never computes, and the generation worker is the only
     # thread with an OpenMP team (see rsfuse.serve.scheduler).
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rsfuse-serve-load") as loader:
-        model = loader.submit(lambda: MFRSVLM.from_pretrained(args.model, dtype=dtype, device=device).eval()).result()
-    encoder = PromptEncoder(model, MFRSVLMProcessor.from_pretrained(args.model, template=args.template))
+        model = loader.submit(lambda: MFRSVLM.from_pretrained(
+            args.model, revision=args.revision, quantization=args.quantization, dtype=dtype, device=device,
+        ).eval()).result()
+    processor = MFRSVLMProcessor.from_pretrained(args.model, template=args.template, revision=args.revision)
+    encoder = PromptEncoder(model, processor)
     try:
         encoder.check()
     except ValueError as error:

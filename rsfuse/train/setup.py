@@ -95,6 +95,13 @@ def check_model_source_keys(config) -> None:
     if model.vision_weights and (model.init_from or model.vision_from):
         raise ConfigError("model.vision_weights applies to a model built from model.preset; it cannot be combined "
                           "with model.init_from or model.vision_from")
+    if model.quantization != "none":
+        if not (model.init_from or model.vision_from):
+            raise ConfigError(f"model.quantization={model.quantization} quantizes loaded weights: give model.init_from "
+                              "or model.vision_from (a model built from model.preset starts random)")
+        if train.trainable.llm == "full":
+            raise ConfigError(f"model.quantization={model.quantization}: a quantized decoder cannot be trained in full; "
+                              "use train.trainable.llm=lora (QLoRA) or frozen")
     if train.cache_vision_features and train.trainable.vit != "frozen":
         raise ConfigError("train.cache_vision_features=true needs train.trainable.vit=frozen (got "
                           f"{train.trainable.vit!r})")
@@ -165,6 +172,7 @@ def _conversation_texts(json_path: Path) -> list[str]:
 def prepare_tokenizer(config, context: DistributedContext, output_dir: Path):
     """``data.tokenizer`` if given; else ``model.init_from``'s tokenizer; else ``<output_dir>/tokenizer`` (trained with
     sentencepiece on the training conversations and the template's fixed text when missing)."""
+    from rsfuse.checkpoints.hub import resolve_model
     from rsfuse.llm.templates import build_prompt
     from rsfuse.llm.tokenizer import Tokenizer, train_sentencepiece
 
@@ -172,8 +180,9 @@ def prepare_tokenizer(config, context: DistributedContext, output_dir: Path):
     if data.tokenizer:
         return Tokenizer.from_pretrained(data.tokenizer)
     for source in (model.init_from, model.llava_from, model.llm_from):
-        if source and (Path(source) / "tokenizer.model").is_file():
-            return Tokenizer.from_pretrained(source)
+        folder = resolve_model(source, need="processor").path if source else None  # a folder or a Hub id
+        if folder is not None and (folder / "tokenizer.model").is_file():
+            return Tokenizer.from_pretrained(folder)
     folder = output_dir / "tokenizer"
     if not (folder / "tokenizer.model").is_file():
         if context.is_main:

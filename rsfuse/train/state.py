@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rsfuse.model.quantization import frozen_quantized_keys
 from rsfuse.recipes.config import ConfigError
 from rsfuse.train.distributed import load_sharded_state, save_sharded_state
 from rsfuse.train.rng import capture_rng_state, restore_rng_state
@@ -63,7 +64,9 @@ def write_step_files(trainer, folder: Path, *, rng_state: dict | None = None) ->
     elif context.is_main:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
+        state = trainer.model.state_dict()
+        frozen = frozen_quantized_keys(trainer.model, state)  # quantized base weights: re-read from the source
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if k not in frozen}
         save_file(state, str(folder / MODEL_FILE))
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
     torch.save(rng_state or capture_rng_state(), folder / f"rng_rank{context.rank}.pt")
@@ -124,6 +127,7 @@ def read_step_files(trainer, folder: Path) -> None:
                 f"{resized[0]}); resume it with the model settings it was trained with, or use a new output_dir"
             )
         missing, unexpected = trainer.model.load_state_dict(state, strict=False)
+        missing = sorted(set(missing) - frozen_quantized_keys(trainer.model, missing))
         if missing or unexpected:
             raise ConfigError(
                 f"{folder / MODEL_FILE}: does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
