@@ -33,16 +33,15 @@ from rsfuse._typing import Bool, Float, Int, Tensor, typecheck
 from rsfuse.encoders.canvas import MultiScaleCanvas
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.projector import MLPProjector
-from rsfuse.generation import CompiledSessions, PromptEmbeddings, generate
 from rsfuse.fusion.sampler import DetailStackSampler
+from rsfuse.generation import CompiledSessions
 from rsfuse.injection.gated import GatedInjector
 from rsfuse.injection.router import Router
 from rsfuse.injection.visual import DecoderInjection, InjectionStats, VisualContext
-from rsfuse.llm.cache import KVCache
-from rsfuse.llm.config import LlamaConfig
 from rsfuse.llm.model import LlamaForCausalLM, causal_lm_loss
 from rsfuse.model.config import MFRSVLMConfig
 from rsfuse.model.feature_cache import VisionFeatureCache
+from rsfuse.model.generative import GenerativeMixin
 from rsfuse.model.layout import SequenceLayout
 from rsfuse.model.sequence import boundary_layout, check_token_ids, given_layout
 
@@ -72,7 +71,7 @@ class MFRSVLMOutput:
     """With ``output_attentions=True``: per decoder layer, softmax weights ``[B, H, T, T]`` (float32)."""
 
 
-class MFRSVLM(nn.Module):
+class MFRSVLM(GenerativeMixin, nn.Module):
     """MF-RSVLM. ``forward(pixel_values, input_ids, attention_mask=None, labels=None, *, image_mask=None)``.
 
     ``pixel_values``: ``[B, 3, S, S]`` normalised pixels with ``S = config.input_size`` (the global view, or the canvas
@@ -357,73 +356,6 @@ class MFRSVLM(nn.Module):
             visual_positions=layout.visual_positions,
             injection_stats=None if injection is None or not output_injection_stats else injection.stats,
             attentions=output.attentions,
-        )
-
-    # ----- generation (what `rsfuse.generation.GenerativeModel` names) ------------------------------------------------
-    @property
-    def decoder_config(self) -> LlamaConfig:
-        return self.config.llm
-
-    def embed_prompts(
-        self,
-        pixel_values: Tensor | None,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        image_mask: Tensor | None = None,
-        visual_positions: Tensor | None = None,
-    ) -> PromptEmbeddings:
-        """Prompts for generation: token ids checked against the vocabulary, laid out with left padding (or as the
-        processor laid them out, ``visual_positions`` given), embedded with the images' global tokens, and the
-        prefill's injection. One host sync (the checks)."""
-        self.check_token_ids(input_ids, attention_mask)
-        if visual_positions is not None and attention_mask is not None and not bool(attention_mask[:, -1].all()):
-            raise ValueError("generate: the prompts are right-padded (processor(..., padding_side='right')); "
-                             "generation appends after each row's last position and needs left padding")
-        layout, embeds, injection = self.prefill_inputs(
-            pixel_values, input_ids, attention_mask, image_mask=image_mask, visual_positions=visual_positions,
-            padding_side="left",
-        )
-        return PromptEmbeddings(embeds, layout.attention_mask, layout.position_ids, injection)
-
-    def next_token_logits(
-        self,
-        *,
-        input_ids: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        attention_mask: Tensor | None,
-        position_ids: Tensor,
-        cache: KVCache | None = None,
-        cache_position: Tensor | None = None,
-        cache_rows: Tensor | None = None,
-        injection: DecoderInjection | None = None,
-    ) -> Tensor:
-        """The decoder's logits ``[B, V]`` of each row's last position (see ``LlamaForCausalLM.forward``)."""
-        output = self.llm(
-            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, cache_position=cache_position, cache_rows=cache_rows, injection=injection,
-            logits_to_keep=1,
-        )
-        return output.logits[:, -1]
-
-    def generate(
-        self,
-        pixel_values: Tensor | None,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        eos_token_id: int | list[int] | None = None,
-        compile: bool = False,
-        **options: Any,
-    ) -> Tensor:
-        """New token ids ``[B, T]``; ``options``: ``pad_token_id``, ``image_mask``, ``generator``, ``use_cache``,
-        ``sync_every`` (see `rsfuse.generation.generate`). ``compile=True`` reuses ``self.compiled_sessions``."""
-        return generate(
-            self, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, eos_token_id=eos_token_id, compile=compile, sessions=self.compiled_sessions, **options,
         )
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
