@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from rsfuse.checkpoints.clip import read_clip_vision_config
-from rsfuse.checkpoints.io import CheckpointError, read_json
+from rsfuse.checkpoints.io import CheckpointError, merge_shards, read_json
 from rsfuse.checkpoints.llava import LLAVA_HF_LAYOUT, llava_settings
 from rsfuse.checkpoints.llava_hf import is_llava_hf_config, read_llava_hf_config
 from rsfuse.checkpoints.mfrsvlm import RELEASED_MODEL_TYPES, VISION_SUBFOLDER, iter_released_mfrsvlm, released_config
@@ -89,10 +89,7 @@ class CheckpointFormat:
         """``(MFRSVLMConfig dict, state dict)`` of the folder (``check_finite``: refuse NaN/inf tensors): the
         shards of `read_shards` merged."""
         config, shards = self.read_shards(folder, check_finite=check_finite)
-        state_dict: dict[str, torch.Tensor] = {}
-        for _, shard in shards:
-            state_dict.update(shard)
-        return config, state_dict
+        return config, merge_shards(shards)
 
     def read_shards(self, folder: str | os.PathLike, *, check_finite: bool = True) -> tuple[dict[str, Any], Shards]:
         """``(MFRSVLMConfig dict, iterator of (path, state dict))``: the config at once, the weights shard by shard."""

@@ -8,7 +8,7 @@ non-finite values is refused with the file and the keys, instead of giving empty
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors.torch import load_file as load_safetensors
@@ -181,6 +181,14 @@ def iter_weight_shards(
                     renamed[new_key] = tensor
             shard = renamed
         yield shard_path, shard
+
+
+def merge_shards(shards: Iterable[tuple[Path, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """One state dict of ``(path, state dict)`` shards (what the ``iter_*`` readers yield), read in order."""
+    state_dict: dict[str, torch.Tensor] = {}
+    for _, shard in shards:
+        state_dict.update(shard)
+    return state_dict
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> int:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, merge_shards, read_json
 from rsfuse.llm.config import LlamaConfig
 
 __all__ = [
@@ -97,7 +97,4 @@ def read_llama(
     to stream shards instead of holding them all. ``check_finite``: refuse NaN/inf tensors, naming file and key; a
     decoder weight stored with an integer dtype is refused likewise, and a wrongly typed config field by its key."""
     config = read_llama_config(folder)
-    state_dict: dict[str, torch.Tensor] = {}
-    for _, shard in iter_llama_shards(folder, rename=rename, check_finite=check_finite):
-        state_dict.update(shard)
-    return config, state_dict
+    return config, merge_shards(iter_llama_shards(folder, rename=rename, check_finite=check_finite))

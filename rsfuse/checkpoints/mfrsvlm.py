@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from rsfuse.checkpoints.clip import read_clip_vision, read_clip_vision_config
-from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json
+from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, merge_shards, read_json
 from rsfuse.checkpoints.llama import is_llama_key
 from rsfuse.encoders.clip_config import PAPER_DETAIL_FRACTIONS, CLIPVisionConfig, detail_layers_from_fractions
 from rsfuse.llm.config import LlamaConfig
@@ -132,10 +132,7 @@ def read_released_mfrsvlm(
     """``(MFRSVLMConfig dict, state dict in MFRSVLM keys)`` of a released MF-RSVLM folder: the shards of
     `iter_released_mfrsvlm` merged."""
     config, shards = iter_released_mfrsvlm(folder, check_finite=check_finite)
-    state_dict: dict[str, torch.Tensor] = {}
-    for _, shard in shards:
-        state_dict.update(shard)
-    return config, state_dict
+    return config, merge_shards(shards)
 
 
 def iter_released_mfrsvlm(

@@ -13,7 +13,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from rsfuse.checkpoints.io import CheckpointError, check_floating_tensors, iter_weight_shards, read_json, save_sharded
+from rsfuse.checkpoints.io import (
+    CheckpointError, check_floating_tensors, iter_weight_shards, merge_shards, read_json, save_sharded,
+)
 
 __all__ = [
     "RSFUSE_MODEL_TYPE", "TOKENIZER_FILE", "read_rsfuse_folder", "iter_rsfuse_folder", "rsfuse_config", "write_rsfuse_folder",
@@ -44,10 +46,7 @@ def read_rsfuse_folder(
     """``(MFRSVLMConfig dict, state dict)`` of an rsfuse folder (``check_finite``: refuse NaN/inf tensors); the
     shards of `iter_rsfuse_folder` merged."""
     config, shards = iter_rsfuse_folder(folder, check_finite=check_finite)
-    state_dict: dict[str, torch.Tensor] = {}
-    for _, shard in shards:
-        state_dict.update(shard)
-    return config, state_dict
+    return config, merge_shards(shards)
 
 
 def iter_rsfuse_folder(
