@@ -141,6 +141,14 @@ class Tokenizer:
         self._check_ids([token_id])
         return self._processor.id_to_piece(token_id)
 
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a SentencePiece piece (the unknown id for a piece outside the vocabulary)."""
+        return int(self._processor.piece_to_id(piece))
+
+    def decode_pieces(self, pieces: Sequence[str]) -> str:
+        """Text of SentencePiece pieces (byte-fallback pieces joined into their UTF-8 characters)."""
+        return self._processor.decode_pieces(list(pieces))
+
     def __repr__(self) -> str:
         return f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size})"
 

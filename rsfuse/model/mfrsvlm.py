@@ -51,7 +51,45 @@ from rsfuse.model.sequence import boundary_layout, check_token_ids, given_layout
 # are independent, so the features do not depend on it.
 WINDOWS_PER_TOWER_CALL = 128
 
-__all__ = ["MFRSVLM", "MFRSVLMOutput"]
+__all__ = ["MFRSVLM", "MFRSVLMOutput", "build_canvas", "vision_features"]
+
+
+def build_canvas(config: MFRSVLMConfig, tower: CLIPVisionTower) -> MultiScaleCanvas | None:
+    """The multi-scale canvas over ``tower`` (None without detail). It owns no tensors; it is built on the CPU so that
+    meta-device construction (checkpoint loading) keeps working."""
+    if not config.detail:
+        return None
+    with torch.device("cpu"):
+        return MultiScaleCanvas(
+            tower,
+            canvas_size=config.canvas_size,
+            base_window=config.base_window,
+            window_scales=config.window_scales,
+            layers=config.detail_layers,
+            blend=config.blend,
+            window_layout=config.window_layout,
+            chunk_size=WINDOWS_PER_TOWER_CALL,
+        )
+
+
+def vision_features(
+    config: MFRSVLMConfig,
+    tower: CLIPVisionTower,
+    canvas: MultiScaleCanvas | None,
+    sampler: DetailStackSampler,
+    pixels: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Global features ``[B, N, C]`` and detail stacks ``[B, K, N, C]`` (None without a canvas) of normalised pixels,
+    before the projector: what ``MFRSVLM.vision_features`` computes, for hosts that hold the same parts (the vLLM
+    model of `rsfuse.vllm`)."""
+    global_view = pixels
+    if config.canvas_source == "image":
+        size = config.global_size
+        global_view = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    features = tower.forward_intermediates(global_view, [config.global_hidden_index])[0]
+    if canvas is None:
+        return features, None
+    return features, sampler(canvas(pixels))
 
 
 @dataclass
@@ -90,11 +128,7 @@ class MFRSVLM(GenerativeMixin, nn.Module):
         self.llm = LlamaForCausalLM(config.llm, attention_backend=backend)
         self.sampler = DetailStackSampler(config.stack_factor)
         self.injectors = self.new_part(config, "injectors")
-        canvas = None
-        if config.detail:
-            # The canvas owns no tensors; building it on the CPU keeps meta-device construction (checkpoint loading) working.
-            with torch.device("cpu"):
-                canvas = self._build_canvas(config)
+        canvas = build_canvas(config, self.vision_tower)
         # Not registered: the canvas's only weights are the tower's, already registered as ``vision_tower``.
         object.__setattr__(self, "canvas", canvas)
         self.tokenizer_path: Path | None = None
@@ -122,18 +156,6 @@ class MFRSVLM(GenerativeMixin, nn.Module):
                 )
                 for index in config.injection_layer_indices
             }
-        )
-
-    def _build_canvas(self, config: MFRSVLMConfig) -> MultiScaleCanvas:
-        return MultiScaleCanvas(
-            self.vision_tower,
-            canvas_size=config.canvas_size,
-            base_window=config.base_window,
-            window_scales=config.window_scales,
-            layers=config.detail_layers,
-            blend=config.blend,
-            window_layout=config.window_layout,
-            chunk_size=WINDOWS_PER_TOWER_CALL,
         )
 
     # ----- properties ----------------------------------------------------------------------------------------------
@@ -187,14 +209,7 @@ class MFRSVLM(GenerativeMixin, nn.Module):
     ) -> tuple[Float[Tensor, "batch tokens vision_dim"], Float[Tensor, "batch stacks tokens vision_dim"] | None]:
         """The tower's part of ``encode_images``: global features ``[B, N, C]`` and detail stacks ``[B, K, N, C]``
         (None without detail), before the projector."""
-        global_view = pixels
-        if self.config.canvas_source == "image":
-            size = self.config.global_size
-            global_view = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        features = self.vision_tower.forward_intermediates(global_view, [self.config.global_hidden_index])[0]
-        if self.canvas is None:
-            return features, None
-        return features, self.sampler(self.canvas(pixels))
+        return vision_features(self.config, self.vision_tower, self.canvas, self.sampler, pixels)
 
     def enable_vision_feature_cache(self) -> VisionFeatureCache:
         """Reuse the frozen tower's features of images seen before (see ``VisionFeatureCache``); returns the cache.
