@@ -31,6 +31,8 @@ def tiny_hf_llava(
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
     image_token_field: str = "image_token_index",
+    image_token: int = IMAGE_TOKEN,
+    text_overrides: dict | None = None,
 ) -> transformers.LlavaForConditionalGeneration:
     vision = transformers.CLIPVisionConfig(
         image_size=IMAGE_SIZE,
@@ -40,23 +42,16 @@ def tiny_hf_llava(
         num_hidden_layers=3,
         num_attention_heads=2,
     )
-    text = transformers.LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
+    text_fields = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
+    text = transformers.LlamaConfig(**{**text_fields, **(text_overrides or {})})
     config = transformers.LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_seq_length=NUM_VISUAL_TOKENS,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
-        **{image_token_field: IMAGE_TOKEN},
+        **{image_token_field: image_token},
     )
     config._attn_implementation = "eager"
     torch.manual_seed(seed)

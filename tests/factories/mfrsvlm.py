@@ -59,9 +59,9 @@ def micro_llm(**overrides) -> LlamaConfig:
     return LlamaConfig(**fields)
 
 
-def micro_hf_llama(seed: int):
-    """A transformers Llama with the micro decoder's shapes and random weights."""
-    llm = micro_llm()
+def micro_hf_llama(seed: int, **overrides):
+    """A transformers Llama with the micro decoder's shapes (``overrides`` as for `micro_llm`) and random weights."""
+    llm = micro_llm(**overrides)
     return make_hf_llama(
         seed=seed,
         vocab_size=llm.vocab_size,
@@ -145,13 +145,15 @@ def write_released_checkpoint(
     extra_tensors: dict[str, torch.Tensor] | None = None,
     reshape: dict[str, tuple[int, ...]] | None = None,
     main_dtype: torch.dtype = torch.float32,
+    llm_overrides: dict | None = None,
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Write a micro checkpoint in the released MF-RSVLM layout; return the folder and the main-shard tensors
-    (stored in ``main_dtype``; the tower's ``pytorch_model.bin`` stays float32, as mixed releases do)."""
+    (stored in ``main_dtype``; the tower's ``pytorch_model.bin`` stays float32, as mixed releases do).
+    ``llm_overrides``: decoder fields changed from `micro_llm`'s."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    llm = micro_llm()
-    hf = micro_hf_llama(seed)
+    llm = micro_llm(**(llm_overrides or {}))
+    hf = micro_hf_llama(seed, **(llm_overrides or {}))
     config = hf.config.to_dict()
     config.update(
         {
