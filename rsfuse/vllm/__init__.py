@@ -16,10 +16,7 @@ Serve a folder: ``vllm serve DIR --tokenizer-mode rsfuse`` (a llava-hf folder al
 docs/VLLM.md has the details and the limits.
 """
 
-ARCHITECTURE = "MFRSVLMForConditionalGeneration"
-TOKENIZER_MODE = "rsfuse"
-MODEL_TYPES = ("rsfuse_mfrsvlm", "mfrsvlm", "vhm")
-"""``config.json`` ``model_type`` values whose config the plugin registers (the llava-hf ``llava`` is transformers')."""
+from rsfuse.vllm.names import ARCHITECTURE, MODEL_TYPES, TOKENIZER_MODE
 
 __all__ = ["ARCHITECTURE", "MODEL_TYPES", "TOKENIZER_MODE", "register"]
 

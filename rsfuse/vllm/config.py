@@ -18,7 +18,7 @@ from vllm.model_executor.models.config import VerifyAndUpdateConfig
 from rsfuse.checkpoints.formats import checkpoint_format
 from rsfuse.checkpoints.hub import resolve_model
 from rsfuse.model.config import MFRSVLMConfig
-from rsfuse.vllm import ARCHITECTURE
+from rsfuse.vllm.names import ARCHITECTURE
 
 __all__ = ["EngineSettings", "RsfuseVllmConfig", "VllmPluginError", "folder_config", "model_folder", "placeholder_id",
            "rsfuse_config"]
