@@ -14,7 +14,8 @@ and the split permutation from ``SeedSequence([seed, 2])``, so the same seed giv
 already holds a complete dataset with the same settings is reused, not regenerated. CLI:
 ``rsfuse synth OUT --n N --seed S [--size PX] [--object-scale F] [--splits 0.8,0.1,0.1] [--questions-per-image Q]
 [--workers W]``; ``rsfuse synth OUT --large-scene`` writes one large georeferenced GeoTIFF instead
-(`rsfuse.synthetic.large_scene`). ``object_scale`` multiplies the small objects' sides (``OBJECT_SIZES``, e.g. 0.5 halves them).
+(`rsfuse.synthetic.large_scene`; with ``--mosaic N``, N × N of the benchmark's own images:
+`rsfuse.synthetic.mosaic_scene`). ``object_scale`` multiplies the small objects' sides (``OBJECT_SIZES``, e.g. 0.5 halves them).
 """
 
 import argparse
@@ -30,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rsfuse.synthetic.placement import make_scene, object_sides
-from rsfuse.synthetic.questions import QUESTION_TYPES, SMALL_OBJECT_TYPES, ask_questions
-from rsfuse.synthetic.render import render_scene
+from rsfuse.synthetic.drawing import draw_image
+from rsfuse.synthetic.placement import object_sides
+from rsfuse.synthetic.questions import QUESTION_TYPES, SMALL_OBJECT_TYPES
 from rsfuse.synthetic.scene import (
     COLOUR_NAMES,
     GLOBAL_GRID,
@@ -59,22 +60,12 @@ GENERATOR_VERSION = 3
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_QUESTIONS_PER_IMAGE = 3
 MIN_SIZE = 112
-IMAGE_STREAM, SPLIT_STREAM = 1, 2
+SPLIT_STREAM = 2  # IMAGE_STREAM (1) is rsfuse.synthetic.drawing's
 # Settings that identify a dataset: a folder whose meta.json matches these is reused as is.
 IDENTITY_KEYS = ("generator", "version", "seed", "n_images", "size", "object_scale", "splits", "questions_per_image")
 # Identity keys added after a dataset may have been written: their value when meta.json lacks them.
 IDENTITY_DEFAULTS = {"object_scale": 1.0}
 MAX_OBJECT_SCALE = 4.0
-
-
-def draw_image(
-    seed: int, index: int, *, size: int, questions_per_image: int, object_scale: float = 1.0
-) -> tuple[Scene, np.ndarray, list]:
-    """Scene, pixels ``uint8 [size, size, 3]`` and question-answer pairs of image ``index`` of dataset ``seed``."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, IMAGE_STREAM, index]))
-    scene = make_scene(rng, size=size, object_scale=object_scale)
-    questions = ask_questions(scene, rng, count=questions_per_image)
-    return scene, render_scene(scene), questions
 
 
 def _image_name(index: int, n_images: int) -> str:
@@ -336,7 +327,12 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "--large-scene" in (sys.argv[1:] if argv is None else argv):
+    given = sys.argv[1:] if argv is None else argv
+    if "--large-scene" in given and any(arg == "--mosaic" or arg.startswith("--mosaic=") for arg in given):
+        from rsfuse.synthetic.mosaic_scene import main as mosaic_main  # noqa: PLC0415  (needs the geo extra)
+
+        return mosaic_main(argv)
+    if "--large-scene" in given:
         from rsfuse.synthetic.large_scene import main as large_scene_main  # noqa: PLC0415  (needs the geo extra)
 
         return large_scene_main(argv)

@@ -97,7 +97,7 @@ def _features(objects: list[dict], transform, to_wgs84) -> list[dict]:
         if to_wgs84 is not None:
             ring = list(zip(*to_wgs84.transform([x for x, _ in ring], [y for _, y in ring])))
         geometry = mapping(orient(Polygon(ring), sign=1.0))
-        metres = OBJECT_METRES[item["kind"]]
+        metres = item.get("metres", OBJECT_METRES[item["kind"]])
         polygon = {"type": "Polygon", "coordinates": [[list(point) for point in geometry["coordinates"][0]]]}
         features.append({"type": "Feature", "properties": {**item, "metres": list(metres)}, "geometry": polygon})
     return features
