@@ -108,7 +108,9 @@ class MFRSVLMForConditionalGeneration(nn.Module, SupportsMultiModal):
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings: Any = None, *,
                         is_multimodal: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with each image's global tokens in its slots; the stacks wait for ``forward``."""
+        """Text embeddings with each image's global tokens in its slots; the stacks wait for ``forward``. vLLM embeds
+        every step of a multimodal model here, so what an earlier step left is dropped first."""
+        self.pending = None
         embeds = self._embed_text_input_ids(input_ids, self.language_model.embed_input_ids,
                                             is_multimodal=is_multimodal)
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
