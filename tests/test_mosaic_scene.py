@@ -26,6 +26,10 @@ def test_mosaic_tiles_are_the_benchmark_images_and_the_truth_is_their_objects(tm
         transform = dataset.transform
     expected = {kind: sum(scene.count(kind) for scene, _, _ in scenes) for kind in meta["counts"]}
     assert meta["counts"] == expected and meta["objects"] == sum(expected.values())
+    for index, (scene, _, _) in enumerate(scenes):
+        assert meta["images"][index] == {"index": index, "scene": scene.scene_class,
+                                         "candidate_kinds": list(scene.candidate_kinds),
+                                         "counts": {kind: scene.count(kind) for kind in meta["counts"]}}
     features = json.loads((out / "objects.EPSG_32633.geojson").read_text())["features"]
     first = next(feature for feature in features if feature["properties"]["image"] == 4)  # the centre image
     scene = scenes[4][0]

@@ -13,7 +13,8 @@ the whole-scene truth is every object of every image. It writes::
     OUT/objects.geojson             the ground truth, RFC 7946 (EPSG:4326): one polygon per object, with its kind,
                                     colour, image index and pixel box [x0, y0, x1, y1) in the raster
     OUT/objects.EPSG_<code>.geojson the same polygons in the raster's CRS
-    OUT/scene.json                  the settings, the transform, counts per kind
+    OUT/scene.json                  the settings, the transform, counts per kind, and per image (row-major) its
+                                    scene class, the kinds the benchmark asks counts of there, its counts
 
 Written one row of images at a time (never the whole raster in memory).
 """
@@ -51,6 +52,7 @@ def write_mosaic_scene(out_dir, *, grid: int, image_size: int = 224, data_seed: 
                    transform=transform, tiled=True, blockxsize=image_size, blockysize=image_size, compress="deflate",
                    interleave="pixel", BIGTIFF="IF_SAFER")
     objects: list[dict] = []
+    images: list[dict] = []
     with rasterio.open(out / "scene.tif", "w", **profile) as dataset:
         dataset.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
         for row in range(grid):
@@ -60,6 +62,8 @@ def write_mosaic_scene(out_dir, *, grid: int, image_size: int = 224, data_seed: 
                 scene, pixels, _ = draw_image(data_seed, index, size=image_size, questions_per_image=1)
                 strip[:, :, col * image_size:(col + 1) * image_size] = np.moveaxis(pixels, -1, 0)
                 left, top = col * image_size, row * image_size
+                images.append({"index": index, "scene": scene.scene_class, "candidate_kinds": list(scene.candidate_kinds),
+                               "counts": {kind: scene.count(kind) for kind in OBJECT_KINDS}})
                 for item in scene.objects:
                     x0, y0, x1, y1 = item.bbox
                     objects.append({"id": len(objects), "kind": item.kind, "colour": item.colour, "image": index,
@@ -75,7 +79,7 @@ def write_mosaic_scene(out_dir, *, grid: int, image_size: int = 224, data_seed: 
         (out / name).write_text(json.dumps(collection) + "\n")
     meta = {"mosaic": True, "grid": grid, "image_size": image_size, "data_seed": data_seed, "size": size, "gsd": gsd,
             "epsg": epsg, "origin": list(origin), "transform": list(transform)[:6], "objects": len(objects),
-            "counts": {kind: sum(item["kind"] == kind for item in objects) for kind in OBJECT_KINDS}}
+            "counts": {kind: sum(item["kind"] == kind for item in objects) for kind in OBJECT_KINDS}, "images": images}
     (out / "scene.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
