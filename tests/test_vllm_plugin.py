@@ -13,7 +13,10 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +156,54 @@ def test_rsfuse_folder_generate_and_chat_match_rsfuse(vllm_python, rsfuse_folder
     # vLLM's config (pydantic) wraps the plugin's one line; the line names the folder and the setting.
     (line,) = [line for line in small["error"].splitlines() if "max_num_batched_tokens 32" in line]
     assert str(rsfuse_folder) in line and "visual span" in line
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_vllm_openai_server_answers_the_official_client_as_rsfuse_does(vllm_python, rsfuse_folder, tmp_path):
+    """vLLM's OpenAI server (what `vllm serve` runs) with the plugin, asked by the official `openai` client."""
+    from openai import OpenAI
+
+    port, log = _free_port(), (tmp_path / "server.log").open("w")
+    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(rsfuse_folder),
+               "--tokenizer-mode", "rsfuse", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
+               "--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
+               "--gpu-memory-utilization", "0.1"]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                              env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": ""})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "vLLM's server did not answer /health in 600 s"
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        image = _images(tmp_path)[1]
+        encoded = base64.b64encode(image.read_bytes()).decode()
+        messages = [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}},
+            {"type": "text", "text": QUESTIONS[1]}]}]
+        reply = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none").chat.completions.create(
+            model="tiny", messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    processor = MFRSVLMProcessor.from_pretrained(rsfuse_folder)
+    model = MFRSVLM.from_pretrained(rsfuse_folder).eval()
+    inputs = processor(images=[Image.open(image).convert("RGB")], text=[messages])
+    expected = _cut(model.generate(**inputs, max_new_tokens=MAX_TOKENS)[0].tolist(), set(processor.eos_token_ids))
+    assert reply.choices[0].message.content.strip() == processor.decode(expected)
+    assert reply.usage.prompt_tokens == int(inputs["attention_mask"][0].sum())
 
 
 def test_released_and_llava_hf_folders_match_rsfuse(vllm_python, tmp_path):
