@@ -40,13 +40,16 @@ def assign_weights(
     skip: Iterable[str] = (),
     hint: str = "",
     after_shard: Callable[[], None] | None = None,
+    transient: Callable[[str], bool] | None = None,
 ) -> None:
     """Put ``(path, state dict)`` shards into ``model``; see the module docstring.
 
     ``required``: the keys that must be present (default: every key of the model except ``skip``); ``skip``: keys
     neither expected nor accepted (e.g. a tied ``lm_head.weight``); ``hint`` ends the mismatch message;
     ``after_shard`` runs after each shard is in (the loader's quantizer: one layer's full-precision weights live
-    only until their shard is done).
+    only until their shard is done). ``transient(key)``: whether ``after_shard`` replaces that weight; with it given,
+    every other tensor is copied out of the shard's memory, so that nothing the model keeps holds on to a read file
+    (a memory-mapped safetensors shard stays mapped, and its pages resident, while any tensor of it lives).
     """
     skip = set(skip)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items() if key not in skip}
@@ -70,6 +73,8 @@ def assign_weights(
             if on_meta:
                 cast = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
                 tensor = tensor.to(device=device, dtype=cast)
+            if transient is not None and not transient(key):
+                tensor = tensor.clone()
             accepted[key] = tensor
         model.load_state_dict(accepted, strict=False, assign=on_meta)
         loaded.update(accepted)

@@ -70,7 +70,8 @@ def _build(cls, config: MFRSVLMConfig, shards: Iterable[tuple[Any, dict[str, tor
     quantizer = StreamingQuantizer(model, quantization, compute_dtype=dtype) if quantization else None
     tied = {"llm.lm_head.weight"} if config.llm.tie_word_embeddings else set()
     assign_weights(model, chain([first] if first is not None else [], shards), dtype=dtype, device=device,
-                   source=source, skip=tied, required=required, after_shard=quantizer)
+                   source=source, skip=tied, required=required, after_shard=quantizer,
+                   transient=None if quantizer is None else quantizer.replaces)
     model.llm.tie_weights()
     model.llm.model.rotary_emb.reset_parameters(device)
     if quantizer is not None:

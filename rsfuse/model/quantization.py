@@ -177,6 +177,11 @@ class StreamingQuantizer:
     def __init__(self, model: nn.Module, scheme: str, *, compute_dtype: torch.dtype) -> None:
         self.model, self.scheme, self.compute_dtype = model, scheme, compute_dtype
         self.pending = decoder_linear_names(model)
+        self._replaced = {f"{name}.{part}" for name in self.pending for part in ("weight", "bias")}
+
+    def replaces(self, key: str) -> bool:
+        """Whether the weight ``key`` is one this quantizer replaces (a decoder linear's weight or bias)."""
+        return key in self._replaced
 
     def __call__(self) -> None:
         still = []
