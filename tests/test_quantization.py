@@ -1,8 +1,11 @@
 """Low-memory weights (``from_pretrained(..., quantization=...)``): the table of schemes, what stays full precision,
 greedy agreement with full precision, loading that quantizes shard by shard, and the one-line refusals."""
 
+import gc
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +109,19 @@ def test_loading_quantizes_each_shard_before_reading_the_next(folder, monkeypatc
     assert len(reads) >= 3 and len(quantized) == 28
     assert quantized[0] < reads[-1]  # layers of an early shard are quantized while later shards are unread
     assert all(any(read_at < at for read_at in reads) for at in quantized)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+def test_a_quantized_load_keeps_no_shard_file_mapped(folder, tmp_path, scheme):
+    """Weights the quantizer does not replace (norms, embeddings, the tower...) are copied out of the memory-mapped
+    shards, so every shard is unmapped once read: peak memory near the quantized size plus one shard, not the whole
+    checkpoint resident (bench/load_memory.py at 7B)."""
+    copy = Path(shutil.copytree(folder, tmp_path / "model"))  # the module's other loads keep their own mappings
+    model = MFRSVLM.from_pretrained(copy, quantization=scheme)
+    gc.collect()
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(copy) in line]
+    assert mapped == [] and model.quantization == scheme
 
 
 def test_from_parts_builds_on_meta_and_quantizes(tmp_path):
