@@ -20,7 +20,7 @@ import json
 import os
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -69,15 +69,25 @@ def _build(cls, config: MFRSVLMConfig, shards: Iterable[tuple[Any, dict[str, tor
             setattr(model, name, cls.new_part(config, name).to(dtype))
     quantizer = StreamingQuantizer(model, quantization, compute_dtype=dtype) if quantization else None
     tied = {"llm.lm_head.weight"} if config.llm.tie_word_embeddings else set()
-    assign_weights(model, chain([first] if first is not None else [], shards), dtype=dtype, device=device,
-                   source=source, skip=tied, required=required, after_shard=quantizer,
-                   transient=None if quantizer is None else quantizer.replaces)
+    stream = shards if first is None else _prepend(first, shards)
+    first = None  # from here the stream alone holds the first shard, until it is assigned
+    assign_weights(model, stream, dtype=dtype, device=device, source=source, skip=tied, required=required,
+                   after_shard=quantizer, transient=None if quantizer is None else quantizer.replaces)
     model.llm.tie_weights()
     model.llm.model.rotary_emb.reset_parameters(device)
     if quantizer is not None:
         quantizer.finish()
     check_nothing_on_meta(model, source=source)
     return model.eval()
+
+
+def _prepend(first: Any, rest: Iterable[Any]) -> Iterator[Any]:
+    """``first`` then ``rest``, keeping no reference to ``first`` once it is handed out (a loader that kept the first
+    shard kept a whole memory-mapped file resident through the load)."""
+    box = [first]
+    del first
+    yield box.pop()
+    yield from rest
 
 
 def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any], source: str) -> MFRSVLMConfig:
