@@ -113,15 +113,28 @@ def test_loading_quantizes_each_shard_before_reading_the_next(folder, monkeypatc
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
 @pytest.mark.parametrize("scheme", ["int8", "nf4"])
-def test_a_quantized_load_keeps_no_shard_file_mapped(folder, tmp_path, scheme):
+def test_a_quantized_load_keeps_no_shard_file_mapped(folder, tmp_path, scheme, monkeypatch):
     """Weights the quantizer does not replace (norms, embeddings, the tower...) are copied out of the memory-mapped
     shards, so every shard is unmapped once read: peak memory near the quantized size plus one shard, not the whole
     checkpoint resident (bench/load_memory.py at 7B)."""
     copy = Path(shutil.copytree(folder, tmp_path / "model"))  # the module's other loads keep their own mappings
+
+    def mapped() -> list[str]:
+        gc.collect()
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(copy) in line]
+
+    before_each_read: list[list[str]] = []
+    read = checkpoint_io.load_weights_file
+
+    def recording_read(path, **kwargs):
+        before_each_read.append(mapped())
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io, "load_weights_file", recording_read)
     model = MFRSVLM.from_pretrained(copy, quantization=scheme)
-    gc.collect()
-    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(copy) in line]
-    assert mapped == [] and model.quantization == scheme
+    assert len(before_each_read) >= 3 and model.quantization == scheme
+    assert before_each_read == [[]] * len(before_each_read)  # no earlier shard is still mapped when the next is read
+    assert mapped() == []
 
 
 def test_from_parts_builds_on_meta_and_quantizes(tmp_path):

@@ -181,6 +181,8 @@ def iter_weight_shards(
                     renamed[new_key] = tensor
             shard = renamed
         yield shard_path, shard
+        shard = renamed = tensor = None  # hold nothing of this shard while the next one is read (a memory-mapped
+        # file stays mapped, its pages resident, while any tensor of it lives)
 
 
 def merge_shards(shards: Iterable[tuple[Path, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:

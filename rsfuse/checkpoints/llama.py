@@ -87,6 +87,7 @@ def iter_llama_shards(
         check_floating_tensors({key: value for key, value in shard.items() if is_llama_key(key)}, source=path)
         seen.update(shard)
         yield path, shard
+        shard = None  # nothing of this shard held while the next one is read
 
 
 def read_llama(

@@ -175,7 +175,7 @@ def iter_released_mfrsvlm(
                 if key.endswith(("rotary_emb.inv_freq", "embeddings.position_ids")):  # buffers old HF versions stored
                     continue
                 if key == RESIDUAL_SCALE_KEY:
-                    residual_scale = stored[key] = tensor
+                    residual_scale = stored[key] = tensor.clone()  # a copy: kept to the end, not its shard
                     continue
                 new_key = rename_released_key(key, injection)
                 if new_key is None:
@@ -184,6 +184,7 @@ def iter_released_mfrsvlm(
                     kept[new_key] = stored[key] = tensor
             check_floating_tensors(stored, source=path)
             yield path, kept
+            shard = kept = stored = tensor = None  # nothing of this shard held while the next one is read
         if unexpected:
             raise CheckpointError(f"{folder}: keys not part of the released MF-RSVLM layout: {unexpected}")
         if residual_scale is None:

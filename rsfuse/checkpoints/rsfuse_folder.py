@@ -82,6 +82,7 @@ def iter_rsfuse_folder(
             check_floating_tensors(shard, source=path)
             seen.update(shard)
             yield path, shard
+            shard = None  # nothing of this shard held while the next one is read
 
     return config, shards()
 
