@@ -107,9 +107,15 @@ def child(folder: Path, scheme: str) -> None:
     from rsfuse.model.footprint import measured_bytes
 
     quantization = None if scheme == "bf16" else scheme
+    if quantization == "nf4":
+        import bitsandbytes  # noqa: F401, PLC0415  (the runtime the load needs, counted in the baseline)
+    elif quantization:
+        import torchao.quantization  # noqa: F401, PLC0415
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model = MFRSVLM.from_pretrained(folder, quantization=quantization, dtype=torch.bfloat16)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"scheme": scheme, "peak_rss": peak, "model_bytes": sum(measured_bytes(model).values())}))
+    print(json.dumps({"scheme": scheme, "peak_rss": peak, "baseline_rss": baseline,
+                      "model_bytes": sum(measured_bytes(model).values())}))
 
 
 def main() -> None:
@@ -136,7 +142,9 @@ def main() -> None:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         goal = result["model_bytes"] + largest + GB
         print(f"{scheme:<5} peak {result['peak_rss'] / GB:6.2f} GB | model {result['model_bytes'] / GB:6.2f} GB | "
-              f"goal (model + shard + 1 GB) {goal / GB:6.2f} GB | {'met' if result['peak_rss'] <= goal else 'missed'}")
+              f"goal (model + shard + 1 GB) {goal / GB:6.2f} GB | {'met' if result['peak_rss'] <= goal else 'missed'} "
+              f"| before the load (torch and the scheme's library imported) {result['baseline_rss'] / GB:5.2f} GB, "
+              f"the load's own peak {(result['peak_rss'] - result['baseline_rss']) / GB:6.2f} GB")
 
 
 if __name__ == "__main__":
