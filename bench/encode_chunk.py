@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rsfuse.model import MFRSVLM, MFRSVLMConfig
-from rsfuse.model.mfrsvlm import WINDOWS_PER_TOWER_CALL
+from rsfuse.model.vision import WINDOWS_PER_TOWER_CALL
 
 CHUNKS = (None, 512, 256, 128, 64, 32)
 

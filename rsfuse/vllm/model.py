@@ -39,7 +39,8 @@ from vllm.sequence import IntermediateTensors
 from rsfuse.checkpoints.formats import checkpoint_format
 from rsfuse.encoders.clip import CLIPVisionTower
 from rsfuse.fusion.sampler import DetailStackSampler
-from rsfuse.model.mfrsvlm import MFRSVLM, build_canvas, vision_features
+from rsfuse.model.mfrsvlm import MFRSVLM
+from rsfuse.model.vision import build_canvas, vision_features
 from rsfuse.vllm.config import VllmPluginError, check_head_size, model_folder, placeholder_id, rsfuse_config
 from rsfuse.vllm.processing import (
     MFRSVLMDummyInputsBuilder,
