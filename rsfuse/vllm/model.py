@@ -3,7 +3,7 @@
 The vision side is rsfuse's own modules, under rsfuse's own state-dict names: ``vision_tower`` (`CLIPVisionTower`),
 the canvas (`MultiScaleCanvas`, not registered: its only weights are the tower's), ``sampler``
 (`DetailStackSampler`), ``projector`` and ``injectors`` (`GatedInjector` + `Router` per injection layer), built by
-``MFRSVLM.new_part`` and run by `rsfuse.model.mfrsvlm.vision_features`, so the features are MFRSVLM's. The decoder is
+``MFRSVLM.new_part`` and run by `rsfuse.model.vision.vision_features`, so the features are MFRSVLM's. The decoder is
 vLLM's Llama (``language_model``: paged attention, tensor parallel, its kernels).
 
 How the detail reaches the decoder. vLLM runs an image's encoder once (``embed_multimodal``) and hands the
