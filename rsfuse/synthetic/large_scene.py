@@ -27,7 +27,7 @@ import numpy as np
 
 from rsfuse.synthetic.scene import COLOUR_NAMES, OBJECT_KINDS
 
-__all__ = ["OBJECT_METRES", "write_large_scene", "main"]
+__all__ = ["OBJECT_METRES", "write_large_scene", "write_truth", "main"]
 
 OBJECT_METRES: dict[str, tuple[float, float]] = {"vehicle": (4.5, 2.0), "ship": (30.0, 8.0), "plane": (36.0, 36.0),
                                                  "storage tank": (20.0, 20.0)}
@@ -138,16 +138,25 @@ def write_large_scene(out_dir, *, size: int = 8192, seed: int = 0, gsd: float = 
                               window=Window(left, top, width, height))
         if overviews:
             dataset.build_overviews([2, 4, 8, 16], Resampling.average)
-    to_wgs84 = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return write_truth(out, objects, transform, epsg, {"size": size, "seed": seed, "gsd": gsd, "epsg": epsg,
+                                                     "origin": list(origin), "border": border, "density": density})
+
+
+def write_truth(out: Path, objects: list[dict], transform, epsg: int, settings: dict, **extra) -> dict:
+    """The ground truth of a written scene: ``objects.geojson`` (EPSG:4326), ``objects.EPSG_<epsg>.geojson`` (the
+    raster's CRS) and ``scene.json`` (``settings``, the transform, the object counts per kind, then ``extra``);
+    returns ``scene.json``'s content."""
+    import pyproj
+
+    to_wgs84 = pyproj.Transformer.from_crs(pyproj.CRS.from_epsg(epsg), "EPSG:4326", always_xy=True)
     for name, projector in (("objects.geojson", to_wgs84), (f"objects.EPSG_{epsg}.geojson", None)):
         collection: dict = {"type": "FeatureCollection"}
         if projector is None:
             collection["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
         collection["features"] = _features(objects, transform, projector)
         (out / name).write_text(json.dumps(collection) + "\n")
-    meta = {"size": size, "seed": seed, "gsd": gsd, "epsg": epsg, "origin": list(origin), "border": border,
-            "density": density, "transform": list(transform)[:6], "objects": len(objects),
-            "counts": {kind: sum(item["kind"] == kind for item in objects) for kind in OBJECT_KINDS}}
+    meta = {**settings, "transform": list(transform)[:6], "objects": len(objects),
+            "counts": {kind: sum(item["kind"] == kind for item in objects) for kind in OBJECT_KINDS}, **extra}
     (out / "scene.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

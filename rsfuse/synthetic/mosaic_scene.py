@@ -19,13 +19,12 @@ the whole-scene truth is every object of every image. It writes::
 Written one row of images at a time (never the whole raster in memory).
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from rsfuse.synthetic.drawing import draw_image
-from rsfuse.synthetic.large_scene import _features
+from rsfuse.synthetic.large_scene import write_truth
 from rsfuse.synthetic.scene import OBJECT_KINDS
 
 __all__ = ["write_mosaic_scene"]
@@ -70,18 +69,9 @@ def write_mosaic_scene(out_dir, *, grid: int, image_size: int = 224, data_seed: 
                                     "pixels": [left + x0, top + y0, left + x1, top + y1],
                                     "metres": [(x1 - x0) * gsd, (y1 - y0) * gsd]})
             dataset.write(strip, window=Window(0, row * image_size, size, image_size))
-    to_wgs84 = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    for name, projector in (("objects.geojson", to_wgs84), (f"objects.EPSG_{epsg}.geojson", None)):
-        collection: dict = {"type": "FeatureCollection"}
-        if projector is None:
-            collection["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
-        collection["features"] = _features(objects, transform, projector)
-        (out / name).write_text(json.dumps(collection) + "\n")
-    meta = {"mosaic": True, "grid": grid, "image_size": image_size, "data_seed": data_seed, "size": size, "gsd": gsd,
-            "epsg": epsg, "origin": list(origin), "transform": list(transform)[:6], "objects": len(objects),
-            "counts": {kind: sum(item["kind"] == kind for item in objects) for kind in OBJECT_KINDS}, "images": images}
-    (out / "scene.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
+    return write_truth(out, objects, transform, epsg,
+                       {"mosaic": True, "grid": grid, "image_size": image_size, "data_seed": data_seed, "size": size,
+                        "gsd": gsd, "epsg": epsg, "origin": list(origin)}, images=images)
 
 
 def main(argv: list[str] | None = None) -> int:
