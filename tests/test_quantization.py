@@ -96,6 +96,34 @@ def test_nf4_is_bitsandbytes_nf4_double_quant_blocksize_64(folder, full):
     assert model.generate(pixels, ids, max_new_tokens=4).shape == (6, 4)
 
 
+@pytest.mark.parametrize(("shape", "chunk"), [((96, 200), 128), ((130, 96), 640), ((3, 5), 64), ((64, 64), 1 << 20),
+                                             ((700, 1536), 64 * 999)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nf4_quantized_in_chunks_equals_bitsandbytes_in_one_call(shape, chunk, dtype):
+    """The CPU path quantizes a weight ``chunk`` elements at a time (bounded temporaries): the stored bytes, block
+    scales, double-quantization state and outputs equal bitsandbytes' own ``Params4bit`` quantizing it in one call."""
+    import bitsandbytes as bnb
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    linear = nn.Linear(shape[1], shape[0], dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(shape, generator=generator) * torch.rand(shape[0], 1, generator=generator))
+    ours = quantization._nf4_linear(linear, dtype, chunk=chunk)
+    theirs = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, compress_statistics=True,
+                               quant_type="nf4", blocksize=NF4_BLOCKSIZE).to("cpu")
+    ours_state, theirs_state = ours.weight.quant_state, theirs.quant_state
+    assert torch.equal(ours.weight.data, theirs.data)
+    assert torch.equal(ours_state.absmax, theirs_state.absmax) and torch.equal(ours_state.offset, theirs_state.offset)
+    assert torch.equal(ours_state.state2.absmax, theirs_state.state2.absmax)
+    assert torch.equal(ours_state.state2.code, theirs_state.state2.code) and torch.equal(ours_state.code,
+                                                                                      theirs_state.code)
+    assert (ours_state.shape, ours_state.dtype, ours_state.nested) == (theirs_state.shape, dtype, True)
+    x = torch.randn(2, shape[1], generator=generator, dtype=dtype)
+    with torch.no_grad():
+        expected = x @ bnb.functional.dequantize_4bit(theirs.data, theirs_state).T + linear.bias
+        assert torch.allclose(ours(x), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_loading_quantizes_each_shard_before_reading_the_next(folder, monkeypatch):
     events: list[str] = []
     read, quantize = checkpoint_io.load_weights_file, quantization._quantize_one

@@ -42,6 +42,8 @@ __all__ = [
 QUANT_EXTRA = "pip install rsfuse[quant]"
 NF4_BLOCKSIZE = 64
 INT4_GROUP_SIZE = 128
+NF4_CHUNK = 1 << 20
+"""Weight elements per bitsandbytes NF4 call on the CPU (`_nf4_linear`); a multiple of ``NF4_BLOCKSIZE``."""
 QUANTIZED_KEY = re.compile(
     r"^llm\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)(\.base_layer)?\.weight(\..+)?$"
 )
@@ -147,27 +149,60 @@ def _quantize_one(model: nn.Module, name: str, scheme: str, compute_dtype: torch
     parent = model.get_submodule(parent_name)
     linear = getattr(parent, child)
     if scheme == "nf4":
-        import bitsandbytes as bnb  # noqa: PLC0415
-
-        device = linear.weight.device
-        quantized = bnb.nn.Linear4bit(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute_dtype,
-            compress_statistics=True, quant_type="nf4", device="meta",
-        )
-        quantized.weight = bnb.nn.Params4bit(
-            linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4",
-            blocksize=NF4_BLOCKSIZE,
-        )
-        if linear.bias is not None:
-            quantized.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-        if linear.in_features % NF4_BLOCKSIZE:  # bitsandbytes' packed AVX512-BF16 CPU path needs whole blocks per row
-            quantized.support_avx512bf16_for_cpu = False
-        setattr(parent, child, quantized.to(device))  # bitsandbytes quantizes as the weight reaches the device
+        setattr(parent, child, _nf4_linear(linear, compute_dtype))
         return
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # noqa: PLC0415
 
     config = Int8WeightOnlyConfig() if scheme == "int8" else Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
     quantize_(parent, config, filter_fn=lambda module, fqn: module is linear)
+
+
+def _nf4_linear(linear: nn.Linear, compute_dtype: torch.dtype, *, chunk: int = NF4_CHUNK) -> nn.Module:
+    """``linear`` as a bitsandbytes ``Linear4bit`` (NF4, double quantization, blocksize 64).
+
+    On CUDA, bitsandbytes quantizes as the weight reaches the device (``Params4bit.to``). On the CPU its kernel makes
+    float32 temporaries of about 12 bytes per weight element (~0.6 GB for a 7B MLP weight, on top of the load's peak),
+    so the weight is quantized ``chunk`` elements at a time (whole blocks: NF4 blocks are independent, the bytes are
+    the same as one call's; the test compares them) and its block scales double-quantized as
+    ``bitsandbytes.functional.quantize_4bit`` does.
+    """
+    import bitsandbytes as bnb  # noqa: PLC0415
+
+    weight = linear.weight.data
+    quantized = bnb.nn.Linear4bit(
+        linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute_dtype,
+        compress_statistics=True, quant_type="nf4", device="meta",
+    )
+    if linear.bias is not None:
+        quantized.bias = nn.Parameter(linear.bias.data, requires_grad=False)
+    if linear.in_features % NF4_BLOCKSIZE:  # bitsandbytes' packed AVX512-BF16 CPU path needs whole blocks per row
+        quantized.support_avx512bf16_for_cpu = False
+    if weight.device.type != "cpu":
+        quantized.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4",
+                                             blocksize=NF4_BLOCKSIZE, module=quantized)
+        return quantized.to(weight.device)
+    functional = bnb.functional
+    flat = weight.reshape(-1)
+    packed = torch.empty(((flat.numel() + 1) // 2, 1), dtype=torch.uint8)
+    absmax = torch.empty(-(-flat.numel() // NF4_BLOCKSIZE), dtype=torch.float32)
+    for start in range(0, flat.numel(), chunk):
+        piece_packed, piece_state = functional.quantize_4bit(flat[start : start + chunk], blocksize=NF4_BLOCKSIZE,
+                                                             quant_type="nf4")
+        packed[start // 2 : start // 2 + piece_packed.shape[0]] = piece_packed
+        block = start // NF4_BLOCKSIZE
+        absmax[block : block + piece_state.absmax.numel()] = piece_state.absmax
+    offset = absmax.mean()
+    nested, nested_state = functional.quantize_blockwise(absmax - offset, blocksize=256)
+    state = functional.QuantState(
+        absmax=nested, shape=weight.shape, dtype=weight.dtype, blocksize=NF4_BLOCKSIZE,
+        code=functional.get_4bit_type("nf4", device=weight.device), quant_type="nf4", offset=offset,
+        state2=nested_state,
+    )
+    quantized.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, blocksize=NF4_BLOCKSIZE,
+                                         compress_statistics=True, quant_type="nf4", module=quantized,
+                                         bnb_quantized=True)
+    quantized.quant_state = state
+    return quantized
 
 
 class StreamingQuantizer:
