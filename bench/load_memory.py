@@ -4,7 +4,7 @@ peak <= the quantized size + one shard + 1 GB.
 Writes once (``--folder``, default ``/tmp/rsfuse-mfrsvlm-7b-random``) a random-weight MF-RSVLM-7B in the released
 layout (``config.json`` with ``model_type: mfrsvlm``, bf16 safetensors shards of ``--shard-gb``, the tower in
 ``vision_tower/``, about 14.8 GB), then loads it once per scheme, each in a fresh process, and reports that process's
-peak RSS (``ru_maxrss``) beside the computed device bytes (`rsfuse.model.footprint`) and the largest shard.
+peak RSS (``VmHWM``) beside the computed device bytes (`rsfuse.model.footprint`) and the largest shard.
 
 It needs ~15 GB of free disk and, for bf16, ~16 GB of free RAM: it checks both first and stops with one line when
 they are short (``--force`` skips the check). Example:
@@ -102,6 +102,18 @@ def write_random_release(folder: Path, shard_bytes: int, config) -> None:
     save_clip_vision(folder / "vision_tower", config.vision, tower)
 
 
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` (Linux; counted from this program's start) else ``ru_maxrss``
+    (which Linux carries over an ``exec`` from the parent's memory at ``fork``: a parent that had just written the
+    folder made the child's figure its own)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(folder: Path, scheme: str) -> None:
     from rsfuse import MFRSVLM
     from rsfuse.model.footprint import measured_bytes
@@ -111,9 +123,9 @@ def child(folder: Path, scheme: str) -> None:
         import bitsandbytes  # noqa: F401, PLC0415  (the runtime the load needs, counted in the baseline)
     elif quantization:
         import torchao.quantization  # noqa: F401, PLC0415
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_rss()
     model = MFRSVLM.from_pretrained(folder, quantization=quantization, dtype=torch.bfloat16)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"scheme": scheme, "peak_rss": peak, "baseline_rss": baseline,
                       "model_bytes": sum(measured_bytes(model).values())}))
 
