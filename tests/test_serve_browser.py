@@ -127,8 +127,6 @@ def test_page_uploads_once_asks_follows_up_and_shows_the_pictures(browser, model
             page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
         finally:
             page.close()
-    if os.environ.get("RSFUSE_SERVE_SCREENSHOT"):  # docs/serve_page.png is made this way
-        shutil.copy(tmp_path / "serve_page.png", os.environ["RSFUSE_SERVE_SCREENSHOT"])
 
 
 def test_files_are_checked_before_upload_and_errors_are_in_words(page, tmp_path):
