@@ -2,6 +2,7 @@
 ``MFRSVLM.generate`` gives on the same inputs (greedy), streamed and not; batching, stop strings, disconnects,
 the API key, and a clean SIGTERM shutdown of the real command."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -221,6 +222,54 @@ def test_client_disconnect_frees_its_row(served, monkeypatch):
     assert scheduler.load()["running"] == 0
     assert scheduler.stats["cancelled"] == cancelled + 1, scheduler.stats
     assert served.client.models.list().data  # the server goes on
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+def test_a_stream_cut_while_sending_closes_its_generator_at_once(spec_version):
+    """The client goes away while a chunk is being sent (the generator is suspended at its ``yield``): the body
+    generator's ``finally`` (the scheduler's cancel, in ``_sse``) runs before the response returns, with the garbage
+    collector off. Starlette alone leaves it to the collector (spec 2.4: a failed send; 2.3: the disconnect listener
+    cancels the send)."""
+    import asyncio
+    import gc
+
+    from starlette.requests import ClientDisconnect
+
+    from rsfuse.serve.app import ClosingStreamingResponse
+
+    closed: list[str] = []
+
+    async def body():
+        try:
+            for number in range(1000):
+                yield f"data: {number}\n\n"
+        finally:
+            closed.append("closed")
+
+    async def run() -> None:
+        disconnected = asyncio.Event()
+
+        async def send(message) -> None:
+            if message["type"] == "http.response.body" and message["body"]:
+                disconnected.set()
+                if spec_version == "2.4":
+                    raise OSError("the client went away")
+                await asyncio.sleep(30)  # a send that blocks until the disconnect listener cancels it
+
+        async def receive():
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        scope = {"type": "http", "asgi": {"spec_version": spec_version}}
+        with pytest.raises(ClientDisconnect) if spec_version == "2.4" else contextlib.nullcontext():
+            await asyncio.wait_for(ClosingStreamingResponse(body())(scope, receive, send), 10)
+        assert closed == ["closed"]
+
+    gc.disable()
+    try:
+        asyncio.run(run())
+    finally:
+        gc.enable()
 
 
 def test_sigterm_stops_the_command_cleanly(tmp_path):

@@ -39,7 +39,7 @@ from rsfuse.serve.protocol import ChatRequest, chunk_body, completion_body, new_
 from rsfuse.serve.scheduler import Job, Scheduler
 from rsfuse.serve.uploads import ImageStore, preview_data_uri
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "create_app", "ClosingStreamingResponse"]
 
 log = logging.getLogger("rsfuse.serve")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
@@ -266,7 +266,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
         scheduler.submit(job)
         request_id, name = new_id(), settings.model_name
         if chat.stream:
-            return StreamingResponse(_sse(scheduler, job, events, chat, prompt, encoder, request_id, name),
+            return ClosingStreamingResponse(_sse(scheduler, job, events, chat, prompt, encoder, request_id, name),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         answer = asyncio.ensure_future(_collect(events, TextStream(encoder.decode, chat.stop)))
         gone = asyncio.ensure_future(_disconnected(request))
@@ -341,6 +341,19 @@ async def _collect(events: asyncio.Queue, stream: TextStream) -> tuple[str, str,
 
 def _sse_line(body: dict) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that closes its body generator however the response ends. When the client goes away
+    while a chunk is being sent, Starlette stops iterating and leaves the generator suspended at its ``yield`` for the
+    garbage collector; its ``finally`` (which frees the answer's row) then waited for a cycle collection while the row
+    went on decoding."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 async def _sse(scheduler, job, events, chat, prompt, encoder, request_id, name) -> AsyncIterator[str]:
