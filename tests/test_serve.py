@@ -224,6 +224,64 @@ def test_client_disconnect_frees_its_row(served, monkeypatch):
     assert served.client.models.list().data  # the server goes on
 
 
+def test_a_row_leaves_running_together_with_its_counter(served, monkeypatch):
+    """``load`` / ``snapshot`` (and /health) never see a row admitted, finished or cancelled without its counter:
+    every snapshot taken while requests start and end keeps admitted == running + finished + cancelled. The counters
+    are made slow to write (0.2 s) so that a reader would land between the two changes if they were not made under
+    the lock the readers take (the browser test's Stop once read ``running`` 0 and ``cancelled`` not yet moved)."""
+    scheduler = served.app.state.scheduler
+
+    class SlowCounters(dict):
+        def __setitem__(self, key, value):
+            if key in ("admitted", "finished", "cancelled"):
+                time.sleep(0.2)
+            super().__setitem__(key, value)
+
+    monkeypatch.setattr(scheduler, "stats", SlowCounters(scheduler.stats))
+    start = scheduler.snapshot()
+    assert start["running"] == 0
+
+    def balance(snapshot) -> int:
+        stats, first = snapshot["stats"], start["stats"]
+        ended = sum(stats[key] - first[key] for key in ("finished", "cancelled"))
+        return stats["admitted"] - first["admitted"] - snapshot["running"] - ended
+
+    seen, done = [], threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(balance(scheduler.snapshot()))
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        served.client.chat.completions.create(model="micro", messages=[{"role": "user", "content": "Hello"}],
+                                              max_tokens=3, temperature=0)
+        body = json.dumps({"model": "micro", "messages": [{"role": "user", "content": "Describe the image."}],
+                           "max_tokens": 100, "temperature": 0, "stream": True}).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        connection.request("POST", "/v1/chat/completions", body=body,
+                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        assert connection.getresponse().readline().startswith(b"data: ")
+        deadline = time.monotonic() + 30
+        while not scheduler.load()["running"] and time.monotonic() < deadline:  # admitted: cancelled while running
+            time.sleep(0.01)
+        connection.sock.shutdown(2)
+        connection.close()
+        deadline = time.monotonic() + 30
+        while (scheduler.snapshot()["stats"]["cancelled"] == start["stats"]["cancelled"]
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+    finally:
+        done.set()
+        reader.join()
+    end = scheduler.snapshot()
+    assert end["stats"]["finished"] - start["stats"]["finished"] == 1
+    assert end["stats"]["cancelled"] - start["stats"]["cancelled"] == 1
+    assert len(seen) > 10 and set(seen) == {0}, sorted(set(seen))
+
+
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 def test_a_stream_cut_while_sending_closes_its_generator_at_once(spec_version):
     """The client goes away while a chunk is being sent (the generator is suspended at its ``yield``): the body

@@ -193,7 +193,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
         status = 200 if scheduler.alive else 503
         limits = settings.limits
         return JSONResponse({"status": "ok" if status == 200 else "unavailable", "model": settings.model_name,
-                             "auth": settings.api_key is not None, **scheduler.load(), "stats": dict(scheduler.stats),
+                             "auth": settings.api_key is not None, **scheduler.snapshot(),
                              "limits": {"max_image_bytes": limits.max_image_bytes,
                                         "max_image_pixels": limits.max_image_pixels,
                                         "max_body_bytes": limits.max_body_bytes, "context": max_length,

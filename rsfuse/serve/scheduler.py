@@ -104,6 +104,11 @@ class Scheduler:
         with self._cond:
             return {"running": len(self._running), "waiting": len(self._pending), "max_batch": self.max_batch}
 
+    def snapshot(self) -> dict[str, Any]:
+        """`load` and a copy of ``stats``, read at one moment: a row leaves ``running`` together with its counter."""
+        with self._cond:
+            return {**self.load(), "stats": dict(self.stats)}
+
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stopping or not self._thread.is_alive():
@@ -230,19 +235,18 @@ class Scheduler:
 
     def _add(self, group: list[Job]) -> None:
         rows = self.session.add(**self._batch([job.prompt for job in group]), params=[job.params for job in group])
-        for row, job in zip(rows, group):
-            job.row = row
-            self._running[row] = job
-        self.stats["prefills"] += 1
-        self.stats["admitted"] += len(group)
-        self.stats["max_prompts_in_prefill"] = max(self.stats["max_prompts_in_prefill"], len(group))
+        with self._cond:
+            for row, job in zip(rows, group):
+                job.row = row
+                self._running[row] = job
+            self.stats["prefills"] += 1
+            self.stats["admitted"] += len(group)
+            self.stats["max_prompts_in_prefill"] = max(self.stats["max_prompts_in_prefill"], len(group))
 
     def _reap_cancelled(self) -> None:
         for row, job in list(self._running.items()):
             if job.cancelled:
-                self.session.release(row)
-                del self._running[row]
-                self.stats["cancelled"] += 1
+                self._retire(row, "cancelled")
 
     def _poll(self) -> None:
         for update in self.session.poll():
@@ -253,9 +257,15 @@ class Scheduler:
                 self._send(job, ("tokens", update.new_tokens))
             if update.finish_reason is not None:
                 self._send(job, ("done", update.finish_reason))
-                self.session.release(update.row)
-                del self._running[update.row]
-                self.stats["finished"] += 1
+                self._retire(update.row, "finished")
+
+    def _retire(self, row: int, counter: str) -> None:
+        """Free ``row`` and count its end, under the lock that `load` / `snapshot` read with (a reader never sees
+        the row gone and its counter not yet moved)."""
+        self.session.release(row)
+        with self._cond:
+            del self._running[row]
+            self.stats[counter] += 1
 
     @staticmethod
     def _send(job: Job, event: tuple[str, Any]) -> None:
