@@ -10,6 +10,7 @@ Needs the ``serve`` extra, playwright and Debian's chromium (``apt-get install -
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,9 +68,16 @@ def ask(page, question: str, max_tokens: int) -> str:
 
 def main() -> None:
     args = parse_args()
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit("tools/serve_screenshot.py: needs playwright: pip install -e '.[dev]'") from None
+    if not shutil.which(args.chromium):
+        raise SystemExit(f"tools/serve_screenshot.py: {args.chromium} is missing: apt-get install -y chromium")
+    if not (args.model / "config.json").is_file():
+        raise SystemExit(f"tools/serve_screenshot.py: {args.model}: no config.json (not a model folder)")
 
-    scene, pixels, questions = draw_image(args.data_seed, args.index, size=224,
+    _, pixels, questions = draw_image(args.data_seed, args.index, size=224,
                                            questions_per_image=DEFAULT_QUESTIONS_PER_IMAGE)
     asked = [(qa.question, qa.answer) for qa in questions if qa.question_type in ("caption", "count")][:2]
     with tempfile.TemporaryDirectory() as scratch:

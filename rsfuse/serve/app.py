@@ -267,7 +267,7 @@ def create_app(model, encoder: PromptEncoder, settings: ServeSettings = ServeSet
         request_id, name = new_id(), settings.model_name
         if chat.stream:
             return ClosingStreamingResponse(_sse(scheduler, job, events, chat, prompt, encoder, request_id, name),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+                                            media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         answer = asyncio.ensure_future(_collect(events, TextStream(encoder.decode, chat.stop)))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
